@@ -1,0 +1,34 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test lint unit demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml hpc/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]' -e ./hpc
+	touch $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(VENV)/bin/pytest tests/unit hpc/tests $(PYTEST_ARGS)
+
+demo: venv
+	$(PY) -m dasscod.devstack.demo
+
+bench: venv
+	$(PY) -m dasscod.devstack.bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,113 @@
+"""The interfaces every transport and scheduler implements.
+
+A *transport* runs commands somewhere (this machine, or a login node over SSH). A *scheduler*
+turns a job into commands for that transport (direct background process, Slurm, Torque) and
+parses what comes back. Schedulers never touch MongoDB: the dispatcher and watcher do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import PurePosixPath
+from typing import Protocol
+
+
+class TransportError(Exception):
+    """The command could not be run at all (connection lost, timeout, host unreachable).
+
+    Retrying later may help; the cluster should stop taking new jobs meanwhile."""
+
+
+class SchedulerError(Exception):
+    """The scheduler refused or failed a request. `retryable` says whether trying again later
+    can help (a full queue can; a rejected script cannot)."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_status: int
+    stdout: str
+    stderr: str
+
+
+class Transport(Protocol):
+    """Runs one command (an argv list, never a shell string built from input) and returns its
+    result. Implementations enforce `timeout` and raise TransportError when they cannot run it."""
+
+    name: str
+
+    async def run(
+        self, argv: Sequence[str], *, stdin: str | None = None, timeout: float = 30.0
+    ) -> CommandResult: ...
+
+    async def close(self) -> None: ...
+
+
+class SchedulerState(StrEnum):
+    """What a scheduler says about a job, mapped from its own vocabulary."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMEOUT = "TIMEOUT"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    NODE_FAIL = "NODE_FAIL"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (SchedulerState.PENDING, SchedulerState.RUNNING, SchedulerState.UNKNOWN)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a scheduler needs to start one attempt of one pipeline job."""
+
+    name: str  # deterministic per (asset, job, attempt): how we find it again after a crash
+    argv: tuple[str, ...]  # the job's command, already rendered
+    workdir: PurePosixPath  # on the cluster; created if missing
+    env: Mapping[str, str] = field(default_factory=dict)
+    time_limit_s: int = 3600
+    cpus: int = 1
+    memory_mb: int = 1024
+    partition: str | None = None
+    account: str | None = None
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    job_id: str
+    name: str
+    state: SchedulerState
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+class Scheduler(Protocol):
+    """A batch system (or none) reached through a transport."""
+
+    kind: str
+
+    async def submit(self, spec: JobSpec) -> str:
+        """Start the job and return the scheduler's job id. Raises SchedulerError/TransportError."""
+        ...
+
+    async def lookup(self, names: Iterable[str]) -> dict[str, JobInfo]:
+        """Find jobs by their deterministic names, live or finished (as far as the scheduler
+        still knows them), in one batched query. Names it does not know are absent."""
+        ...
+
+    async def status(self, jobs: Mapping[str, str]) -> dict[str, JobInfo]:
+        """Status of the given jobs ({job_id: name}) in one batched query; a job the scheduler
+        no longer knows at all is reported with state UNKNOWN."""
+        ...
+
+    async def cancel(self, job_id: str) -> None: ...

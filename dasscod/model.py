@@ -1,0 +1,216 @@
+"""Documents and vocabularies shared by every part of the daemon.
+
+Field names follow DOMAIN.md so that data and HPC scripts from the current DaSSCo integration
+server stay recognisable; what we add (attempt, cluster, end time, last error, history, version)
+sits beside them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utcnow() -> datetime:
+    """Every time the daemon writes is timezone-aware UTC (the current system mixes naive local
+    times and strings, which breaks date queries)."""
+    return datetime.now(UTC)
+
+
+class JobStatus(StrEnum):
+    WAITING = "WAITING"
+    STARTING = "STARTING"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+    RETRY = "RETRY"
+    ERROR = "ERROR"
+    CRITICAL_ERROR = "CRITICAL_ERROR"
+    PAUSED = "PAUSED"
+    STOPPED = "STOPPED"
+    NONE = "NONE"
+
+
+class Flag(StrEnum):
+    YES = "YES"
+    NO = "NO"
+    AWAIT = "AWAIT"
+    UPLOADING = "UPLOADING"
+    PAUSED = "PAUSED"
+    ERROR = "ERROR"
+    CRITICAL_ERROR = "CRITICAL_ERROR"
+
+
+class AssetType(StrEnum):
+    SPECIMEN = "SPECIMEN"
+    LABEL = "LABEL"
+    DEVICE_TARGET = "DEVICE_TARGET"
+    UNKNOWN = "UNKNOWN"
+
+
+#: The barcode reader's `asset_subject` words and the asset type each one means.
+SUBJECT_TO_TYPE: dict[str, AssetType] = {
+    "specimen": AssetType.SPECIMEN,
+    "label": AssetType.LABEL,
+    "device target": AssetType.DEVICE_TARGET,
+}
+
+
+class Job(BaseModel):
+    """One element of `track.job_list`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    priority: int
+    status: JobStatus = JobStatus.WAITING
+    attempt: int = 0  # number of submissions so far; the n-th submission runs attempt n
+    max_attempts: int = 3
+    cluster: str | None = None
+    hpc_job_id: str | int = -9  # -9 = never queued, as in the current system
+    job_queued_time: datetime | None = None
+    job_start_time: datetime | None = None
+    job_end_time: datetime | None = None
+    not_before: datetime | None = None  # a RETRY job is not claimed before this time
+    last_error: str | None = None
+    exit_state: str | None = None
+    run_time_s: float | None = None
+
+
+class FileEntry(BaseModel):
+    """One element of `track.file_list`."""
+
+    name: str
+    type: str
+    file_size: float  # MB, as in the current system
+    check_sum: int  # CRC-32 as an unsigned integer
+    time_added: datetime = Field(default_factory=utcnow)
+    deleted: bool = False
+    erda_sync: Flag = Flag.NO
+    ars_link: str = ""
+
+
+class HistoryEntry(BaseModel):
+    """One transition, appended to `track.history` in the same write that makes it."""
+
+    at: datetime
+    job: str | None  # None for asset-level transitions
+    attempt: int | None = None
+    from_: str = Field(alias="from")
+    to: str
+    cause: str
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class Track(BaseModel):
+    """A `track` document: an asset's processing state. `_id` is the asset guid."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    id: str = Field(alias="_id")
+    pipeline: str
+    batch_list_name: str = ""
+    created_timestamp: datetime = Field(default_factory=utcnow)
+    asset_size: float = -1
+    asset_type: AssetType = AssetType.UNKNOWN
+    parent_guid: str | None = None
+    jobs_status: JobStatus = JobStatus.WAITING
+    job_list: list[Job] = Field(default_factory=list)
+    file_list: list[FileEntry] = Field(default_factory=list)
+    # Derived from job_list by the state machine on every write, so that the dispatcher's and
+    # housekeeping's queries are single indexed lookups.
+    ready: list[str] = Field(default_factory=list)
+    ready_since: datetime | None = None
+    retry_due: datetime | None = None
+    in_flight: bool = False
+    active_clusters: list[str] = Field(default_factory=list)
+    # ARS / storage flags (DOMAIN.md); the ARS supervisor drives most of them.
+    is_in_ars: Flag = Flag.NO
+    has_new_file: Flag = Flag.NO
+    has_open_share: Flag = Flag.NO
+    erda_sync: Flag = Flag.NO
+    update_metadata: Flag = Flag.NO
+    hpc_ready: Flag = Flag.NO
+    files_status: JobStatus = JobStatus.NONE
+    available_for_services: Flag = Flag.YES
+    available_for_services_timestamp: datetime | None = None
+    available_for_services_wait_time: int | None = None
+    temporary_files_local: Flag = Flag.NO
+    temporary_path_local: str = ""
+    proxy_path: str = ""
+    history: list[HistoryEntry] = Field(default_factory=list)
+    #: Incremented by every write: the compare-and-set guard of the whole document.
+    version: int = 0
+
+    def job(self, name: str) -> Job:
+        for job in self.job_list:
+            if job.name == name:
+                return job
+        raise KeyError(f"asset {self.id} has no job {name!r}")
+
+    def to_document(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="python")
+
+
+class Metadata(BaseModel):
+    """A `metadata` document: the asset's metadata as exchanged with ARS.
+
+    Validation is lenient where the current data is inconsistent (list-or-string fields) and
+    strict where the daemon depends on a value (guid, pipeline, institution, collection, dates).
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    asset_guid: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    asset_pid: str = ""
+    parent_guid: str | None = None
+    institution: str = Field(min_length=1)
+    collection: str = Field(min_length=1)
+    pipeline_name: str = Field(min_length=1)
+    workstation_name: str = Field(min_length=1)
+    digitiser: str = ""
+    date_asset_taken: datetime
+    date_metadata_created: datetime | None = None
+    date_metadata_updated: datetime | None = None
+    file_format: str = ""
+    payload_type: str | list[str] = "image"
+    preparation_type: str | list[str] = ""
+    funding: str = ""
+    barcode: list[str] = Field(default_factory=list)
+    asset_subject: str = ""
+    multispecimen: bool = False
+    specimen_pid: str | list[str] = ""
+    restricted_access: list[str] = Field(default_factory=list)
+    tags: dict[str, Any] = Field(default_factory=dict)
+    status: str = ""
+    audited: bool = False
+    external_publisher: list[str] = Field(default_factory=list)
+    metadata_created_by: str = ""
+    metadata_updated_by: str = ""
+    metadata_uploaded_by: str = ""
+
+    @property
+    def batch_list_name(self) -> str:
+        """Workstation plus capture date: MOS labels are unique only within one batch."""
+        return f"{self.workstation_name}_{self.date_asset_taken.date().isoformat()}"
+
+
+class Mos(BaseModel):
+    """A `mos` document, created when the barcode reader reports a multi-object specimen."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str = Field(alias="_id")
+    label: bool
+    disposable_id: str
+    unique_label_id: str
+    label_connections: list[str] = Field(default_factory=list)
+    spid: str
+
+
+GUID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"

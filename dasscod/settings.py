@@ -1,0 +1,208 @@
+"""The one Settings tree: a TOML file plus `DASSCOD_*` environment overrides.
+
+Precedence, highest first: environment variables, the TOML file, the defaults below. Nested
+fields are reached with a double underscore, e.g. `DASSCOD_MONGO__URI` or
+`DASSCOD_LISTENER__PORT`. Secrets are `SecretStr`: printed masked, never logged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from dasscod.pipeline import BUILTIN_PIPELINES
+
+ENV_PREFIX = "DASSCOD_"
+ENV_NESTED_DELIMITER = "__"
+CONFIG_ENV = "DASSCOD_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MongoSettings(_Section):
+    #: A URI may carry a password, so it is a secret.
+    uri: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
+    database: str = "dasscod"
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class ListenerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    #: The URL HPC jobs call back to (the listener as seen from the cluster). Defaults to
+    #: http://host:port when unset.
+    public_url: str | None = None
+
+    @property
+    def callback_base(self) -> str:
+        base = self.public_url or f"http://{self.host}:{self.port}"
+        return base.rstrip("/") + "/api/v1"
+
+
+class ClusterSettings(_Section):
+    scheduler: Literal["direct"] = "direct"
+    transport: Literal["local"] = "local"
+    #: Jobs of this daemon allowed at once on the cluster (starting, queued or running).
+    max_jobs: int = Field(default=6, ge=1)
+    #: Where per-asset work folders live on the cluster.
+    work_root: Path = Path("var/cluster/work")
+    #: Where the scheduler keeps its own job files (output, exit status).
+    state_dir: Path = Path("var/cluster/jobs")
+    #: Extra environment for every job (e.g. PATH or PYTHONPATH on the cluster).
+    env: dict[str, str] = Field(default_factory=dict)
+    #: The Python that runs `{python}` in job commands.
+    python: str = "python3"
+
+
+class IntakeSettings(_Section):
+    enabled: bool = True
+    folder: Path = Path("var/intake")
+    work_area: Path = Path("var/assets")
+    quarantine: Path = Path("var/quarantine")
+    #: A delivery is taken only when nothing in it changed for this long (a half-written
+    #: folder must not be taken early). A `.ready` marker file makes it eligible at once.
+    settle_s: float = Field(default=5.0, ge=0)
+    poll_s: float = Field(default=2.0, gt=0)
+
+
+class ThrottleSettings(_Section):
+    #: Assets on the HPC side at once (from the first job claimed to the last job settled).
+    assets_in_flight: int = Field(default=30, ge=1)
+
+
+class TimingSettings(_Section):
+    #: Safety sweep of the dispatchers, for anything an event did not wake.
+    sweep_s: float = Field(default=30.0, gt=0)
+    #: Job-status watch interval per cluster.
+    watch_s: float = Field(default=10.0, gt=0)
+    #: Housekeeping interval (due retries, unresponsive jobs, timed pauses).
+    housekeeping_s: float = Field(default=15.0, gt=0)
+    retry_backoff_s: float = Field(default=30.0, ge=0)
+    retry_backoff_max_s: float = Field(default=3600.0, ge=0)
+    #: A job queued longer than this without starting is cancelled and retried.
+    max_queue_s: float = Field(default=2000.0, gt=0)
+    #: Extra time a running job gets beyond its own time limit before it is declared unresponsive.
+    grace_s: float = Field(default=120.0, ge=0)
+    #: Seconds the daemon has to stop after SIGTERM.
+    shutdown_s: float = Field(default=10.0, gt=0)
+
+
+class SecuritySettings(_Section):
+    #: Signs each job's callback token. Set it from the environment
+    #: (`DASSCOD_SECURITY__TOKEN_SECRET`) or a file (`token_secret_file`), never in a shared file.
+    token_secret: SecretStr | None = None
+    token_secret_file: Path | None = None
+    token_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+
+    @model_validator(mode="after")
+    def _read_secret_file(self) -> SecuritySettings:
+        if self.token_secret is None and self.token_secret_file is not None:
+            try:
+                text = self.token_secret_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read token_secret_file: {exc.strerror}") from exc
+            self.token_secret = SecretStr(text)
+        if self.token_secret is not None and len(self.token_secret.get_secret_value()) < 16:
+            raise ValueError("token_secret must be at least 16 characters")
+        return self
+
+    def secret(self) -> str:
+        if self.token_secret is None:
+            raise ConfigError(
+                "security.token_secret is not set: set DASSCOD_SECURITY__TOKEN_SECRET "
+                "or security.token_secret_file"
+            )
+        return self.token_secret.get_secret_value()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+    )
+
+    mongo: MongoSettings = MongoSettings()
+    listener: ListenerSettings = ListenerSettings()
+    clusters: dict[str, ClusterSettings] = Field(
+        default_factory=lambda: {"local": ClusterSettings()}
+    )
+    pipelines_dir: Path = BUILTIN_PIPELINES
+    intake: IntakeSettings = IntakeSettings()
+    throttle: ThrottleSettings = ThrottleSettings()
+    timing: TimingSettings = TimingSettings()
+    security: SecuritySettings = SecuritySettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: "auto": JSON when stderr is not a terminal (systemd, files), readable lines otherwise.
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message names the field and what is wrong."""
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Load the settings from `path` (or `$DASSCOD_CONFIG`), the environment and defaults."""
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = Path(os.environ[CONFIG_ENV])
+    if path is not None and not path.is_file():
+        raise ConfigError(f"configuration file {path} does not exist")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    try:
+        return _FromFile(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from exc
+    except ValueError as exc:  # e.g. invalid TOML
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    where = f"in {path}" if path else "in the environment"
+    lines = [f"invalid configuration {where}:"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        env = ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(p) for p in err["loc"]).upper()
+        lines.append(f"  {field}: {err['msg']}{_shown_input(field, err.get('input'))}"
+                     f" (environment override: {env})")
+    return "\n".join(lines)
+
+
+_SECRET_WORDS = ("secret", "uri", "password", "token")
+
+
+def _shown_input(field: str, value: object) -> str:
+    """Echo the offending value only when it is a plain scalar of a non-secret field."""
+    if any(word in field for word in _SECRET_WORDS) or not isinstance(value, str | int | float):
+        return ""
+    return f", got {value!r}"
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, secrets shown as '**********'."""
+    data: dict[str, Any] = settings.model_dump(mode="json")
+    return data

@@ -1,0 +1,90 @@
+"""The only code that speaks MongoDB. One AsyncMongoClient, shared by every supervisor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from pymongo.monitoring import CommandListener
+
+from dasscod.model import Track
+from dasscod.pipeline import Pipeline, RetryPolicy
+from dasscod.store.metadata import MetadataStore
+from dasscod.store.mos import MOS_INDEXES, MosMember, MosStore
+from dasscod.store.track import (
+    TRACK_INDEXES,
+    Applied,
+    AssetExists,
+    AssetNotFound,
+    TrackStore,
+    TransitionConflict,
+)
+
+__all__ = [
+    "Applied",
+    "AssetExists",
+    "AssetNotFound",
+    "MetadataStore",
+    "MosMember",
+    "MosStore",
+    "Stores",
+    "TrackStore",
+    "TransitionConflict",
+]
+
+
+class Stores:
+    """The three collections behind one client."""
+
+    def __init__(
+        self,
+        client: AsyncMongoClient[dict[str, Any]],
+        database: str,
+        pipelines: Mapping[str, Pipeline],
+        *,
+        policy: RetryPolicy = RetryPolicy(),
+        on_change: Callable[[Track], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.db = client[database]
+        self.track = TrackStore(self.db["track"], pipelines, policy=policy, on_change=on_change)
+        self.metadata = MetadataStore(self.db["metadata"])
+        self.mos = MosStore(self.db["mos"], self.metadata)
+
+    @classmethod
+    def connect(
+        cls,
+        uri: str,
+        database: str,
+        pipelines: Mapping[str, Pipeline],
+        *,
+        timeout_s: float = 10.0,
+        policy: RetryPolicy = RetryPolicy(),
+        on_change: Callable[[Track], None] | None = None,
+        listeners: list[CommandListener] | None = None,
+    ) -> Stores:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            uri,
+            tz_aware=True,
+            serverSelectionTimeoutMS=int(timeout_s * 1000),
+            connectTimeoutMS=int(timeout_s * 1000),
+            event_listeners=listeners or [],
+            appname="dasscod",
+        )
+        return cls(client, database, pipelines, policy=policy, on_change=on_change)
+
+    async def ensure_indexes(self) -> None:
+        """Idempotent: creating an index that exists with the same spec is a no-op."""
+        await self.db["track"].create_indexes(TRACK_INDEXES)
+        await self.db["mos"].create_indexes(MOS_INDEXES)
+
+    async def ping(self) -> bool:
+        try:
+            await self.client.admin.command("ping")
+        except Exception:
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self.client.close()

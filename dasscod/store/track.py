@@ -1,0 +1,206 @@
+"""The `track` collection: every job transition is one guarded `update_one`.
+
+The guard is the document's `version`: a transition is planned on the version it read and is
+written only if the stored document is still that version (compare-and-set). A lost race
+re-reads and re-plans, so the losing event is either applied on top of the winner's change or
+found to be a no-op by the state machine; nothing is ever overwritten blindly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
+
+from dasscod.log import get_logger
+from dasscod.model import Track, utcnow
+from dasscod.pipeline import JobEvent, Pipeline, RetryPolicy, new_track_fields, plan
+from dasscod.store.codec import to_bson
+
+log = get_logger(__name__)
+
+#: Every query the daemon runs on `track` has an index here.
+TRACK_INDEXES = [
+    IndexModel([("ready", ASCENDING), ("ready_since", ASCENDING)], name="ready_queue"),
+    IndexModel([("retry_due", ASCENDING)], name="retry_due", sparse=True),
+    IndexModel([("in_flight", ASCENDING)], name="in_flight"),
+    IndexModel([("active_clusters", ASCENDING)], name="active_clusters"),
+    IndexModel([("jobs_status", ASCENDING)], name="jobs_status"),
+    IndexModel([("parent_guid", ASCENDING)], name="parent_guid", sparse=True),
+]
+
+#: Conflicts in a row before a transition gives up; each one means another writer made
+#: progress on the same asset, so this only trips on a pathological storm.
+MAX_CONFLICTS = 20
+
+
+class AssetNotFound(LookupError):
+    pass
+
+
+class AssetExists(ValueError):
+    pass
+
+
+class TransitionConflict(RuntimeError):
+    pass
+
+
+@dataclass
+class Applied:
+    """The result of one transition: whether it was written, the document after it, and the
+    events the state machine ignored (duplicates, stale attempts, illegal moves)."""
+
+    applied: bool
+    track: Track
+    ignored: list[str] = field(default_factory=list)
+
+
+class TrackStore:
+    def __init__(
+        self,
+        collection: AsyncCollection[dict[str, Any]],
+        pipelines: Mapping[str, Pipeline],
+        *,
+        policy: RetryPolicy = RetryPolicy(),
+        on_change: Callable[[Track], None] | None = None,
+    ) -> None:
+        self.collection = collection
+        self.pipelines = pipelines
+        self.policy = policy
+        self._on_change = on_change
+
+    def pipeline_of(self, track: Track) -> Pipeline | None:
+        return self.pipelines.get(track.pipeline)
+
+    async def get(self, guid: str) -> Track | None:
+        doc = await self.collection.find_one({"_id": guid})
+        return Track.model_validate(doc) if doc else None
+
+    async def insert(self, track: Track) -> Track:
+        """Create an asset's track document, derived fields filled in."""
+        complete = new_track_fields(track, self.pipeline_of(track), utcnow())
+        try:
+            await self.collection.insert_one(to_bson(complete.to_document()))
+        except DuplicateKeyError as exc:
+            raise AssetExists(f"asset {track.id} is already tracked") from exc
+        self._notify(complete)
+        return complete
+
+    async def apply(
+        self,
+        guid: str,
+        events: Sequence[JobEvent] = (),
+        *,
+        cause: str,
+        asset_fields: Mapping[str, Any] | None = None,
+        known: Track | None = None,
+        now: datetime | None = None,
+    ) -> Applied:
+        """Apply job events and asset field changes as one guarded write.
+
+        `known` is a document the caller already read (saves a round trip); if it is stale the
+        write's guard fails and the store re-reads.
+        """
+        current = known
+        for _ in range(MAX_CONFLICTS):
+            if current is None:
+                current = await self.get(guid)
+                if current is None:
+                    raise AssetNotFound(f"no asset {guid}")
+            result = plan(
+                current,
+                events,
+                pipeline=self.pipeline_of(current),
+                now=now or utcnow(),
+                cause=cause,
+                asset_fields=asset_fields,
+                policy=self.policy,
+            )
+            if not result.changed:
+                for reason in result.ignored:
+                    log.info("transition ignored", asset_guid=guid, cause=cause, reason=reason)
+                return Applied(False, current, result.ignored)
+            update: dict[str, Any] = {
+                "$set": to_bson(result.set_fields),
+                "$inc": {"version": 1},
+            }
+            if result.history:
+                update["$push"] = {
+                    "history": {"$each": [to_bson(h.model_dump(by_alias=True))
+                                          for h in result.history]}
+                }
+            written = await self.collection.update_one(
+                {"_id": guid, "version": current.version}, update
+            )
+            if written.modified_count == 1:
+                new = result.track
+                new.version = current.version + 1
+                new.history = [*current.history, *result.history]
+                for entry in result.history:
+                    log.info(
+                        "transition",
+                        asset_guid=guid,
+                        job=entry.job,
+                        attempt=entry.attempt,
+                        from_=entry.from_,
+                        to=entry.to,
+                        cause=entry.cause,
+                    )
+                self._notify(new)
+                return Applied(True, new, result.ignored)
+            current = None  # someone else wrote first: re-read and re-plan
+        raise TransitionConflict(f"asset {guid}: {MAX_CONFLICTS} write conflicts in a row")
+
+    async def set_fields(self, guid: str, fields: Mapping[str, Any], *, cause: str) -> Applied:
+        """Asset-level flag changes (no job event), guarded and recorded like any transition."""
+        return await self.apply(guid, (), cause=cause, asset_fields=fields)
+
+    async def ready(self, job: str, limit: int) -> list[Track]:
+        """Assets whose job `job` may be claimed now, longest-ready first."""
+        cursor = self.collection.find({"ready": job}).sort("ready_since", ASCENDING).limit(limit)
+        return [Track.model_validate(doc) async for doc in cursor]
+
+    async def due_retries(self, now: datetime, limit: int = 500) -> list[Track]:
+        cursor = self.collection.find({"retry_due": {"$lte": now}}).limit(limit)
+        return [Track.model_validate(doc) async for doc in cursor]
+
+    async def in_flight(self) -> list[Track]:
+        cursor = self.collection.find({"in_flight": True})
+        return [Track.model_validate(doc) async for doc in cursor]
+
+    async def find(self, guids: Iterable[str]) -> list[Track]:
+        cursor = self.collection.find({"_id": {"$in": list(guids)}})
+        return [Track.model_validate(doc) async for doc in cursor]
+
+    async def status_counts(self) -> dict[str, Any]:
+        """Counts of assets by overall status and of jobs by name and status."""
+        assets: dict[str, int] = {}
+        async for row in await self.collection.aggregate(
+            [{"$group": {"_id": "$jobs_status", "n": {"$sum": 1}}}]
+        ):
+            assets[str(row["_id"])] = int(row["n"])
+        jobs: dict[str, dict[str, int]] = {}
+        async for row in await self.collection.aggregate(
+            [
+                {"$unwind": "$job_list"},
+                {
+                    "$group": {
+                        "_id": {"job": "$job_list.name", "status": "$job_list.status"},
+                        "n": {"$sum": 1},
+                    }
+                },
+            ]
+        ):
+            key = row["_id"]
+            jobs.setdefault(str(key["job"]), {})[str(key["status"])] = int(row["n"])
+        return {"assets": assets, "jobs": jobs}
+
+    def _notify(self, track: Track) -> None:
+        if self._on_change is not None:
+            self._on_change(track)
