@@ -72,6 +72,7 @@ class Job(BaseModel):
     max_attempts: int = 3
     cluster: str | None = None
     hpc_job_id: str | int = -9  # -9 = never queued, as in the current system
+    job_claimed_time: datetime | None = None  # when the dispatcher took it (STARTING)
     job_queued_time: datetime | None = None
     job_start_time: datetime | None = None
     job_end_time: datetime | None = None

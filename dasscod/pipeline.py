@@ -251,8 +251,9 @@ def plan(
                     HistoryEntry(at=now, job=None, from_=str(history_from), to=value, cause=cause)
                 )
     for ev in events:
-        _apply_job_event(new, ev, pipeline=pipeline, now=now, cause=cause, policy=policy,
-                         out=result)
+        _apply_job_event(
+            new, ev, pipeline=pipeline, now=now, cause=cause, policy=policy, out=result
+        )
     if result.set_fields:
         for name, value in derive(new, pipeline=pipeline, now=now).items():
             if getattr(new, name) != value:
@@ -304,6 +305,7 @@ def _apply_job_event(
             updated.attempt = job.attempt + 1
             updated.cluster = ev.cluster
             updated.hpc_job_id = -9
+            updated.job_claimed_time = at
             updated.job_queued_time = updated.job_start_time = updated.job_end_time = None
             updated.not_before = None
             updated.exit_state = None
@@ -328,8 +330,9 @@ def _apply_job_event(
             # The attempt never reached the scheduler: give its number back.
             updated.attempt = job.attempt - 1
         case Event.OPERATOR_RETRY:
-            updated.max_attempts = job.attempt + (pipeline.spec(job.name).max_attempts
-                                                  if pipeline and _has(pipeline, job.name) else 1)
+            updated.max_attempts = job.attempt + (
+                pipeline.spec(job.name).max_attempts if pipeline and _has(pipeline, job.name) else 1
+            )
             updated.not_before = None
         case _:
             pass

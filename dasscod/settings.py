@@ -187,8 +187,10 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
         env = ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(p) for p in err["loc"]).upper()
-        lines.append(f"  {field}: {err['msg']}{_shown_input(field, err.get('input'))}"
-                     f" (environment override: {env})")
+        lines.append(
+            f"  {field}: {err['msg']}{_shown_input(field, err.get('input'))}"
+            f" (environment override: {env})"
+        )
     return "\n".join(lines)
 
 

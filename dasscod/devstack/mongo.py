@@ -47,6 +47,7 @@ def wait_until_up(uri: str, timeout_s: float = 60.0) -> None:
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
+            client: MongoClient[dict[str, object]]
             with MongoClient(uri, serverSelectionTimeoutMS=500) as client:
                 client.admin.command("ping")
                 return
@@ -71,11 +72,16 @@ def mongo_server(data_dir: Path, *, log_file: Path | None = None) -> Iterator[st
     proc = subprocess.Popen(
         [
             _server_program(),
-            "--host", "127.0.0.1",
-            "--port", str(port),
-            "--storage-path", str(data_dir / "wt"),
-            "--log-level", "WARNING",
-            "--cache-size", "256M",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--storage-path",
+            str(data_dir / "wt"),
+            "--log-level",
+            "WARNING",
+            "--cache-size",
+            "256M",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -46,8 +46,11 @@ class MetadataStore:
         bad = sorted(k for k in data if k in PROTECTED_FIELDS or k.startswith("$") or "." in k)
         if bad:
             raise ValueError(f"these metadata fields cannot be set by a job: {', '.join(bad)}")
-        fields = {**to_bson(dict(data)), "date_metadata_updated": utcnow(),
-                  "metadata_updated_by": updated_by}
+        fields = {
+            **to_bson(dict(data)),
+            "date_metadata_updated": utcnow(),
+            "metadata_updated_by": updated_by,
+        }
         result = await self.collection.update_one(
             {"_id": guid}, {"$set": fields, "$inc": {"metadata_version": 1}}
         )

@@ -18,7 +18,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from dasscod.log import get_logger
-from dasscod.model import Track, utcnow
+from dasscod.model import FileEntry, Flag, HistoryEntry, Track, utcnow
 from dasscod.pipeline import JobEvent, Pipeline, RetryPolicy, new_track_fields, plan
 from dasscod.store.codec import to_bson
 
@@ -32,6 +32,7 @@ TRACK_INDEXES = [
     IndexModel([("active_clusters", ASCENDING)], name="active_clusters"),
     IndexModel([("jobs_status", ASCENDING)], name="jobs_status"),
     IndexModel([("parent_guid", ASCENDING)], name="parent_guid", sparse=True),
+    IndexModel([("available_for_services", ASCENDING)], name="available_for_services"),
 ]
 
 #: Conflicts in a row before a transition gives up; each one means another writer made
@@ -132,8 +133,9 @@ class TrackStore:
             }
             if result.history:
                 update["$push"] = {
-                    "history": {"$each": [to_bson(h.model_dump(by_alias=True))
-                                          for h in result.history]}
+                    "history": {
+                        "$each": [to_bson(h.model_dump(by_alias=True)) for h in result.history]
+                    }
                 }
             written = await self.collection.update_one(
                 {"_id": guid, "version": current.version}, update
@@ -157,6 +159,27 @@ class TrackStore:
             current = None  # someone else wrote first: re-read and re-plan
         raise TransitionConflict(f"asset {guid}: {MAX_CONFLICTS} write conflicts in a row")
 
+    async def add_file(self, guid: str, entry: FileEntry, *, cause: str) -> bool:
+        """Append a file (a `$push`, guarded so that a repeated report adds nothing) and mark
+        the asset as having a new file. Returns False if the file was already recorded."""
+        now = utcnow()
+        history = HistoryEntry(
+            at=now,
+            job=None,
+            from_=str(Flag.NO),
+            to=str(Flag.YES),
+            cause=f"{cause}: file {entry.name}",
+        )
+        written = await self.collection.update_one(
+            {"_id": guid, "file_list.name": {"$ne": entry.name}},
+            {
+                "$push": {"file_list": to_bson(entry), "history": to_bson(history)},
+                "$set": {"has_new_file": Flag.YES.value},
+                "$inc": {"version": 1, "asset_size": entry.file_size},
+            },
+        )
+        return written.modified_count == 1
+
     async def set_fields(self, guid: str, fields: Mapping[str, Any], *, cause: str) -> Applied:
         """Asset-level flag changes (no job event), guarded and recorded like any transition."""
         return await self.apply(guid, (), cause=cause, asset_fields=fields)
@@ -169,6 +192,22 @@ class TrackStore:
     async def due_retries(self, now: datetime, limit: int = 500) -> list[Track]:
         cursor = self.collection.find({"retry_due": {"$lte": now}}).limit(limit)
         return [Track.model_validate(doc) async for doc in cursor]
+
+    async def active_on(self, cluster: str) -> list[Track]:
+        """Assets with a job starting, queued or running on `cluster`."""
+        cursor = self.collection.find({"active_clusters": cluster})
+        return [Track.model_validate(doc) async for doc in cursor]
+
+    async def paused(self) -> list[Track]:
+        cursor = self.collection.find({"available_for_services": Flag.PAUSED.value})
+        return [Track.model_validate(doc) async for doc in cursor]
+
+    async def next_retry_due(self) -> datetime | None:
+        doc = await self.collection.find_one(
+            {"retry_due": {"$ne": None}}, {"retry_due": 1}, sort=[("retry_due", ASCENDING)]
+        )
+        due = doc.get("retry_due") if doc else None
+        return due if isinstance(due, datetime) else None
 
     async def in_flight(self) -> list[Track]:
         cursor = self.collection.find({"in_flight": True})

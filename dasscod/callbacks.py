@@ -1,0 +1,380 @@
+"""What each HPC callback does to the stores.
+
+Order matters for crash safety: effects on `metadata` and `mos` are idempotent and written
+first; the `track` transition that ends the job is written last, as the commit point. If the
+daemon dies in between, the job's runner gets no acknowledgement, sends the callback again,
+and the repeated effects change nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from dasscod.listener.schemas import (
+    Ack,
+    AssetLinks,
+    BarcodeResult,
+    FailedCallback,
+    FileInfo,
+    FileLink,
+    FinishedCallback,
+    JobResults,
+    QueuedCallback,
+    StartedCallback,
+)
+from dasscod.log import get_logger
+from dasscod.model import (
+    SUBJECT_TO_TYPE,
+    AssetType,
+    FileEntry,
+    Flag,
+    Job,
+    JobStatus,
+    Metadata,
+    Track,
+)
+from dasscod.pipeline import TERMINAL, Event, JobEvent
+from dasscod.store import Applied, AssetNotFound, MosMember, Stores
+from dasscod.tokens import JobClaims
+
+log = get_logger(__name__)
+
+CAUSE = "callback"
+
+
+class CallbackRejected(Exception):
+    """The callback is well-formed but refers to something that does not exist or that this
+    job may not touch. `status_code` is the HTTP answer."""
+
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+
+
+def _ack(result: Applied, job: str | None = None) -> Ack:
+    status = result.track.job(job).status if job else result.track.jobs_status
+    return Ack(
+        applied=result.applied,
+        status=str(status),
+        detail="; ".join(result.ignored) or None,
+    )
+
+
+@dataclass
+class CallbackService:
+    stores: Stores
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _track(self, guid: str) -> Track:
+        track = await self.stores.track.get(guid)
+        if track is None:
+            raise CallbackRejected(404, f"no asset {guid}")
+        return track
+
+    @staticmethod
+    def _job(track: Track, name: str) -> Job:
+        try:
+            return track.job(name)
+        except KeyError:
+            raise CallbackRejected(404, f"asset {track.id} has no job {name!r}") from None
+
+    async def _apply(
+        self,
+        guid: str,
+        events: list[JobEvent],
+        *,
+        known: Track | None = None,
+        asset_fields: dict[str, Any] | None = None,
+    ) -> Applied:
+        try:
+            return await self.stores.track.apply(
+                guid, events, cause=CAUSE, known=known, asset_fields=asset_fields
+            )
+        except AssetNotFound:
+            raise CallbackRejected(404, f"no asset {guid}") from None
+
+    @staticmethod
+    def _is_live(job: Job, claims: JobClaims) -> bool:
+        """Effects on other collections are applied only for the job's current, unfinished
+        attempt; a duplicate or stale callback must not apply them a second time."""
+        return job.attempt == claims.attempt and job.status not in TERMINAL
+
+    # ------------------------------------------------------------------ job lifecycle
+
+    async def queued(self, claims: JobClaims, body: QueuedCallback) -> Ack:
+        result = await self._apply(
+            claims.asset_guid,
+            [
+                JobEvent(
+                    claims.job,
+                    Event.QUEUED,
+                    attempt=claims.attempt,
+                    hpc_job_id=body.hpc_job_id,
+                    at=body.timestamp,
+                )
+            ],
+        )
+        return _ack(result, claims.job)
+
+    async def started(self, claims: JobClaims, body: StartedCallback) -> Ack:
+        result = await self._apply(
+            claims.asset_guid,
+            [
+                JobEvent(
+                    claims.job,
+                    Event.STARTED,
+                    attempt=claims.attempt,
+                    hpc_job_id=body.hpc_job_id,
+                    at=body.timestamp,
+                )
+            ],
+        )
+        return _ack(result, claims.job)
+
+    async def failed(self, claims: JobClaims, body: FailedCallback) -> Ack:
+        reason = body.reason if body.exit_code is None else f"{body.reason} (exit {body.exit_code})"
+        result = await self._apply(
+            claims.asset_guid,
+            [
+                JobEvent(
+                    claims.job,
+                    Event.FAILED,
+                    attempt=claims.attempt,
+                    at=body.timestamp,
+                    error=reason,
+                    exit_state="FAILED" if body.exit_code is None else f"EXIT_{body.exit_code}",
+                    retryable=body.retryable,
+                    run_time_s=body.run_time_s,
+                )
+            ],
+        )
+        return _ack(result, claims.job)
+
+    async def finished(self, claims: JobClaims, body: FinishedCallback) -> Ack:
+        track = await self._track(claims.asset_guid)
+        job = self._job(track, claims.job)
+        asset_fields: dict[str, Any] = {}
+        extra_events: list[JobEvent] = []
+        if self._is_live(job, claims):
+            asset_fields, extra_events = await self._result_effects(track, claims, body.results)
+        event = JobEvent(
+            claims.job,
+            Event.FINISHED,
+            attempt=claims.attempt,
+            at=body.timestamp,
+            run_time_s=body.run_time_s,
+        )
+        result = await self._apply(
+            claims.asset_guid, [event, *extra_events], known=track, asset_fields=asset_fields
+        )
+        return _ack(result, claims.job)
+
+    async def _result_effects(
+        self, track: Track, claims: JobClaims, results: JobResults
+    ) -> tuple[dict[str, Any], list[JobEvent]]:
+        """Apply a finished job's results to metadata/MOS; return the track changes that go
+        into the same write as the job's transition."""
+        fields: dict[str, Any] = {}
+        events: list[JobEvent] = []
+        if results.asset_ready:
+            fields["hpc_ready"] = Flag.YES
+        if results.clean_up:
+            fields["hpc_ready"] = Flag.NO
+        if results.metadata:
+            await self._merge_metadata(track.id, results.metadata, claims.job)
+            fields["update_metadata"] = Flag.YES
+        if results.barcode is not None:
+            more_fields, events = await self._barcode_effects(track, results.barcode)
+            fields.update(more_fields)
+        return fields, events
+
+    async def _merge_metadata(self, guid: str, data: dict[str, Any], job: str) -> None:
+        try:
+            found = await self.stores.metadata.merge(guid, data, updated_by=f"dasscod:{job}")
+        except ValueError as exc:
+            raise CallbackRejected(422, str(exc)) from None
+        if not found:
+            raise CallbackRejected(404, f"asset {guid} has no metadata")
+
+    async def _barcode_effects(
+        self, track: Track, barcode: BarcodeResult
+    ) -> tuple[dict[str, Any], list[JobEvent]]:
+        found = await self.stores.metadata.apply_barcode(
+            track.id,
+            barcodes=barcode.barcodes,
+            subject=barcode.asset_subject,
+            multispecimen=barcode.MSO,
+        )
+        if not found:
+            raise CallbackRejected(404, f"asset {track.id} has no metadata")
+        asset_type = SUBJECT_TO_TYPE[barcode.asset_subject]
+        fields: dict[str, Any] = {"asset_type": asset_type, "update_metadata": Flag.YES}
+        if barcode.MOS:
+            await self._link_mos(track, barcode)
+        events: list[JobEvent] = []
+        if asset_type is AssetType.DEVICE_TARGET:
+            # A calibration target needs no cropping, OCR or derivatives.
+            events = [
+                JobEvent(j.name, Event.CANCEL)
+                for j in track.job_list
+                if j.status in (JobStatus.WAITING, JobStatus.RETRY)
+            ]
+        return fields, events
+
+    async def _link_mos(self, track: Track, barcode: BarcodeResult) -> None:
+        if not barcode.disposable:
+            # The current system grouped every such asset of a day under "<batch>_None".
+            log.warning("MOS reported without a disposable id; not linked", asset_guid=track.id)
+            return
+        meta = await self.stores.metadata.get(track.id) or {}
+        member = MosMember(
+            guid=track.id,
+            label=barcode.label or barcode.asset_subject == "label",
+            disposable_id=barcode.disposable,
+            batch_list_name=track.batch_list_name,
+            institution=str(meta.get("institution", "")),
+            collection=str(meta.get("collection", "")),
+            barcodes=barcode.barcodes,
+        )
+        touched = await self.stores.mos.link(member)
+        for guid in touched:
+            if guid != track.id:
+                await self.stores.track.set_fields(
+                    guid, {"update_metadata": Flag.YES}, cause=f"MOS link from {track.id}"
+                )
+
+    # ------------------------------------------------------------------ DOMAIN callbacks
+
+    async def barcode(self, claims: JobClaims, result: BarcodeResult, status: str) -> Ack:
+        if status == "ERROR":
+            return await self.failed(
+                claims,
+                FailedCallback(
+                    asset_guid=claims.asset_guid,
+                    job=claims.job,
+                    reason="barcode reader reported ERROR",
+                    retryable=False,
+                ),
+            )
+        return await self.finished(
+            claims,
+            FinishedCallback(
+                asset_guid=claims.asset_guid, job=claims.job, results=JobResults(barcode=result)
+            ),
+        )
+
+    async def metadata_update(self, claims: JobClaims, data: dict[str, Any], status: str) -> Ack:
+        if status == "ERROR":
+            return await self.failed(
+                claims,
+                FailedCallback(
+                    asset_guid=claims.asset_guid,
+                    job=claims.job,
+                    reason="job reported ERROR",
+                    retryable=False,
+                ),
+            )
+        return await self.finished(
+            claims,
+            FinishedCallback(
+                asset_guid=claims.asset_guid,
+                job=claims.job,
+                results=JobResults(metadata=data or None),
+            ),
+        )
+
+    async def asset_ready(self, claims: JobClaims) -> Ack:
+        result = await self._apply(claims.asset_guid, [], asset_fields={"hpc_ready": Flag.YES})
+        return _ack(result)
+
+    async def clean_up_done(self, claims: JobClaims) -> Ack:
+        result = await self._apply(claims.asset_guid, [], asset_fields={"hpc_ready": Flag.NO})
+        return _ack(result)
+
+    async def register_derivative(self, claims: JobClaims, metadata: Metadata) -> Ack:
+        """A job of the parent asset created a derivative: a new asset with `parent_guid`."""
+        if metadata.parent_guid != claims.asset_guid:
+            raise CallbackRejected(
+                403, f"a job of {claims.asset_guid} may only register its own derivatives"
+            )
+        parent = await self._track(claims.asset_guid)
+        if await self.stores.track.get(metadata.asset_guid) is not None:
+            return Ack(applied=False, detail=f"derivative {metadata.asset_guid} already exists")
+        if await self.stores.metadata.get(metadata.asset_guid) is None:
+            await self.stores.metadata.insert(metadata)
+        derivative = Track.model_validate(
+            {
+                "_id": metadata.asset_guid,
+                "pipeline": parent.pipeline,
+                "batch_list_name": parent.batch_list_name,
+                "asset_type": parent.asset_type,
+                "parent_guid": parent.id,
+                "job_list": [],
+                "asset_size": 0,
+                "hpc_ready": Flag.YES,  # its file was made on the cluster
+            }
+        )
+        await self.stores.track.insert(derivative)
+        log.info("derivative registered", asset_guid=metadata.asset_guid, parent_guid=parent.id)
+        return Ack(applied=True, status=str(derivative.jobs_status))
+
+    async def _own_or_derivative(self, claims: JobClaims, guid: str) -> Track:
+        track = await self._track(guid)
+        if guid != claims.asset_guid and track.parent_guid != claims.asset_guid:
+            raise CallbackRejected(403, f"this job's token is not valid for asset {guid}")
+        return track
+
+    async def add_file(self, claims: JobClaims, guid: str, info: FileInfo) -> Ack:
+        await self._own_or_derivative(claims, guid)
+        entry = FileEntry(
+            name=info.name, type=info.type, file_size=info.file_size, check_sum=info.check_sum
+        )
+        added = await self.stores.track.add_file(guid, entry, cause=CAUSE)
+        return Ack(applied=added, detail=None if added else f"file {info.name} already recorded")
+
+    async def derivative_uploaded(self, claims: JobClaims, guid: str) -> Ack:
+        await self._own_or_derivative(claims, guid)
+        result = await self._apply(guid, [], asset_fields={"has_new_file": Flag.AWAIT})
+        return _ack(result)
+
+    async def derivative_failed(self, claims: JobClaims, ppi: int | None, note: str | None) -> Ack:
+        await self._track(claims.asset_guid)
+        await self.stores.metadata.mark_media_issue(claims.asset_guid, ppi=ppi, note=note)
+        result = await self._apply(
+            claims.asset_guid, [], asset_fields={"update_metadata": Flag.YES}
+        )
+        return Ack(applied=True, status=str(result.track.jobs_status))
+
+    # ------------------------------------------------------------------ reads
+
+    async def metadata(self, claims: JobClaims, guid: str) -> dict[str, Any]:
+        await self._own_or_derivative(claims, guid)
+        doc = await self.stores.metadata.get(guid)
+        if doc is None:
+            raise CallbackRejected(404, f"asset {guid} has no metadata")
+        doc.pop("_id", None)
+        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in doc.items()}
+
+    async def links(self, claims: JobClaims, guid: str) -> AssetLinks:
+        track = await self._own_or_derivative(claims, guid)
+        base = Path(track.temporary_path_local) if track.temporary_path_local else None
+        return AssetLinks(
+            asset_guid=guid,
+            files=[
+                FileLink(
+                    name=f.name,
+                    type=f.type,
+                    check_sum=f.check_sum,
+                    file_size=f.file_size,
+                    ars_link=f.ars_link,
+                    local_path=str(base / f.name) if base else None,
+                )
+                for f in track.file_list
+                if not f.deleted
+            ],
+        )

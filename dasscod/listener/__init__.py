@@ -1,0 +1,1 @@
+"""The embedded HTTP listener: HPC callbacks, the reads the HPC side needs, health."""

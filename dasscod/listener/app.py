@@ -1,0 +1,186 @@
+"""The FastAPI application served inside the daemon's event loop.
+
+Routes are thin: authenticate the job's token, validate the body (FastAPI answers 422 naming
+the field), hand over to `CallbackService`. The OpenAPI document at `/openapi.json` is the
+contract for `hpc/`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from dasscod.callbacks import CallbackRejected, CallbackService
+from dasscod.listener.schemas import (
+    Ack,
+    AssetLinks,
+    BarcodeCallback,
+    BarcodeResult,
+    DerivativeFailed,
+    FailedCallback,
+    FileInfo,
+    FinishedCallback,
+    JobCallback,
+    MetadataUpdate,
+    QueuedCallback,
+    StartedCallback,
+)
+from dasscod.model import GUID_PATTERN, Metadata
+from dasscod.store import Stores, TransitionConflict
+from dasscod.tokens import JobClaims, TokenError, verify
+
+API_PREFIX = "/api/v1"
+
+_bearer = HTTPBearer(auto_error=False, description="The job token from DASSCO_TOKEN")
+GuidPath = Annotated[str, Path(pattern=GUID_PATTERN)]
+
+
+def create_app(stores: Stores, token_secret: str) -> FastAPI:
+    service = CallbackService(stores)
+    app = FastAPI(
+        title="dasscod listener",
+        version="1",
+        description=(
+            "Callbacks from HPC jobs and the reads they need. Every `/api/v1` route takes the "
+            "job's bearer token (DASSCO_TOKEN), which names one asset, job and attempt."
+        ),
+    )
+
+    async def claims(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> JobClaims:
+        if credentials is None:
+            raise HTTPException(
+                401,
+                "missing bearer token: send the job's DASSCO_TOKEN as 'Authorization: Bearer'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        try:
+            return verify(token_secret, credentials.credentials)
+        except TokenError as exc:
+            raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
+
+    Claims = Annotated[JobClaims, Depends(claims)]
+
+    def for_job(who: JobClaims, body: JobCallback) -> JobClaims:
+        """The body must name the token's own asset and job (and attempt, if it names one)."""
+        if body.asset_guid != who.asset_guid or body.job != who.job:
+            raise HTTPException(
+                403,
+                f"token is for {who.asset_guid}/{who.job}, not {body.asset_guid}/{body.job}",
+            )
+        if body.attempt is not None and body.attempt != who.attempt:
+            raise HTTPException(403, f"token is for attempt {who.attempt}, not {body.attempt}")
+        return who
+
+    def for_asset(who: JobClaims, guid: str) -> JobClaims:
+        if guid != who.asset_guid:
+            raise HTTPException(403, f"token is for asset {who.asset_guid}, not {guid}")
+        return who
+
+    def named_job(who: JobClaims, job: str) -> JobClaims:
+        if job != who.job:
+            raise HTTPException(403, f"token is for job {who.job}, not {job}")
+        return who
+
+    @app.exception_handler(CallbackRejected)
+    async def _rejected(_: Request, exc: CallbackRejected) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(TransitionConflict)
+    async def _conflict(_: Request, exc: TransitionConflict) -> JSONResponse:
+        # Retrying is safe: the runner's callback client backs off and sends again.
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+    api = APIRouter(prefix=API_PREFIX)
+
+    @api.post("/jobs/queued", tags=["jobs"])
+    async def job_queued(body: QueuedCallback, who: Claims) -> Ack:
+        """The scheduler accepted the job (pull agents report the scheduler's job id here)."""
+        return await service.queued(for_job(who, body), body)
+
+    @api.post("/jobs/started", tags=["jobs"])
+    async def job_started(body: StartedCallback, who: Claims) -> Ack:
+        return await service.started(for_job(who, body), body)
+
+    @api.post("/jobs/finished", tags=["jobs"])
+    async def job_finished(body: FinishedCallback, who: Claims) -> Ack:
+        """The job ended well; `results` carries what it found (barcodes, metadata, ...)."""
+        return await service.finished(for_job(who, body), body)
+
+    @api.post("/jobs/failed", tags=["jobs"])
+    async def job_failed(body: FailedCallback, who: Claims) -> Ack:
+        """The job failed; `retryable` says whether another attempt could help."""
+        return await service.failed(for_job(who, body), body)
+
+    @api.post("/assets/{guid}/ready", tags=["assets"])
+    async def asset_ready(guid: GuidPath, who: Claims) -> Ack:
+        """The asset's files are on the cluster (hpc_ready = YES)."""
+        return await service.asset_ready(for_asset(who, guid))
+
+    @api.post("/assets/{guid}/barcode", tags=["assets"])
+    async def barcode(guid: GuidPath, body: BarcodeCallback, who: Claims) -> Ack:
+        """The barcode reader's result; ends the barcode job (MOS linking, device targets)."""
+        who = named_job(for_asset(who, guid), body.job)
+        result = BarcodeResult.model_validate(body.model_dump(exclude={"job", "status"}))
+        return await service.barcode(who, result, body.status)
+
+    @api.post("/assets/{guid}/metadata", tags=["assets"])
+    async def update_metadata(guid: GuidPath, body: MetadataUpdate, who: Claims) -> Ack:
+        """A job's metadata result (e.g. OCR text), merged into the asset's metadata."""
+        who = named_job(for_asset(who, guid), body.job)
+        return await service.metadata_update(who, body.data, body.status)
+
+    @api.get("/assets/{guid}/metadata", tags=["assets"])
+    async def read_metadata(guid: GuidPath, who: Claims) -> dict[str, Any]:
+        return await service.metadata(who, guid)
+
+    @api.get("/assets/{guid}/links", tags=["assets"])
+    async def read_links(guid: GuidPath, who: Claims) -> AssetLinks:
+        """Where the asset's files can be fetched (ARS file proxy links; a local path when the
+        job runs on the daemon's machine)."""
+        return await service.links(who, guid)
+
+    @api.post("/derivatives", tags=["derivatives"])
+    async def register_derivative(body: Metadata, who: Claims) -> Ack:
+        """Register a derivative (e.g. a cropped JPEG) as a new asset whose parent is the
+        token's asset."""
+        return await service.register_derivative(who, body)
+
+    @api.post("/assets/{guid}/files", tags=["derivatives"])
+    async def add_file(guid: GuidPath, body: FileInfo, who: Claims) -> Ack:
+        """A file of the asset or of one of its derivatives (name, type, CRC-32, size MB)."""
+        return await service.add_file(who, guid, body)
+
+    @api.post("/assets/{guid}/derivative-uploaded", tags=["derivatives"])
+    async def derivative_uploaded(guid: GuidPath, who: Claims) -> Ack:
+        return await service.derivative_uploaded(who, guid)
+
+    @api.post("/assets/{guid}/derivative-failed", tags=["derivatives"])
+    async def derivative_failed(guid: GuidPath, body: DerivativeFailed, who: Claims) -> Ack:
+        """Derivative creation failed: the asset is marked ISSUE_WITH_MEDIA with the note."""
+        return await service.derivative_failed(for_asset(who, guid), body.ppi, body.note)
+
+    @api.post("/assets/{guid}/clean-up", tags=["assets"])
+    async def clean_up(guid: GuidPath, who: Claims) -> Ack:
+        """The asset's files were removed from the cluster (hpc_ready = NO)."""
+        return await service.clean_up_done(for_asset(who, guid))
+
+    app.include_router(api)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is up and serving."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        """MongoDB answers: the daemon can take callbacks."""
+        if await stores.ping():
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "mongodb unreachable"}, status_code=503)
+
+    return app

@@ -1,0 +1,119 @@
+"""Request and response bodies of the listener: the contract with `hpc/`.
+
+Field names follow the current system's callbacks (DOMAIN.md) where one existed, so HPC
+scripts written for it stay recognisable.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dasscod.model import GUID_PATTERN
+
+Guid = Field(pattern=GUID_PATTERN)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BarcodeResult(_Body):
+    """What the barcode reader found on one image."""
+
+    barcodes: list[str] = Field(default_factory=list)
+    asset_subject: Literal["specimen", "label", "device target"]
+    MSO: bool = False
+    MOS: bool = False
+    label: bool = False
+    disposable: str | None = None
+
+
+class JobResults(_Body):
+    """Results a finished job reports; each part is optional."""
+
+    asset_ready: bool = False
+    metadata: dict[str, Any] | None = None
+    barcode: BarcodeResult | None = None
+    clean_up: bool = False
+    derivatives: list[str] = Field(default_factory=list, description="guids registered")
+
+
+class JobCallback(_Body):
+    asset_guid: str = Guid
+    job: str = Field(min_length=1, max_length=100)
+    attempt: int | None = Field(default=None, ge=1)
+    timestamp: datetime | None = None
+
+
+class QueuedCallback(JobCallback):
+    hpc_job_id: str = Field(min_length=1, max_length=100)
+
+
+class StartedCallback(JobCallback):
+    hpc_job_id: str | None = Field(default=None, max_length=100)
+
+
+class FinishedCallback(JobCallback):
+    run_time_s: float | None = Field(default=None, ge=0)
+    results: JobResults = Field(default_factory=JobResults)
+
+
+class FailedCallback(JobCallback):
+    run_time_s: float | None = Field(default=None, ge=0)
+    reason: str = Field(default="no reason given", max_length=4000)
+    exit_code: int | None = None
+    retryable: bool = True
+    exception: str | None = Field(default=None, max_length=20000)
+
+
+class BarcodeCallback(BarcodeResult):
+    """The current system's barcode callback: a barcode result that also ends the job."""
+
+    job: str = "barcode"
+    status: Literal["DONE", "ERROR"] = "DONE"
+
+
+class MetadataUpdate(_Body):
+    """Generic job result (e.g. OCR text): merged into the asset's metadata."""
+
+    job: str
+    status: Literal["DONE", "ERROR"] = "DONE"
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class FileInfo(_Body):
+    name: str = Field(min_length=1, max_length=255, pattern=r"^[^/\\\x00]+$")
+    type: str = Field(min_length=1, max_length=16)
+    check_sum: int = Field(ge=0, le=0xFFFFFFFF)
+    file_size: float = Field(ge=0, description="MB")
+
+
+class DerivativeFailed(_Body):
+    ppi: int | None = None
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class Ack(BaseModel):
+    """Every callback's answer. `applied: false` is still an acknowledgement: the event was a
+    duplicate or no longer relevant, and the caller must not send it again."""
+
+    applied: bool
+    status: str | None = None
+    detail: str | None = None
+
+
+class FileLink(BaseModel):
+    name: str
+    type: str
+    check_sum: int
+    file_size: float
+    ars_link: str
+    local_path: str | None = None
+
+
+class AssetLinks(BaseModel):
+    asset_guid: str
+    files: list[FileLink]

@@ -1,0 +1,130 @@
+"""In-process coordination between supervisors: wake-ups and the throttle.
+
+Both are rebuilt from the stores (the only source of truth) at start-up and on every safety
+sweep; in between they follow the transitions this process writes, which is every transition,
+because one daemon owns one database.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+
+import anyio
+
+from dasscod.model import Track
+from dasscod.pipeline import ACTIVE
+
+
+class Wakeups:
+    """One event per dispatcher (keyed by job name). A transition that makes a job ready sets
+    its dispatcher's event, so the hand-off from one job to the next takes no polling delay."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, anyio.Event] = defaultdict(anyio.Event)
+
+    def arm(self, key: str) -> anyio.Event:
+        """Call before looking for work: anything notified from now on is not missed."""
+        event = anyio.Event()
+        self._events[key] = event
+        return event
+
+    def notify(self, key: str) -> None:
+        self._events[key].set()
+
+    def notify_all(self) -> None:
+        for event in self._events.values():
+            event.set()
+
+
+class Throttle:
+    """Limits: assets on the HPC side at once, and jobs per cluster.
+
+    Counts come from the in-flight assets' documents (`observe`), plus reservations a
+    dispatcher holds between deciding to claim and its claim being written, so that two
+    dispatchers cannot both take the last slot.
+    """
+
+    def __init__(
+        self,
+        *,
+        assets_in_flight: int,
+        jobs_per_cluster: Mapping[str, int],
+        wakeups: Wakeups,
+    ) -> None:
+        self.max_assets = assets_in_flight
+        self.max_jobs = dict(jobs_per_cluster)
+        self.wakeups = wakeups
+        self._assets: dict[str, Counter[str]] = {}  # in-flight guid -> active jobs per cluster
+        self._reserved_jobs: Counter[str] = Counter()
+        self._reserved_assets: set[str] = set()
+        self._blocked: set[str] = set()
+        self._seen: dict[str, tuple[int, float]] = {}  # guid -> (version, when observed)
+
+    # ---------------------------------------------------------------- observing the store
+
+    def observe(self, track: Track) -> None:
+        seen = self._seen.get(track.id)
+        if seen is not None and seen[0] > track.version:
+            return  # an older copy of a document we already know newer
+        self._seen[track.id] = (track.version, time.monotonic())
+        was = self._assets.get(track.id)
+        if track.in_flight:
+            self._assets[track.id] = Counter(
+                j.cluster for j in track.job_list if j.status in ACTIVE and j.cluster
+            )
+        else:
+            self._assets.pop(track.id, None)
+            self._seen.pop(track.id, None)
+        now = self._assets.get(track.id)
+        if was is not None and (now is None or sum(now.values()) < sum(was.values())):
+            self._wake_blocked()
+
+    def rebuild(self, in_flight: Iterable[Track], *, queried_at: float) -> None:
+        """Resynchronise with a query of the in-flight assets that started at `queried_at`
+        (`time.monotonic()`): what was observed after the query started is fresher and kept."""
+        listed = set()
+        for track in in_flight:
+            listed.add(track.id)
+            self.observe(track)
+        for guid in list(self._assets):
+            if guid not in listed and self._seen.get(guid, (0, 0.0))[1] < queried_at:
+                self._assets.pop(guid, None)
+                self._seen.pop(guid, None)
+        self._wake_blocked()
+
+    # ---------------------------------------------------------------- deciding
+
+    def active_jobs(self, cluster: str) -> int:
+        return sum(c[cluster] for c in self._assets.values()) + self._reserved_jobs[cluster]
+
+    def assets_in_flight(self) -> int:
+        return len(self._assets) + len(self._reserved_assets - self._assets.keys())
+
+    def reserve(self, track: Track, clusters: Iterable[str]) -> str | None:
+        """Pick the first cluster (in order of preference) with room for one more job of
+        `track`, and hold the slot until `release`. None: no room anywhere."""
+        entering = track.id not in self._assets and track.id not in self._reserved_assets
+        if entering and self.assets_in_flight() >= self.max_assets:
+            return None
+        for cluster in clusters:
+            if self.active_jobs(cluster) < self.max_jobs.get(cluster, 0):
+                self._reserved_jobs[cluster] += 1
+                if entering:
+                    self._reserved_assets.add(track.id)
+                return cluster
+        return None
+
+    def release(self, track_id: str, cluster: str) -> None:
+        self._reserved_jobs[cluster] -= 1
+        self._reserved_assets.discard(track_id)
+
+    def wake_when_freed(self, dispatcher: str) -> None:
+        """Wake only the dispatchers the throttle stopped, and only when a slot frees up."""
+        self._blocked.add(dispatcher)
+
+    def _wake_blocked(self) -> None:
+        for key in self._blocked:
+            self.wakeups.notify(key)
+        self._blocked.clear()

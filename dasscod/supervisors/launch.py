@@ -1,0 +1,133 @@
+"""Submitting one claimed job attempt to its cluster's scheduler.
+
+The job is already STARTING in the store when we get here (claimed by a guarded write), so
+a crash at any point leaves a STARTING job that the watcher reconciles by the attempt's
+deterministic scheduler name: it is never submitted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from dasscod.cluster.base import JobSpec, SchedulerError, TransportError
+from dasscod.clusters import Cluster
+from dasscod.log import get_logger
+from dasscod.model import Track
+from dasscod.pipeline import Event, JobEvent, Pipeline
+from dasscod.store import Stores
+from dasscod.tokens import JobClaims, issue
+
+log = get_logger(__name__)
+
+PLACEHOLDERS = ("module", "python", "guid", "job", "attempt")
+
+
+def scheduler_job_name(asset_guid: str, job: str, attempt: int) -> str:
+    """Deterministic per attempt: how the daemon recognises its own jobs after a crash."""
+    return f"dassco.{asset_guid}.{job}.{attempt}"
+
+
+AttemptKey = tuple[str, str, int]
+
+
+@dataclass
+class Launcher:
+    stores: Stores
+    clusters: Mapping[str, Cluster]
+    pipelines: Mapping[str, Pipeline]
+    callback_base: str
+    token_secret: str
+    token_ttl_s: int
+    #: Attempts whose submission is under way in this process; the watcher leaves them alone.
+    submitting: set[AttemptKey] = field(default_factory=set)
+
+    def hold(self, track: Track, job: str) -> AttemptKey:
+        """Mark an attempt as being submitted; call it right after the claim is written,
+        before yielding to any other task."""
+        key = (track.id, job, track.job(job).attempt)
+        self.submitting.add(key)
+        return key
+
+    def job_spec(self, track: Track, job_name: str) -> JobSpec:
+        job = track.job(job_name)
+        pipeline = self.pipelines[track.pipeline]
+        spec = pipeline.spec(job_name)
+        assert job.cluster is not None
+        cluster = self.clusters[job.cluster]
+        values = {
+            "module": spec.module_name,
+            "python": cluster.settings.python,
+            "guid": track.id,
+            "job": job_name,
+            "attempt": str(job.attempt),
+        }
+        try:
+            argv = tuple(part.format_map(values) for part in spec.command)
+        except (KeyError, ValueError) as exc:
+            raise SchedulerError(
+                f"pipeline {pipeline.name} job {job_name}: bad command template {spec.command}: "
+                f"{exc}; placeholders are {', '.join('{' + p + '}' for p in PLACEHOLDERS)}",
+                retryable=False,
+            ) from exc
+        workdir = cluster.workdir(track.id)
+        token = issue(
+            self.token_secret,
+            JobClaims(track.id, job_name, job.attempt),
+            ttl_s=self.token_ttl_s,
+        )
+        env = {
+            **cluster.settings.env,
+            "DASSCO_CALLBACK_URL": self.callback_base,
+            "DASSCO_TOKEN": token,
+            "DASSCO_ASSET_GUID": track.id,
+            "DASSCO_JOB": job_name,
+            "DASSCO_ATTEMPT": str(job.attempt),
+            "DASSCO_WORKDIR": str(workdir),
+        }
+        if track.temporary_path_local:
+            env["DASSCO_ASSET_FILES"] = track.temporary_path_local
+        return JobSpec(
+            name=scheduler_job_name(track.id, job_name, job.attempt),
+            argv=argv,
+            workdir=workdir,
+            env=env,
+            time_limit_s=spec.time_limit_s,
+            cpus=spec.cpus,
+            memory_mb=spec.memory_mb,
+        )
+
+    async def submit(self, track: Track, job_name: str, key: AttemptKey) -> None:
+        job = track.job(job_name)
+        logger = log.bind(asset_guid=track.id, job=job_name, attempt=job.attempt,
+                          cluster=job.cluster)
+        try:
+            try:
+                spec = self.job_spec(track, job_name)
+                assert job.cluster is not None
+                job_id = await self.clusters[job.cluster].scheduler.submit(spec)
+            except SchedulerError as exc:
+                logger.warning("submission refused", error=str(exc), retryable=exc.retryable)
+                await self.stores.track.apply(
+                    track.id,
+                    [JobEvent(job_name, Event.SUBMIT_FAILED, attempt=job.attempt,
+                              error=str(exc), retryable=exc.retryable)],
+                    cause="dispatch",
+                    known=track,
+                )
+                return
+            except TransportError as exc:
+                # The command may have run even though we got no answer: leave the job
+                # STARTING; the watcher asks the scheduler by name before anything is retried.
+                logger.warning("submission outcome unknown, watcher will reconcile",
+                               error=str(exc))
+                return
+            logger.info("submitted", hpc_job_id=job_id)
+            await self.stores.track.apply(
+                track.id,
+                [JobEvent(job_name, Event.SUBMITTED, attempt=job.attempt, hpc_job_id=job_id)],
+                cause="dispatch",
+                known=track,
+            )
+        finally:
+            self.submitting.discard(key)

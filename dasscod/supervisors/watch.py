@@ -1,0 +1,162 @@
+"""Per-cluster job watcher: one batched scheduler query per interval for all of the daemon's
+in-flight jobs on that cluster.
+
+It catches what callbacks cannot report: a job that left the scheduler without a final
+callback (crashed, killed, node lost), a job past its time limit, a job stuck in the queue,
+and STARTING jobs whose submission outcome is unknown (a crash or a lost answer between the
+claim and the recorded job id) -- those are looked up by their deterministic name, so an
+attempt that reached the scheduler is never submitted again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+import anyio
+
+from dasscod.cluster.base import JobInfo, SchedulerError, SchedulerState, TransportError
+from dasscod.clusters import Cluster
+from dasscod.log import get_logger
+from dasscod.model import Job, JobStatus, Track, utcnow
+from dasscod.pipeline import Event, JobEvent, Pipeline
+from dasscod.settings import TimingSettings
+from dasscod.store import Stores
+from dasscod.supervisors.launch import Launcher, scheduler_job_name
+
+log = get_logger(__name__)
+
+#: A STARTING job younger than this is left to its submission (in this or another process).
+RECONCILE_AFTER_S = 10.0
+
+
+class Watcher:
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        stores: Stores,
+        pipelines: Mapping[str, Pipeline],
+        launcher: Launcher,
+        timing: TimingSettings,
+        stopping: anyio.Event,
+    ) -> None:
+        self.cluster = cluster
+        self.stores = stores
+        self.pipelines = pipelines
+        self.launcher = launcher
+        self.timing = timing
+        self.stopping = stopping
+        self.started_at = utcnow()
+        self.log = log.bind(cluster=cluster.name)
+
+    async def run(self) -> None:
+        while not self.stopping.is_set():
+            await self.check_once()
+            with anyio.move_on_after(self.timing.watch_s):
+                await self.stopping.wait()
+
+    async def check_once(self, now: datetime | None = None) -> None:
+        now = now or utcnow()
+        tracks = await self.stores.track.active_on(self.cluster.name)
+        mine = [
+            (t, j)
+            for t in tracks
+            for j in t.job_list
+            if j.cluster == self.cluster.name
+            and j.status in (JobStatus.STARTING, JobStatus.QUEUED, JobStatus.RUNNING)
+        ]
+        unknown_outcome = [(t, j) for t, j in mine if self._needs_lookup(t, j, now)]
+        submitted = [(t, j) for t, j in mine if j.status is not JobStatus.STARTING
+                     and str(j.hpc_job_id) != "-9"]
+        try:
+            if unknown_outcome:
+                await self._reconcile(unknown_outcome)
+            if submitted:
+                await self._check(submitted, now)
+        except (TransportError, SchedulerError) as exc:
+            self.log.warning("cluster query failed; will try again", error=str(exc))
+
+    def _needs_lookup(self, track: Track, job: Job, now: datetime) -> bool:
+        if job.status is not JobStatus.STARTING:
+            return False
+        if (track.id, job.name, job.attempt) in self.launcher.submitting:
+            return False
+        claimed = job.job_claimed_time
+        return claimed is None or claimed < self.started_at or (
+            now - claimed > timedelta(seconds=RECONCILE_AFTER_S)
+        )
+
+    async def _reconcile(self, pairs: list[tuple[Track, Job]]) -> None:
+        names = {scheduler_job_name(t.id, j.name, j.attempt): (t, j) for t, j in pairs}
+        found = await self.cluster.scheduler.lookup(names)
+        for name, (track, job) in names.items():
+            info = found.get(name)
+            if info is None:
+                self.log.info("claimed job never reached the scheduler; back to waiting",
+                              asset_guid=track.id, job=job.name, attempt=job.attempt)
+                await self.stores.track.apply(
+                    track.id,
+                    [JobEvent(job.name, Event.UNSUBMITTED, attempt=job.attempt)],
+                    cause="watcher: reconcile",
+                )
+                continue
+            self.log.info("found submitted job after unknown outcome", asset_guid=track.id,
+                          job=job.name, attempt=job.attempt, hpc_job_id=info.job_id)
+            events = [JobEvent(job.name, Event.SUBMITTED, attempt=job.attempt,
+                               hpc_job_id=info.job_id)]
+            if info.state.finished:
+                events.append(self._lost(job, info))
+            await self.stores.track.apply(track.id, events, cause="watcher: reconcile")
+
+    async def _check(self, pairs: list[tuple[Track, Job]], now: datetime) -> None:
+        by_id = {str(j.hpc_job_id): (t, j) for t, j in pairs}
+        infos = await self.cluster.scheduler.status(
+            {job_id: scheduler_job_name(t.id, j.name, j.attempt) for job_id, (t, j) in
+             by_id.items()}
+        )
+        for job_id, (track, job) in by_id.items():
+            info = infos.get(job_id)
+            if info is not None and (info.state.finished or info.state is SchedulerState.UNKNOWN):
+                # Gone without a final callback (a late callback is ignored by the guard).
+                await self.stores.track.apply(
+                    track.id, [self._lost(job, info)], cause="watcher", known=track
+                )
+                continue
+            overdue = self._overdue(track, job, now)
+            if overdue:
+                self.log.warning("job unresponsive; cancelling", asset_guid=track.id,
+                                 job=job.name, attempt=job.attempt, reason=overdue)
+                await self.cluster.scheduler.cancel(job_id)
+                await self.stores.track.apply(
+                    track.id,
+                    [JobEvent(job.name, Event.TIMED_OUT, attempt=job.attempt, error=overdue,
+                              exit_state="TIMEOUT")],
+                    cause="watcher",
+                    known=track,
+                )
+
+    def _overdue(self, track: Track, job: Job, now: datetime) -> str | None:
+        pipeline = self.pipelines.get(track.pipeline)
+        limit = pipeline.spec(job.name).time_limit_s if pipeline else 3600
+        if job.status is JobStatus.RUNNING and job.job_start_time is not None:
+            allowed = timedelta(seconds=limit + self.timing.grace_s)
+            if now - job.job_start_time > allowed:
+                return f"running for more than {allowed.total_seconds():.0f} s without finishing"
+        if job.status is JobStatus.QUEUED and job.job_queued_time is not None:
+            allowed = timedelta(seconds=self.timing.max_queue_s)
+            if now - job.job_queued_time > allowed:
+                return f"queued for more than {allowed.total_seconds():.0f} s without starting"
+        return None
+
+    @staticmethod
+    def _lost(job: Job, info: JobInfo) -> JobEvent:
+        exit_text = f", exit code {info.exit_code}" if info.exit_code is not None else ""
+        return JobEvent(
+            job.name,
+            Event.LOST,
+            attempt=job.attempt,
+            error=f"job ended ({info.state}{exit_text}) without reporting back"
+            + (f": {info.reason}" if info.reason else ""),
+            exit_state=str(info.state),
+        )
