@@ -1,0 +1,3 @@
+from dasscod.cli import main
+
+main()

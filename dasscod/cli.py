@@ -1,0 +1,162 @@
+"""`dasscod` command line: run the daemon, check the configuration, read the state, retry."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+
+from dasscod.log import configure_logging
+from dasscod.pipeline import Event, JobEvent, PipelineError, load_pipelines
+from dasscod.settings import ConfigError, Settings, load_settings, masked
+from dasscod.store import AssetNotFound, Stores
+
+T = TypeVar("T")
+
+config_option = click.option(
+    "--config",
+    "config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="TOML configuration file (default: $DASSCOD_CONFIG, else built-in defaults).",
+)
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _with_stores(settings: Settings, work: Callable[[Stores], Awaitable[T]]) -> T:
+    """Run `work` against the configured database and close the client afterwards."""
+
+    async def main() -> T:
+        try:
+            pipelines = load_pipelines(settings.pipelines_dir)
+        except PipelineError as exc:
+            raise click.ClickException(str(exc)) from exc
+        stores = Stores.connect(
+            settings.mongo.uri.get_secret_value(),
+            settings.mongo.database,
+            pipelines,
+            timeout_s=settings.mongo.timeout_s,
+        )
+        try:
+            if not await stores.ping():
+                raise click.ClickException(
+                    f"MongoDB is unreachable within {settings.mongo.timeout_s:g} s: check "
+                    "mongo.uri (DASSCOD_MONGO__URI) and that the server runs"
+                )
+            return await work(stores)
+        finally:
+            await stores.close()
+
+    return anyio.run(main)
+
+
+@click.group()
+def main() -> None:
+    """dasscod: the DaSSCo integration daemon."""
+
+
+@main.command()
+@config_option
+def run(config: Path | None) -> None:
+    """Run the daemon until SIGTERM or SIGINT."""
+    settings = _settings(config)
+    configure_logging(settings.log_level, settings.log_format)
+    from dasscod.daemon import run_daemon  # the daemon's imports are not needed by other commands
+
+    try:
+        anyio.run(run_daemon, settings)
+    except (ConfigError, PipelineError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command("check-config")
+@config_option
+def check_config(config: Path | None) -> None:
+    """Validate the configuration and print the effective settings, secrets masked."""
+    settings = _settings(config)
+    try:
+        pipelines = load_pipelines(settings.pipelines_dir)
+    except PipelineError as exc:
+        raise click.ClickException(str(exc)) from exc
+    problems = [
+        f"pipeline {p.name} job {j.name}: none of its clusters ({', '.join(j.clusters)}) "
+        "is configured"
+        for p in pipelines.values()
+        for j in p.jobs
+        if not any(c in settings.clusters for c in j.clusters)
+    ]
+    if settings.security.token_secret is None:
+        problems.append(
+            "security.token_secret is not set (DASSCOD_SECURITY__TOKEN_SECRET or "
+            "security.token_secret_file): jobs cannot be given callback tokens"
+        )
+    effective: dict[str, Any] = masked(settings)
+    effective["pipelines"] = {p.name: [j.name for j in p.jobs] for p in pipelines.values()}
+    click.echo(json.dumps(effective, indent=2, default=str))
+    if problems:
+        raise click.ClickException("\n".join(problems))
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(config: Path | None, as_json: bool) -> None:
+    """Counts of assets by overall status and of jobs by name and status."""
+    settings = _settings(config)
+    counts = _with_stores(settings, lambda s: s.track.status_counts())
+    if as_json:
+        click.echo(json.dumps(counts, sort_keys=True))
+        return
+    assets: dict[str, int] = counts["assets"]
+    click.echo(f"assets: {sum(assets.values())}")
+    for state, n in sorted(assets.items()):
+        click.echo(f"  {state:<15}{n:>8}")
+    jobs: dict[str, dict[str, int]] = counts["jobs"]
+    if jobs:
+        states = sorted({s for row in jobs.values() for s in row})
+        width = max(len(j) for j in jobs) + 2
+        click.echo("jobs:")
+        click.echo("  " + "".ljust(width) + "".join(f"{s:>10}" for s in states))
+        for job, row in sorted(jobs.items()):
+            click.echo("  " + job.ljust(width) + "".join(f"{row.get(s, 0):>10}" for s in states))
+
+
+@main.command()
+@config_option
+@click.argument("asset_guid")
+@click.argument("job")
+def retry(config: Path | None, asset_guid: str, job: str) -> None:
+    """Give a job in ERROR (or FAILED) a fresh set of attempts."""
+    settings = _settings(config)
+
+    async def work(stores: Stores) -> None:
+        try:
+            result = await stores.track.apply(
+                asset_guid, [JobEvent(job, Event.OPERATOR_RETRY)], cause="operator retry"
+            )
+        except AssetNotFound as exc:
+            raise click.ClickException(f"no asset {asset_guid} in the store") from exc
+        except KeyError as exc:
+            raise click.ClickException(str(exc)) from exc
+        if not result.applied:
+            raise click.ClickException(
+                f"nothing to retry: {'; '.join(result.ignored) or 'job is not in ERROR'}"
+            )
+        click.echo(f"{asset_guid} {job}: {result.track.job(job).status}")
+
+    _with_stores(settings, work)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""The daemon: every supervisor in one anyio task group around one MongoDB client.
+
+Start-up order matters for crash safety: indexes first, then the throttle is rebuilt from the
+store (the store is the only truth; nothing is remembered across restarts in memory), then the
+listener, intake, one dispatcher per job name, one watcher per cluster, and housekeeping.
+
+Stopping (SIGTERM/SIGINT): the `stopping` event is set, every loop finishes the write it is in
+and returns, the listener stops accepting connections; whatever has not returned by
+`timing.shutdown_s` is cancelled. Nothing is lost by a hard stop either: every state lives in
+MongoDB and every job attempt is recognised again by its deterministic scheduler name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import anyio
+import uvicorn
+from pymongo.monitoring import CommandListener
+
+from dasscod.clusters import Cluster, build_clusters
+from dasscod.listener.app import create_app
+from dasscod.log import get_logger
+from dasscod.model import Track
+from dasscod.pipeline import Pipeline, RetryPolicy, load_pipelines
+from dasscod.settings import Settings
+from dasscod.store import Stores
+from dasscod.supervisors.coordination import Throttle, Wakeups
+from dasscod.supervisors.dispatch import Dispatcher
+from dasscod.supervisors.housekeeping import Housekeeping
+from dasscod.supervisors.intake import IntakeSupervisor
+from dasscod.supervisors.launch import Launcher
+from dasscod.supervisors.watch import Watcher
+
+log = get_logger(__name__)
+
+#: Restart backoff of a crashed supervisor: doubles from the first value up to the second.
+RESTART_BACKOFF_S = (0.5, 30.0)
+#: A supervisor that ran this long before crashing starts again from the shortest backoff.
+HEALTHY_RUN_S = 60.0
+
+
+class _InLoopServer(uvicorn.Server):
+    """uvicorn serving inside our event loop. Signals belong to the daemon, not to uvicorn."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract socket namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        except OSError as exc:
+            log.warning("could not notify systemd", error=str(exc))
+
+
+@dataclass
+class Daemon:
+    settings: Settings
+    #: Extra PyMongo command listeners (the benchmark counts commands with one).
+    command_listeners: list[CommandListener] = field(default_factory=list)
+    stopping: anyio.Event = field(default_factory=anyio.Event)
+    #: Set once every supervisor is running and the listener accepts connections.
+    ready: anyio.Event = field(default_factory=anyio.Event)
+
+    def __post_init__(self) -> None:
+        self.pipelines: Mapping[str, Pipeline] = load_pipelines(self.settings.pipelines_dir)
+        self._check_clusters()
+        self.wakeups = Wakeups()
+        self._running: set[str] = {"listener"}
+        self._idle = anyio.Event()
+        self.throttle = Throttle(
+            assets_in_flight=self.settings.throttle.assets_in_flight,
+            jobs_per_cluster={n: c.max_jobs for n, c in self.settings.clusters.items()},
+            wakeups=self.wakeups,
+        )
+        timing = self.settings.timing
+        self.stores = Stores.connect(
+            self.settings.mongo.uri.get_secret_value(),
+            self.settings.mongo.database,
+            self.pipelines,
+            timeout_s=self.settings.mongo.timeout_s,
+            policy=RetryPolicy(timing.retry_backoff_s, timing.retry_backoff_max_s),
+            on_change=self._on_change,
+            listeners=self.command_listeners,
+        )
+        self.clusters: dict[str, Cluster] = build_clusters(self.settings.clusters)
+        self.launcher = Launcher(
+            stores=self.stores,
+            clusters=self.clusters,
+            pipelines=self.pipelines,
+            callback_base=self.settings.listener.callback_base,
+            token_secret=self.settings.security.secret(),
+            token_ttl_s=self.settings.security.token_ttl_s,
+        )
+        self.server = _InLoopServer(
+            uvicorn.Config(
+                create_app(self.stores, self.settings.security.secret()),
+                host=self.settings.listener.host,
+                port=self.settings.listener.port,
+                lifespan="off",
+                log_config=None,
+                access_log=False,
+                timeout_graceful_shutdown=max(1, int(timing.shutdown_s / 2)),
+            )
+        )
+
+    def _check_clusters(self) -> None:
+        """Every job must be able to run somewhere: a pipeline naming only unknown clusters is
+        a configuration error, found at start-up rather than as a stuck asset later."""
+        problems = [
+            f"pipeline {p.name} job {j.name} runs on {', '.join(j.clusters)}"
+            for p in self.pipelines.values()
+            for j in p.jobs
+            if not any(c in self.settings.clusters for c in j.clusters)
+        ]
+        if problems:
+            configured = ", ".join(self.settings.clusters) or "none"
+            raise ValueError(
+                "no configured cluster for: " + "; ".join(problems)
+                + f" (configured clusters: {configured}); add the cluster under [clusters]"
+            )
+
+    def _on_change(self, track: Track) -> None:
+        """Every transition this process writes: keep the throttle's counts current and wake
+        the dispatchers of the jobs it made ready."""
+        self.throttle.observe(track)
+        for job in track.ready:
+            self.wakeups.notify(job)
+
+    @property
+    def job_names(self) -> list[str]:
+        return sorted({j.name for p in self.pipelines.values() for j in p.jobs})
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        """Run until `stop()` (or SIGTERM/SIGINT when `handle_signals` was used)."""
+        try:
+            await self._wait_for_mongodb()
+            if self.stopping.is_set():
+                return
+            await self.stores.ensure_indexes()
+            self.throttle.rebuild(await self.stores.track.in_flight(), queried_at=time.monotonic())
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._serve_listener)
+                for name, factory in self._supervisors().items():
+                    tg.start_soon(self._supervise, name, factory)
+                tg.start_soon(self._announce_ready)
+                await self.stopping.wait()
+                log.info("stopping", grace_s=self.settings.timing.shutdown_s)
+                sd_notify("STOPPING=1")
+                self.server.should_exit = True
+                self.wakeups.notify_all()
+                with anyio.move_on_after(self.settings.timing.shutdown_s - 1) as scope:
+                    await self._wait_idle()
+                if scope.cancelled_caught:
+                    log.warning("supervisors did not stop in time; cancelling them")
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                for cluster in self.clusters.values():
+                    await cluster.transport.close()
+                await self.stores.close()
+            log.info("stopped")
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def handle_signals(self) -> None:
+        """Turn the first SIGTERM/SIGINT into a graceful stop; a second one is not needed
+        because the stop is bounded by `timing.shutdown_s`."""
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("signal received", signal=signal.Signals(signum).name)
+                self.stop()
+                return
+
+    def _supervisors(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        timing = self.settings.timing
+        supervisors: dict[str, Callable[[], Awaitable[None]]] = {}
+        if self.settings.intake.enabled:
+            intake = IntakeSupervisor(self.settings.intake, self.stores, self.pipelines)
+            supervisors["intake"] = intake.run
+        for job in self.job_names:
+            dispatcher = Dispatcher(
+                job,
+                stores=self.stores,
+                pipelines=self.pipelines,
+                clusters=self.clusters,
+                launcher=self.launcher,
+                throttle=self.throttle,
+                wakeups=self.wakeups,
+                stopping=self.stopping,
+                sweep_s=timing.sweep_s,
+            )
+            supervisors[f"dispatch.{job}"] = dispatcher.run
+        for cluster in self.clusters.values():
+            watcher = Watcher(
+                cluster,
+                stores=self.stores,
+                pipelines=self.pipelines,
+                launcher=self.launcher,
+                timing=timing,
+                stopping=self.stopping,
+            )
+            supervisors[f"watch.{cluster.name}"] = watcher.run
+        housekeeping = Housekeeping(
+            stores=self.stores,
+            throttle=self.throttle,
+            interval_s=timing.housekeeping_s,
+            stopping=self.stopping,
+        )
+        supervisors["housekeeping"] = housekeeping.run
+        self._running.update(supervisors)
+        return supervisors
+
+    def _finished(self, name: str) -> None:
+        self._running.discard(name)
+        if not self._running:
+            self._idle.set()
+
+    async def _supervise(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        """Run one supervisor until the daemon stops; restart it with backoff if it crashes,
+        so one broken part (a cluster, a malformed document) never takes the daemon down."""
+        backoff = RESTART_BACKOFF_S[0]
+        logger = log.bind(supervisor=name)
+        try:
+            while not self.stopping.is_set():
+                started = time.monotonic()
+                try:
+                    await factory()
+                except Exception:
+                    if time.monotonic() - started > HEALTHY_RUN_S:
+                        backoff = RESTART_BACKOFF_S[0]
+                    logger.exception("supervisor crashed; restarting", restart_in_s=backoff)
+                    with anyio.move_on_after(backoff):
+                        await self.stopping.wait()
+                    backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
+                else:
+                    if not self.stopping.is_set():
+                        logger.warning("supervisor returned early; restarting")
+        finally:
+            self._finished(name)
+
+    async def _serve_listener(self) -> None:
+        try:
+            await self.server.serve()
+        finally:
+            self._finished("listener")
+        if not self.stopping.is_set():
+            # uvicorn returns (rather than raising) when it cannot bind its port.
+            log.error(
+                "listener stopped: is the port free?",
+                host=self.settings.listener.host,
+                port=self.settings.listener.port,
+            )
+            self.stop()
+
+    async def _announce_ready(self) -> None:
+        while not self.server.started:
+            if self.stopping.is_set():
+                return
+            await anyio.sleep(0.01)  # uvicorn offers no event for "bound"; poll briefly
+        log.info(
+            "ready",
+            listener=self.settings.listener.callback_base,
+            clusters=sorted(self.clusters),
+            pipelines=sorted(self.pipelines),
+        )
+        self.ready.set()
+        sd_notify("READY=1")
+
+    async def _wait_idle(self) -> None:
+        if self._running:
+            await self._idle.wait()
+
+    async def _wait_for_mongodb(self) -> None:
+        """MongoDB may come up after us (systemd ordering, a restart): wait, logging once per
+        attempt with growing gaps, rather than crash-looping."""
+        delay = 1.0
+        while not self.stopping.is_set():
+            if await self.stores.ping():
+                return
+            log.warning("MongoDB unreachable; waiting", database=self.settings.mongo.database,
+                        retry_in_s=delay)
+            with anyio.move_on_after(delay):
+                await self.stopping.wait()
+            delay = min(delay * 2, 30.0)
+
+
+async def run_daemon(settings: Settings) -> None:
+    """`dasscod run`: the daemon plus signal handling."""
+    daemon = Daemon(settings)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(daemon.handle_signals)
+        await daemon.run()
+        tg.cancel_scope.cancel()

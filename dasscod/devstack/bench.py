@@ -1,0 +1,382 @@
+"""`make bench`: the daemon's performance numbers, one JSON object on the last line of stdout.
+
+Phases, each against a fresh database on the test store (SecantusDB, or $DASSCOD_TEST_MONGO_URI):
+1. raw single-document updates (`store_updates_per_s`), the yardstick for
+2. authenticated job callbacks over HTTP into the daemon's listener (`callbacks_per_s`), sent by
+   a separate load-generator process so that it does not share the daemon's CPU;
+3. assets through HERB0001 with the direct scheduler and the test module: the hand-off latency
+   from one job's finished callback to the next job's submission (from the stored history), and
+   all MongoDB commands spent on one asset (PyMongo command monitoring);
+4. the daemon idle with 10 000 finished assets in the store: CPU and resident memory.
+Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psutil
+from pymongo import AsyncMongoClient, InsertOne
+from pymongo.monitoring import (
+    CommandFailedEvent,
+    CommandListener,
+    CommandStartedEvent,
+    CommandSucceededEvent,
+)
+
+from dasscod.daemon import Daemon
+from dasscod.devstack.mongo import mongo_server
+from dasscod.devstack.stack import LocalStack, deliver
+from dasscod.log import configure_logging
+from dasscod.model import JobStatus, Track
+from dasscod.pipeline import (
+    BUILTIN_PIPELINES,
+    Event,
+    JobEvent,
+    Pipeline,
+    load_pipelines,
+    new_track_fields,
+    plan,
+)
+from dasscod.settings import Settings
+from dasscod.store.codec import to_bson
+from dasscod.tokens import JobClaims, issue
+
+CALLBACK_ASSETS = int(os.environ.get("BENCH_CALLBACK_ASSETS", "400"))
+LATENCY_ASSETS = int(os.environ.get("BENCH_LATENCY_ASSETS", "8"))
+IDLE_ASSETS = int(os.environ.get("BENCH_IDLE_ASSETS", "10000"))
+IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_S", "20"))
+CONCURRENCY = 16
+BENCH_PIPELINE = "PIPEBENCH"
+
+
+def progress(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+class CommandCounter(CommandListener):
+    def __init__(self) -> None:
+        self.count = 0
+        self.by_name: dict[str, int] = {}
+
+    def started(self, event: CommandStartedEvent) -> None:
+        self.count += 1
+        self.by_name[event.command_name] = self.by_name.get(event.command_name, 0) + 1
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        return None
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        return None
+
+    def reset(self) -> None:
+        self.count = 0
+        self.by_name = {}
+
+
+# ------------------------------------------------------------------------------ phase 1
+
+
+async def raw_updates(uri: str, n: int = 3000) -> float:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
+    coll = client["bench_raw"]["docs"]
+    await coll.drop()
+    await coll.insert_many([{"_id": i, "n": 0} for i in range(CONCURRENCY * 4)])
+    per_worker = n // CONCURRENCY
+
+    async def worker(w: int) -> None:
+        for i in range(per_worker):
+            await coll.update_one({"_id": (w * 4 + i % 4)}, {"$inc": {"n": 1}})
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for w in range(CONCURRENCY):
+            tg.start_soon(worker, w)
+    elapsed = time.perf_counter() - started
+    await client.drop_database("bench_raw")
+    await client.close()
+    return per_worker * CONCURRENCY / elapsed
+
+
+# ------------------------------------------------------------------------------ phase 2
+
+LOADGEN = r"""
+import json, sys, time, asyncio, httpx
+spec = json.load(sys.stdin)
+async def main():
+    limits = httpx.Limits(max_connections=spec["concurrency"])
+    async with httpx.AsyncClient(base_url=spec["base"], limits=limits, timeout=30) as client:
+        queue = asyncio.Queue()
+        for item in spec["items"]:
+            queue.put_nowait(item)
+        errors = []
+        async def worker():
+            while not queue.empty():
+                item = queue.get_nowait()
+                headers = {"Authorization": "Bearer " + item["token"]}
+                body = {"asset_guid": item["guid"], "job": item["job"], "attempt": 1}
+                for path, extra in (("/jobs/started", {}),
+                                    ("/jobs/finished", {"run_time_s": 0.1})):
+                    r = await client.post(path, json={**body, **extra}, headers=headers)
+                    if r.status_code != 200:
+                        errors.append((r.status_code, r.text[:200]))
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(spec["concurrency"])))
+        elapsed = time.perf_counter() - started
+    print(json.dumps({"elapsed": elapsed, "errors": errors[:5], "n_errors": len(errors)}))
+asyncio.run(main())
+"""
+
+
+def bench_pipelines(root: Path) -> Path:
+    """The built-in pipelines plus a one-job pipeline, so that a finished callback ends the
+    asset and the callback phase measures the listener and the store, not job launches."""
+    folder = root / "pipelines"
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in load_pipelines_dir():
+        (folder / path.name).write_text(path.read_text())
+    (folder / "BENCH.toml").write_text(
+        f'name = "{BENCH_PIPELINE}"\n\n[[jobs]]\nname = "load"\npriority = 1\n'
+    )
+    return folder
+
+
+def load_pipelines_dir() -> list[Path]:
+    return sorted(BUILTIN_PIPELINES.glob("*.toml"))
+
+
+def bench_settings(stack: LocalStack, pipelines_dir: Path, **timing: float) -> Settings:
+    data = stack.settings_data()
+    data["pipelines_dir"] = str(pipelines_dir)
+    data["timing"].update(timing)
+    data["log_level"] = "WARNING"
+    return Settings.model_validate(data)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    configure_logging("WARNING", "json")
+    yield
+
+
+async def callbacks(stack: LocalStack, pipelines_dir: Path) -> tuple[float, int]:
+    # The jobs were never really submitted: keep the watcher from declaring them lost.
+    settings = bench_settings(stack, pipelines_dir, watch_s=600.0)
+    settings.intake.enabled = False
+    daemon = Daemon(settings)
+    pipelines = load_pipelines(pipelines_dir)
+    guids = [f"cb-{i:05d}-{uuid.uuid4().hex[:6]}" for i in range(CALLBACK_ASSETS)]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(daemon.run)
+        await daemon.ready.wait()
+        progress(f"callbacks: preparing {len(guids)} assets with a submitted job")
+        docs = []
+        now = datetime.now().astimezone()
+        for guid in guids:
+            track = Track.model_validate(
+                {"_id": guid, "pipeline": BENCH_PIPELINE,
+                 "job_list": pipelines[BENCH_PIPELINE].initial_jobs()}
+            )
+            docs.append(new_track_fields(track, pipelines[BENCH_PIPELINE], now))
+        # Claimed and submitted as the dispatcher would have done, without starting processes.
+        for track in docs:
+            await daemon.stores.track.insert(_submitted(track, pipelines[BENCH_PIPELINE]))
+        items = [
+            {"guid": g, "job": "load",
+             "token": issue(settings.security.secret(), JobClaims(g, "load", 1), ttl_s=3600)}
+            for g in guids
+        ]
+        spec = {"base": settings.listener.callback_base, "concurrency": CONCURRENCY,
+                "items": items}
+        progress(f"callbacks: {2 * len(items)} callbacks from a load generator")
+        result = await anyio.run_process(
+            [sys.executable, "-c", LOADGEN], input=json.dumps(spec).encode(), check=True
+        )
+        out = json.loads(result.stdout.decode().strip().splitlines()[-1])
+        done = await daemon.stores.track.collection.count_documents(
+            {"_id": {"$in": guids}, "jobs_status": "DONE"}
+        )
+        daemon.stop()
+    if out["n_errors"] or done != len(guids):
+        raise RuntimeError(f"callback phase failed: {done}/{len(guids)} done, {out}")
+    return 2 * len(items) / out["elapsed"], len(items)
+
+
+def _submitted(track: Track, pipeline: Pipeline) -> Track:
+    """The track after the dispatcher claimed `load` and the scheduler took it."""
+    now = datetime.now().astimezone()
+    step = plan(track, [JobEvent("load", Event.CLAIM, cluster="local")], pipeline=pipeline,
+                now=now, cause="bench")
+    step = plan(step.track, [JobEvent("load", Event.SUBMITTED, attempt=1, hpc_job_id="1")],
+                pipeline=pipeline, now=now, cause="bench")
+    assert step.track.job("load").status is JobStatus.QUEUED
+    return step.track
+
+
+# ------------------------------------------------------------------------------ phase 3
+
+
+async def pipeline_run(stack: LocalStack, pipelines_dir: Path) -> dict[str, float]:
+    counter = CommandCounter()
+    settings = bench_settings(stack, pipelines_dir, watch_s=10.0, housekeeping_s=15.0,
+                              sweep_s=30.0)
+    settings.intake.settle_s = 0.0
+    settings.intake.poll_s = 0.5
+    daemon = Daemon(settings, command_listeners=[counter])
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(daemon.run)
+        await daemon.ready.wait()
+        coll = daemon.stores.track.collection
+        # One asset alone: every command the daemon sends while it goes through HERB0001.
+        single = f"one-{uuid.uuid4().hex[:8]}"
+        progress("pipeline: one asset alone, counting MongoDB commands")
+        counter.reset()
+        deliver(stack.intake, single)
+        await _wait_done(coll, [single], 120)
+        per_asset = counter.count
+        by_name = dict(counter.by_name)
+        guids = [f"lat-{i}-{uuid.uuid4().hex[:6]}" for i in range(LATENCY_ASSETS)]
+        progress(f"pipeline: {len(guids)} assets through HERB0001 for hand-off latency")
+        for guid in guids:
+            deliver(stack.intake, guid)
+        await _wait_done(coll, guids, 300)
+        latencies: list[float] = []
+        async for doc in coll.find({"_id": {"$in": [single, *guids]}}):
+            latencies.extend(_handoffs(doc))
+        daemon.stop()
+    latencies.sort()
+    progress(f"pipeline: commands for one asset by name: {by_name}")
+    return {
+        "mongo_commands_per_asset": per_asset,
+        "dispatch_latency_ms_p50": round(statistics.median(latencies), 1),
+        "dispatch_latency_ms_p99": round(latencies[min(len(latencies) - 1,
+                                                       int(len(latencies) * 0.99))], 1),
+        "dispatch_handoffs_measured": len(latencies),
+    }
+
+
+def _handoffs(doc: dict[str, Any]) -> list[float]:
+    """Milliseconds from each job's DONE to the next job's submission (the scheduler took it)."""
+    done: dict[str, datetime] = {}
+    submitted: dict[str, datetime] = {}
+    for entry in doc["history"]:
+        if entry["job"] is None:
+            continue
+        if entry["to"] == "DONE":
+            done[entry["job"]] = entry["at"]
+        if entry["from"] == "STARTING" and entry["to"] in ("QUEUED", "RUNNING"):
+            submitted.setdefault(entry["job"], entry["at"])
+    names = [j["name"] for j in sorted(doc["job_list"], key=lambda j: j["priority"])]
+    return [
+        (submitted[b] - done[a]).total_seconds() * 1000
+        for a, b in itertools.pairwise(names)
+        if a in done and b in submitted
+    ]
+
+
+async def _wait_done(coll: Any, guids: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        n = await coll.count_documents({"_id": {"$in": guids}, "jobs_status": "DONE"})
+        if n == len(guids):
+            return
+        await anyio.sleep(0.2)
+    raise RuntimeError(f"assets not done within {timeout_s:.0f} s")
+
+
+# ------------------------------------------------------------------------------ phase 4
+
+
+async def idle(stack: LocalStack, pipelines_dir: Path) -> dict[str, float]:
+    pipelines = load_pipelines(pipelines_dir)
+    herb = pipelines["PIPEHERB0001"]
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_uri, tz_aware=True)
+    coll = client[stack.database]["track"]
+    progress(f"idle: inserting {IDLE_ASSETS} finished assets")
+    now = datetime.now().astimezone()
+    template = Track.model_validate({"_id": "x", "pipeline": herb.name,
+                                     "job_list": herb.initial_jobs()})
+    for job in template.job_list:
+        job.status = JobStatus.DONE
+        job.attempt = 1
+    template = new_track_fields(template, herb, now)
+    base = to_bson(template.to_document())
+    batch: list[InsertOne[dict[str, Any]]] = []
+    for i in range(IDLE_ASSETS):
+        batch.append(InsertOne({**base, "_id": f"idle-{i:06d}"}))
+        if len(batch) == 1000:
+            await coll.bulk_write(batch, ordered=False)
+            batch = []
+    if batch:
+        await coll.bulk_write(batch, ordered=False)
+    await client.close()
+    settings = bench_settings(stack, pipelines_dir, watch_s=10.0, housekeeping_s=15.0,
+                              sweep_s=30.0)
+    daemon = Daemon(settings)
+    me = psutil.Process()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(daemon.run)
+        await daemon.ready.wait()
+        await anyio.sleep(2)  # let start-up work settle before measuring the steady state
+        progress(f"idle: measuring for {IDLE_SECONDS:g} s")
+        cpu_before = me.cpu_times()
+        wall_before = time.monotonic()
+        await anyio.sleep(IDLE_SECONDS)
+        cpu_after = me.cpu_times()
+        wall = time.monotonic() - wall_before
+        rss = me.memory_info().rss
+        daemon.stop()
+    cpu = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
+    return {"idle_cpu_percent": round(100 * cpu / wall, 2), "rss_mb": round(rss / 2**20, 1)}
+
+
+# ------------------------------------------------------------------------------ main
+
+
+async def main() -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="dasscod-bench-") as tmp, _quiet():
+        root = Path(tmp)
+        with mongo_server(root / "mongo") as uri:
+            pipelines_dir = bench_pipelines(root)
+            progress("raw store updates")
+            store_rate = await raw_updates(uri)
+            stack = LocalStack(root / "cb", uri, database="bench_callbacks")
+            stack.write_config()
+            callback_rate, _ = await callbacks(stack, pipelines_dir)
+            stack = LocalStack(root / "pipe", uri, database="bench_pipeline")
+            stack.write_config()
+            pipeline = await pipeline_run(stack, pipelines_dir)
+            stack = LocalStack(root / "idle", uri, database="bench_idle")
+            stack.write_config()
+            idle_numbers = await idle(stack, pipelines_dir)
+    return {
+        "store_updates_per_s": round(store_rate, 1),
+        "callbacks_per_s": round(callback_rate, 1),
+        "callback_ratio": round(callback_rate / store_rate, 3),
+        **pipeline,
+        **idle_numbers,
+        "store": "mongodb" if os.environ.get("DASSCOD_TEST_MONGO_URI") else "secantusdb",
+        "concurrency": CONCURRENCY,
+    }
+
+
+def run() -> None:
+    results = anyio.run(main)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    run()
