@@ -70,8 +70,8 @@ class CallbackService:
 
     # ------------------------------------------------------------------ helpers
 
-    async def _track(self, guid: str) -> Track:
-        track = await self.stores.track.get(guid)
+    async def _track(self, guid: str, *, recent_ok: bool = False) -> Track:
+        track = await self.stores.track.get(guid, recent_ok=recent_ok)
         if track is None:
             raise CallbackRejected(404, f"no asset {guid}")
         return track
@@ -156,7 +156,11 @@ class CallbackService:
         return _ack(result, claims.job)
 
     async def finished(self, claims: JobClaims, body: FinishedCallback) -> Ack:
-        track = await self._track(claims.asset_guid)
+        # The copy this process last wrote usually is the stored document; a decision not to
+        # apply the results is confirmed against the store before it is taken.
+        track = await self._track(claims.asset_guid, recent_ok=True)
+        if not self._is_live(self._job(track, claims.job), claims):
+            track = await self._track(claims.asset_guid)
         job = self._job(track, claims.job)
         asset_fields: dict[str, Any] = {}
         extra_events: list[JobEvent] = []

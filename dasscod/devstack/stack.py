@@ -55,6 +55,8 @@ class LocalStack:
             "PYTHONPATH": str(REPO_ROOT),
             "DASSCO_HPC_MODULES": TEST_MODULES,
             "DASSCO_CALLBACK_DEADLINE_S": "600",
+            # On one machine the daemon is back within seconds of a restart: retry often.
+            "DASSCO_CALLBACK_BACKOFF_MAX_S": "2",
             **self.job_env,
         }
 

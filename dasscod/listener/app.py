@@ -3,9 +3,10 @@
 Routes are thin: authenticate the job's token, validate the body (FastAPI answers 422 naming
 the field), hand over to `CallbackService`. The OpenAPI document at `/openapi.json` is the
 contract for `hpc/`.
-"""
 
-from __future__ import annotations
+No `from __future__ import annotations` here: FastAPI reads the route annotations at runtime,
+and the `Claims` alias defined inside `create_app` cannot be resolved from a string.
+"""
 
 from typing import Annotated, Any
 

@@ -8,6 +8,7 @@ found to be a no-op by the state machine; nothing is ever overwritten blindly.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,6 +39,11 @@ TRACK_INDEXES = [
 #: Conflicts in a row before a transition gives up; each one means another writer made
 #: progress on the same asset, so this only trips on a pathological storm.
 MAX_CONFLICTS = 20
+
+#: Documents this process wrote last, by guid. A transition planned on one of them saves the
+#: read; if another writer got there first the version guard fails and the store re-reads, so
+#: a stale entry costs one round trip and is never written over anything.
+RECENT_TRACKS = 1024
 
 
 class AssetNotFound(LookupError):
@@ -75,13 +81,24 @@ class TrackStore:
         self.pipelines = pipelines
         self.policy = policy
         self._on_change = on_change
+        self._recent: OrderedDict[str, Track] = OrderedDict()
 
     def pipeline_of(self, track: Track) -> Pipeline | None:
         return self.pipelines.get(track.pipeline)
 
-    async def get(self, guid: str) -> Track | None:
+    async def get(self, guid: str, *, recent_ok: bool = False) -> Track | None:
+        """The asset's document; with `recent_ok`, the copy this process last wrote if it has
+        one (callers must tolerate it being stale: guarded writes do, decisions may not)."""
+        if recent_ok and (known := self._recent.get(guid)) is not None:
+            return known
         doc = await self.collection.find_one({"_id": guid})
         return Track.model_validate(doc) if doc else None
+
+    def _remember(self, track: Track) -> None:
+        self._recent[track.id] = track
+        self._recent.move_to_end(track.id)
+        while len(self._recent) > RECENT_TRACKS:
+            self._recent.popitem(last=False)
 
     async def insert(self, track: Track) -> Track:
         """Create an asset's track document, derived fields filled in."""
@@ -90,6 +107,7 @@ class TrackStore:
             await self.collection.insert_one(to_bson(complete.to_document()))
         except DuplicateKeyError as exc:
             raise AssetExists(f"asset {track.id} is already tracked") from exc
+        self._remember(complete)
         self._notify(complete)
         return complete
 
@@ -109,11 +127,16 @@ class TrackStore:
         write's guard fails and the store re-reads.
         """
         current = known
+        cached = self._recent.get(guid)
+        if cached is not None and (current is None or cached.version > current.version):
+            current = cached
+        fresh = False  # whether `current` was read from the store in this call
         for _ in range(MAX_CONFLICTS):
             if current is None:
                 current = await self.get(guid)
                 if current is None:
                     raise AssetNotFound(f"no asset {guid}")
+                fresh = True
             result = plan(
                 current,
                 events,
@@ -123,6 +146,12 @@ class TrackStore:
                 asset_fields=asset_fields,
                 policy=self.policy,
             )
+            if not result.changed and not fresh:
+                # A no-op decided on a copy we did not just read might be a stale decision:
+                # confirm it against the store before acknowledging.
+                self._recent.pop(guid, None)
+                current = None
+                continue
             if not result.changed:
                 for reason in result.ignored:
                     log.info("transition ignored", asset_guid=guid, cause=cause, reason=reason)
@@ -154,8 +183,10 @@ class TrackStore:
                         to=entry.to,
                         cause=entry.cause,
                     )
+                self._remember(new)
                 self._notify(new)
                 return Applied(True, new, result.ignored)
+            self._recent.pop(guid, None)
             current = None  # someone else wrote first: re-read and re-plan
         raise TransitionConflict(f"asset {guid}: {MAX_CONFLICTS} write conflicts in a row")
 
@@ -178,6 +209,7 @@ class TrackStore:
                 "$inc": {"version": 1, "asset_size": entry.file_size},
             },
         )
+        self._recent.pop(guid, None)  # written outside `apply`: the remembered copy is stale
         return written.modified_count == 1
 
     async def set_fields(self, guid: str, fields: Mapping[str, Any], *, cause: str) -> Applied:

@@ -1,0 +1,462 @@
+"""Intake: take new assets from the intake folder into the daemon.
+
+The delivery format (one sub-folder per asset: a metadata JSON, its image files, an optional
+`.ready` marker) is described in `dasscod.delivery`.
+
+Taking a delivery, in this order, so that a crash at any point loses nothing and duplicates
+nothing:
+
+1. read and check it where it lies (metadata, pipeline, files, sizes, CRC-32), and check that
+   its asset is not registered yet;
+2. move the folder to `<work_area>/<asset_guid>` with one rename (atomic: the work area must be
+   on the same file system as the intake folder);
+3. insert the metadata document (a duplicate with the same content is fine: an earlier attempt
+   got this far);
+4. insert the track document, last: a track's existence marks the take as complete.
+
+A folder in the work area without a track document is therefore an interrupted take:
+`recover()` (at start) checks it again and finishes steps 3 and 4, or quarantines it.
+
+A delivery that cannot be taken is moved to `<quarantine>/<name>-<UTC time>/` with a
+`REASON.txt`. MongoDB being unreachable is not the delivery's fault: the delivery stays where
+it is and the next scan tries again. Nothing a delivery contains can end the loop.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio import to_thread
+from pymongo.errors import ConnectionFailure
+
+from dasscod.delivery import (
+    READY_MARKER,
+    REASON_FILE,
+    Delivery,
+    DeliveryRejected,
+    SettleTracker,
+    Snapshot,
+    read_delivery,
+    snapshot,
+)
+from dasscod.log import get_logger
+from dasscod.model import Flag, Metadata, Track, utcnow
+from dasscod.pipeline import Pipeline
+from dasscod.settings import IntakeSettings
+from dasscod.store import AssetExists, Stores
+from dasscod.store.codec import to_bson
+
+log = get_logger(__name__)
+
+#: Errors that say nothing about the delivery: MongoDB is unreachable or failed over
+#: (AutoReconnect, NetworkTimeout and ServerSelectionTimeoutError are ConnectionFailures).
+TRANSIENT: tuple[type[Exception], ...] = (ConnectionFailure,)
+
+#: Work-area folders checked against the store per query during recovery.
+RECOVERY_BATCH = 500
+
+
+@dataclass
+class _Item:
+    """Where a delivery is right now (it moves from the intake folder to the work area)."""
+
+    path: Path
+
+
+class IntakeSupervisor:
+    """Watches `settings.folder` and turns each complete delivery into a tracked asset.
+
+    `on_new` is called with each new track after it was inserted. `TrackStore.insert` already
+    reports every new track to the store's `on_change`, so pass `on_new` only for what that does
+    not cover (the daemon relies on `on_change`).
+    """
+
+    def __init__(
+        self,
+        settings: IntakeSettings,
+        stores: Stores,
+        pipelines: Mapping[str, Pipeline],
+        *,
+        on_new: Callable[[Track], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.stores = stores
+        self.pipelines = pipelines
+        self.on_new = on_new
+        self.folder = settings.folder.absolute()
+        self.work_area = settings.work_area.absolute()
+        self.quarantine = settings.quarantine.absolute()
+        self._clock = clock
+        self._settle = SettleTracker(settings.settle_s)
+        #: Work-area folders whose registration (steps 3-4) was interrupted by MongoDB.
+        self._unfinished: set[Path] = set()
+        self._recovery_pending = False
+        self._mongo_down = False
+        #: The last problem logged per folder, so a persisting one is not logged every scan.
+        self._reported: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ loop
+
+    async def run(self) -> None:
+        await self.recover()
+        while True:
+            await self.scan_once()
+            await anyio.sleep(self.settings.poll_s)
+
+    async def scan_once(self) -> int:
+        """Take every eligible delivery; returns how many assets were registered (including
+        interrupted takes finished now). Never raises for anything a delivery contains."""
+        taken = 0
+        try:
+            if self._recovery_pending:
+                taken += await self.recover()
+                if self._recovery_pending:
+                    return taken
+            for target in sorted(self._unfinished):
+                if not await to_thread.run_sync(target.is_dir):
+                    self._unfinished.discard(target)
+                    continue
+                if await self._process(_Item(target), self._finish):
+                    taken += 1
+            try:
+                candidates = await to_thread.run_sync(self._list_intake)
+            except OSError as exc:
+                self._report(
+                    str(self.folder),
+                    "intake folder cannot be read",
+                    folder=str(self.folder),
+                    error=str(exc),
+                )
+                return taken
+            self._reported.pop(str(self.folder), None)
+            now = self._clock()
+            self._settle.retain(name for name, _, _ in candidates)
+            for name, ready, snap in candidates:
+                if not (ready or self._settle.settled(name, snap, now)):
+                    continue
+                if await self._process(_Item(self.folder / name), self._take):
+                    taken += 1
+        except TRANSIENT as exc:
+            if not self._mongo_down:
+                log.warning(
+                    "MongoDB unreachable; deliveries wait for the next scan", error=str(exc)
+                )
+                self._mongo_down = True
+            return taken
+        if self._mongo_down:
+            log.info("MongoDB reachable again; intake goes on")
+            self._mongo_down = False
+        return taken
+
+    async def recover(self) -> int:
+        """Finish every take that a crash interrupted: a work-area folder without a track
+        document. Returns how many were registered. Called once at start (and again by the
+        next scan if MongoDB was unreachable)."""
+        self._recovery_pending = False
+        try:
+            names = await to_thread.run_sync(self._prepare_folders)
+        except OSError as exc:
+            self._report(
+                "recover",
+                "intake folders cannot be used",
+                error=str(exc),
+                folder=str(self.folder),
+                work_area=str(self.work_area),
+                quarantine=str(self.quarantine),
+            )
+            self._recovery_pending = True
+            return 0
+        self._reported.pop("recover", None)
+        completed = 0
+        try:
+            for chunk in _chunks(names, RECOVERY_BATCH):
+                tracked = {track.id for track in await self.stores.track.find(chunk)}
+                for name in chunk:
+                    if name in tracked:
+                        continue
+                    target = self.work_area / name
+                    self._unfinished.add(target)
+                    log.info("finishing an interrupted intake", folder=str(target))
+                    if await self._process(_Item(target), self._finish):
+                        completed += 1
+        except TRANSIENT as exc:
+            self._recovery_pending = True
+            if not self._mongo_down:
+                log.warning("MongoDB unreachable; intake recovery waits", error=str(exc))
+                self._mongo_down = True
+        return completed
+
+    # ------------------------------------------------------------------ one delivery
+
+    async def _process(self, item: _Item, step: Callable[[_Item], Awaitable[bool]]) -> bool:
+        """Run `step` on one delivery. A rejection or an unexpected error quarantines the
+        delivery wherever it is now; MongoDB being unreachable propagates (nothing moves)."""
+        try:
+            return await step(item)
+        except TRANSIENT:
+            raise
+        except DeliveryRejected as exc:
+            await self._quarantine(item.path, exc.reason, hint=exc.hint)
+        except Exception as exc:
+            log.exception("unexpected error while taking a delivery", folder=str(item.path))
+            await self._quarantine(
+                item.path,
+                f"unexpected error while taking it: {type(exc).__name__}: {exc}",
+                hint="The daemon's log has the details. If the problem was not in the delivery, "
+                "move the folder back into the intake folder as it is.",
+            )
+        return False
+
+    async def _take(self, item: _Item) -> bool:
+        """Steps 1-4 for a delivery in the intake folder."""
+        delivery = await to_thread.run_sync(read_delivery, item.path, self.pipelines.keys())
+        guid = delivery.guid
+        if await self.stores.track.get(guid) is not None:
+            raise _already_registered(guid)
+        target = self.work_area / guid
+        if await to_thread.run_sync(target.exists):
+            # An earlier take of this asset was interrupted after its move: finish that one
+            # first; this delivery is then a second copy of a registered asset.
+            self._unfinished.add(target)
+            if await self._process(_Item(target), self._finish):
+                raise _already_registered(guid)
+            if await to_thread.run_sync(target.exists):
+                return False  # it could not be quarantined either; logged, next scan retries
+        source = item.path
+        await to_thread.run_sync(_move_into_place, source, target)
+        item.path = target
+        self._unfinished.add(target)
+        self._reported.pop(str(source), None)
+        return await self._register(item, delivery, source=str(source))
+
+    async def _finish(self, item: _Item) -> bool:
+        """Steps 3-4 for a work-area folder whose take was interrupted."""
+        if await self.stores.track.get(item.path.name) is not None:
+            self._unfinished.discard(item.path)  # it was complete after all
+            return False
+        delivery = await to_thread.run_sync(read_delivery, item.path, self.pipelines.keys())
+        if delivery.guid != item.path.name:
+            raise DeliveryRejected(
+                f"the work-area folder {item.path.name} holds asset {delivery.guid}: "
+                "a work-area folder must be named after its asset_guid"
+            )
+        return await self._register(item, delivery, source=str(item.path))
+
+    async def _register(self, item: _Item, delivery: Delivery, *, source: str) -> bool:
+        """Steps 3 and 4; the delivery's folder is already at `item.path` in the work area."""
+        metadata = delivery.metadata
+        guid = metadata.asset_guid
+        pipeline = self.pipelines[metadata.pipeline_name]
+        try:
+            await self.stores.metadata.insert(metadata)
+        except AssetExists:
+            existing = await self.stores.metadata.get(guid)
+            if existing is None:
+                await self.stores.metadata.insert(metadata)
+            elif not same_metadata(existing, metadata):
+                raise DeliveryRejected(
+                    f"a metadata document for asset {guid} already exists and differs from "
+                    "this delivery's metadata",
+                    hint="An operator must check the stored metadata document of this asset "
+                    "(it has no track document) and remove it if it is stale; then move the "
+                    "folder back into the intake folder.",
+                ) from None
+        track = Track.model_validate(
+            {
+                "_id": guid,
+                "pipeline": pipeline.name,
+                "job_list": pipeline.initial_jobs(),
+                "batch_list_name": metadata.batch_list_name,
+                "asset_size": delivery.asset_size,
+                "file_list": delivery.file_entries,
+                "parent_guid": metadata.parent_guid,
+                "temporary_files_local": Flag.YES,
+                "temporary_path_local": str(item.path),
+            }
+        )
+        try:
+            track = await self.stores.track.insert(track)
+        except AssetExists:
+            # Written by someone else between our check and now: the asset is registered.
+            log.warning("asset registered meanwhile by another writer", asset_guid=guid)
+            self._unfinished.discard(item.path)
+            return False
+        self._unfinished.discard(item.path)
+        log.bind(asset_guid=guid).info(
+            "asset taken",
+            files=len(delivery.files),
+            size_mb=round(delivery.asset_size, 6),
+            pipeline=pipeline.name,
+            source=source,
+            path=str(item.path),
+        )
+        if self.on_new is not None:
+            try:
+                self.on_new(track)
+            except Exception:
+                log.exception("on_new callback failed", asset_guid=guid)
+        return True
+
+    async def _quarantine(self, path: Path, reason: str, *, hint: str | None = None) -> None:
+        """Move `path` to the quarantine folder with a REASON.txt; on failure log (once) and
+        leave it where it is."""
+        now = utcnow()
+        try:
+            dest = await to_thread.run_sync(
+                _move_to_quarantine,
+                path,
+                self.quarantine,
+                _reason_text(reason, hint=hint, source=path, intake=self.folder, at=now),
+                now,
+            )
+        except OSError as exc:
+            self._report(
+                str(path),
+                "delivery could not be quarantined; left in place",
+                folder=str(path),
+                reason=reason,
+                error=str(exc),
+            )
+            return
+        self._reported.pop(str(path), None)
+        self._unfinished.discard(path)
+        self._settle.forget(path.name)
+        log.warning("delivery quarantined", folder=str(path), quarantine=str(dest), reason=reason)
+
+    # ------------------------------------------------------------------ blocking helpers
+
+    def _prepare_folders(self) -> list[str]:
+        """Create the folders; return the names of the work area's asset folders."""
+        for folder in (self.folder, self.work_area, self.quarantine):
+            folder.mkdir(parents=True, exist_ok=True)
+        device = self.folder.stat().st_dev
+        for other in (self.work_area, self.quarantine):
+            if other.stat().st_dev != device:
+                log.error(
+                    "intake folder and this folder are on different file systems; deliveries "
+                    "cannot be moved there atomically",
+                    folder=str(self.folder),
+                    other=str(other),
+                )
+        with os.scandir(self.work_area) as listing:
+            return sorted(
+                entry.name
+                for entry in listing
+                if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".")
+            )
+
+    def _list_intake(self) -> list[tuple[str, bool, Snapshot | None]]:
+        """(name, has `.ready`, snapshot) of each non-empty delivery folder."""
+        found: list[tuple[str, bool, Snapshot | None]] = []
+        own = {self.work_area, self.quarantine}
+        with os.scandir(self.folder) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.name.startswith(".") or path in own:
+                continue
+            if not entry.is_dir(follow_symlinks=False):
+                self._report(
+                    str(path),
+                    "file outside a delivery folder ignored",
+                    file=str(path),
+                    hint="deliver each asset in its own sub-folder",
+                    level="warning",
+                )
+                continue
+            snap = snapshot(path)
+            if snap == ():
+                continue  # an empty folder: a delivery that has not started yet
+            ready = snap is not None and any(e[0] == READY_MARKER for e in snap)
+            found.append((entry.name, ready, snap))
+        return found
+
+    def _report(self, key: str, event: str, *, level: str = "error", **fields: Any) -> None:
+        text = repr((event, sorted(fields.items())))
+        if self._reported.get(key) == text:
+            return
+        self._reported[key] = text
+        if level == "warning":
+            log.warning(event, **fields)
+        else:
+            log.error(event, **fields)
+
+
+def same_metadata(stored: Mapping[str, Any], metadata: Metadata) -> bool:
+    """Whether a stored metadata document holds `metadata` (as `MetadataStore.insert` wrote it;
+    BSON keeps times in UTC to the millisecond)."""
+    ours = _comparable(to_bson(metadata.model_dump()))
+    theirs = _comparable({k: v for k, v in stored.items() if k not in ("_id", "metadata_version")})
+    return bool(ours == theirs)
+
+
+def _comparable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        aware = aware.astimezone(UTC)
+        return aware.replace(microsecond=aware.microsecond // 1000 * 1000)
+    if isinstance(value, Mapping):
+        return {str(k): _comparable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_comparable(v) for v in value]
+    return value
+
+
+def _already_registered(guid: str) -> DeliveryRejected:
+    return DeliveryRejected(
+        f"asset {guid} is already registered",
+        hint="If this is the same asset delivered again, nothing needs to be done: delete this "
+        "folder. If it is a different asset, give it its own asset_guid and deliver it again.",
+    )
+
+
+def _move_into_place(source: Path, target: Path) -> None:
+    """Step 2: one rename. A stale REASON.txt from an earlier quarantine is dropped first."""
+    (source / REASON_FILE).unlink(missing_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():  # a rename onto an empty folder would succeed silently
+        raise FileExistsError(f"{target} already exists")
+    source.rename(target)
+
+
+def _move_to_quarantine(path: Path, quarantine: Path, reason_text: str, at: datetime) -> Path:
+    """Write REASON.txt first, then rename: a crash in between leaves the delivery where it
+    was, to be rejected again."""
+    (path / REASON_FILE).write_text(reason_text, encoding="utf-8")
+    quarantine.mkdir(parents=True, exist_ok=True)
+    stamp = at.strftime("%Y%m%dT%H%M%SZ")
+    dest = quarantine / f"{path.name}-{stamp}"
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = quarantine / f"{path.name}-{stamp}-{n}"
+    path.rename(dest)
+    return dest
+
+
+def _reason_text(reason: str, *, hint: str | None, source: Path, intake: Path, at: datetime) -> str:
+    todo = hint or (
+        f"Fix the problem, then move this folder back into the intake folder {intake} "
+        f"(this file is ignored there; you may delete it). Add an empty file named "
+        f"{READY_MARKER} to have it taken at once."
+    )
+    return (
+        "dasscod did not take this delivery.\n\n"
+        f"Reason: {reason}\n\n"
+        f"What to do: {todo}\n\n"
+        f"Delivered as: {source}\n"
+        f"Quarantined at: {at.isoformat(timespec='seconds')}\n"
+    )
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])

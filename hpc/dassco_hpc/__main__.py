@@ -1,0 +1,7 @@
+"""`python -m dassco_hpc run MODULE`."""
+
+import sys
+
+from dassco_hpc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,113 @@
+"""Command line: `dassco-hpc run MODULE` and `dassco-hpc replay [WORKDIR]`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from dassco_hpc import exitcodes
+from dassco_hpc._version import __version__
+from dassco_hpc.client import CallbackClient
+from dassco_hpc.config import ClientSettings, Identity, callback_url, seconds
+from dassco_hpc.errors import ConfigError
+from dassco_hpc.log import stderr_log
+from dassco_hpc.runner import Runner
+from dassco_hpc.undelivered import replay
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dassco-hpc",
+        description="Run one DaSSCo pipeline module for one asset and report to dasscod.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run", help="run a module as the job attempt described by the DASSCO_* environment"
+    )
+    run.add_argument("module", help="module name, e.g. barcode")
+    again = commands.add_parser(
+        "replay", help="send the callbacks saved in a work folder's .undelivered.jsonl"
+    )
+    again.add_argument(
+        "workdir",
+        nargs="?",
+        type=Path,
+        help="the work folder (default: $DASSCO_WORKDIR, else the current directory)",
+    )
+    again.add_argument(
+        "--token-file", type=Path, help="file holding the bearer token (default: $DASSCO_TOKEN)"
+    )
+    again.add_argument(
+        "--url",
+        help="listener base URL (default: $DASSCO_CALLBACK_URL, "
+        "else the URL saved with each callback)",
+    )
+    again.add_argument(
+        "--deadline",
+        type=float,
+        metavar="SECONDS",
+        help="give up on an unreachable listener after this long "
+        "(default: $DASSCO_CALLBACK_DEADLINE_S, else 3600)",
+    )
+    return parser
+
+
+def _run(module: str, env: Mapping[str, str]) -> int:
+    try:
+        identity = Identity.from_env(env)
+        client = CallbackClient.from_env(env, token=identity.token, base_url=identity.callback_url)
+    except ConfigError as exc:
+        stderr_log(f"cannot run {module}: {exc}")
+        return exitcodes.CONFIG
+    return Runner(identity, client, env).run(module)
+
+
+def _replay(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    try:
+        if args.token_file is not None:
+            try:
+                token = args.token_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read the token file: {exc}") from None
+            if not token:
+                raise ConfigError(f"the token file {args.token_file} is empty")
+        else:
+            token = env.get("DASSCO_TOKEN", "").strip()
+            if not token:
+                raise ConfigError("no token: set DASSCO_TOKEN or give --token-file")
+        url = args.url or env.get("DASSCO_CALLBACK_URL", "").strip() or None
+        if url is not None:
+            url = callback_url(url, "the callback URL")
+        settings = ClientSettings.from_env(env)
+        deadline = settings.deadline_s
+        if args.deadline is not None:
+            deadline = seconds({"--deadline": str(args.deadline)}, "--deadline", deadline)
+    except ConfigError as exc:
+        stderr_log(f"cannot replay: {exc}")
+        return exitcodes.CONFIG
+    workdir = args.workdir or Path(env.get("DASSCO_WORKDIR", "").strip() or ".")
+    client = CallbackClient(
+        base_url=url or "",
+        token=token,
+        deadline_s=deadline,
+        timeout_s=settings.timeout_s,
+        backoff_s=settings.backoff_s,
+        backoff_max_s=settings.backoff_max_s,
+    )
+    return replay(workdir, client, base_url=url).exit_code
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    environ = os.environ if env is None else env
+    if args.command == "run":
+        return _run(args.module, environ)
+    return _replay(args, environ)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
