@@ -106,7 +106,14 @@ class CallbackService:
 
     # ------------------------------------------------------------------ job lifecycle
 
+    async def _known_job(self, claims: JobClaims) -> Track:
+        """404 for an asset or a job the asset does not have (cheap: usually remembered)."""
+        track = await self._track(claims.asset_guid, recent_ok=True)
+        self._job(track, claims.job)
+        return track
+
     async def queued(self, claims: JobClaims, body: QueuedCallback) -> Ack:
+        await self._known_job(claims)
         result = await self._apply(
             claims.asset_guid,
             [
@@ -122,6 +129,7 @@ class CallbackService:
         return _ack(result, claims.job)
 
     async def started(self, claims: JobClaims, body: StartedCallback) -> Ack:
+        await self._known_job(claims)
         result = await self._apply(
             claims.asset_guid,
             [
@@ -137,6 +145,7 @@ class CallbackService:
         return _ack(result, claims.job)
 
     async def failed(self, claims: JobClaims, body: FailedCallback) -> Ack:
+        await self._known_job(claims)
         reason = body.reason if body.exit_code is None else f"{body.reason} (exit {body.exit_code})"
         result = await self._apply(
             claims.asset_guid,

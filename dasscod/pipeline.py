@@ -26,6 +26,11 @@ from dasscod.model import Flag, HistoryEntry, Job, JobStatus, Track
 
 # --------------------------------------------------------------------------- pipeline data
 
+#: Track fields holding a Flag: the only things a job may `require`.
+TRACK_FLAGS = frozenset(
+    name for name, info in Track.model_fields.items() if info.annotation in (Flag, "Flag")
+)
+
 
 class JobSpec(BaseModel):
     """One job of a pipeline, as written in its TOML file."""
@@ -46,6 +51,17 @@ class JobSpec(BaseModel):
     allow_failure: bool = False
     #: Track flags that must hold before the job may start, e.g. {is_in_ars = "YES"}.
     requires: dict[str, Flag] = Field(default_factory=dict)
+
+    @field_validator("requires")
+    @classmethod
+    def _known_flags(cls, requires: dict[str, Flag]) -> dict[str, Flag]:
+        unknown = sorted(set(requires) - TRACK_FLAGS)
+        if unknown:
+            raise ValueError(
+                f"unknown track flag(s) {', '.join(unknown)}; "
+                f"known flags: {', '.join(sorted(TRACK_FLAGS))}"
+            )
+        return requires
 
     @property
     def module_name(self) -> str:
@@ -188,9 +204,9 @@ class RetryPolicy:
     def delay(self, asset_guid: str, job: str, attempt: int) -> timedelta:
         """Exponential backoff with a deterministic jitter of up to +25 %, spread by asset so
         a batch that failed together does not come back together."""
-        base = min(self.backoff_max_s, self.backoff_s * 2 ** max(0, attempt - 1))
+        base = self.backoff_s * 2 ** max(0, min(attempt - 1, 60))
         spread = (zlib.crc32(f"{asset_guid}/{job}/{attempt}".encode()) % 1000) / 4000
-        return timedelta(seconds=base * (1 + spread))
+        return timedelta(seconds=min(self.backoff_max_s, base * (1 + spread)))
 
 
 @dataclass(frozen=True)

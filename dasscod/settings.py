@@ -11,7 +11,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -105,16 +113,24 @@ class SecuritySettings(_Section):
     token_secret_file: Path | None = None
     token_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
 
+    @field_validator("token_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_secret_length(value.get_secret_value())
+        return value
+
+    @field_validator("token_secret_file")
+    @classmethod
+    def _readable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            _check_secret_length(_read_secret(path))
+        return path
+
     @model_validator(mode="after")
     def _read_secret_file(self) -> SecuritySettings:
         if self.token_secret is None and self.token_secret_file is not None:
-            try:
-                text = self.token_secret_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ValueError(f"cannot read token_secret_file: {exc.strerror}") from exc
-            self.token_secret = SecretStr(text)
-        if self.token_secret is not None and len(self.token_secret.get_secret_value()) < 16:
-            raise ValueError("token_secret must be at least 16 characters")
+            self.token_secret = SecretStr(_read_secret(self.token_secret_file))
         return self
 
     def secret(self) -> str:
@@ -124,6 +140,25 @@ class SecuritySettings(_Section):
                 "or security.token_secret_file"
             )
         return self.token_secret.get_secret_value()
+
+
+#: HS256 keys must be at least as long as the hash (RFC 7518, section 3.2).
+MIN_SECRET_LENGTH = 32
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read token_secret_file {path}: {exc.strerror}") from exc
+
+
+def _check_secret_length(secret: str) -> None:
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise ValueError(
+            f"token_secret must be at least {MIN_SECRET_LENGTH} characters "
+            "(e.g. the output of `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+        )
 
 
 class Settings(BaseSettings):
@@ -187,8 +222,9 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
         env = ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(p) for p in err["loc"]).upper()
+        shown = "" if err["type"] == "extra_forbidden" else _shown_input(field, err.get("input"))
         lines.append(
-            f"  {field}: {err['msg']}{_shown_input(field, err.get('input'))}"
+            f"  {field}: {err['msg']}{shown}"
             f" (environment override: {env})"
         )
     return "\n".join(lines)
@@ -198,7 +234,8 @@ _SECRET_WORDS = ("secret", "uri", "password", "token")
 
 
 def _shown_input(field: str, value: object) -> str:
-    """Echo the offending value only when it is a plain scalar of a non-secret field."""
+    """Echo the offending value only when it is a plain scalar of a known, non-secret field
+    (an unknown field may be a misspelt secret: its value is never shown)."""
     if any(word in field for word in _SECRET_WORDS) or not isinstance(value, str | int | float):
         return ""
     return f", got {value!r}"
