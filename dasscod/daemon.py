@@ -13,6 +13,7 @@ MongoDB and every job attempt is recognised again by its deterministic scheduler
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -196,7 +197,7 @@ class Daemon:
         supervisors: dict[str, Callable[[], Awaitable[None]]] = {}
         if self.settings.intake.enabled:
             intake = IntakeSupervisor(self.settings.intake, self.stores, self.pipelines)
-            supervisors["intake"] = intake.run
+            supervisors["intake"] = functools.partial(intake.run, self.stopping)
         for job in self.job_names:
             dispatcher = Dispatcher(
                 job,

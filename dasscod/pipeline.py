@@ -255,7 +255,9 @@ def plan(
     Returns the new document and the minimal `$set` that turns the stored document into it.
     The caller writes it with a guard on `track.version`.
     """
-    new = track.model_copy(deep=True)
+    # Only the jobs are changed in place; lists such as history and file_list are replaced,
+    # never mutated, so a shallow copy of the document is safe and keeps this cheap.
+    new = track.model_copy(update={"job_list": [j.model_copy() for j in track.job_list]})
     result = Plan(track=new)
     for name, value in (asset_fields or {}).items():
         if getattr(new, name) != value:

@@ -105,11 +105,14 @@ class IntakeSupervisor:
 
     # ------------------------------------------------------------------ loop
 
-    async def run(self) -> None:
+    async def run(self, stopping: anyio.Event | None = None) -> None:
+        """Scan every `poll_s` until `stopping` is set; a take in progress is finished first."""
         await self.recover()
-        while True:
+        stop = stopping or anyio.Event()
+        while not stop.is_set():
             await self.scan_once()
-            await anyio.sleep(self.settings.poll_s)
+            with anyio.move_on_after(self.settings.poll_s):
+                await stop.wait()
 
     async def scan_once(self) -> int:
         """Take every eligible delivery; returns how many assets were registered (including
