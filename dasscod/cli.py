@@ -143,7 +143,7 @@ def retry(config: Path | None, asset_guid: str, job: str) -> None:
     async def work(stores: Stores) -> None:
         try:
             result = await stores.track.apply(
-                asset_guid, [JobEvent(job, Event.OPERATOR_RETRY)], cause="operator retry"
+                asset_guid, [JobEvent(job, Event.OPERATOR_RETRY)], cause="operator"
             )
         except AssetNotFound as exc:
             raise click.ClickException(f"no asset {asset_guid} in the store") from exc

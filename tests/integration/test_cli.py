@@ -1,0 +1,109 @@
+"""The command line: check-config, status and retry against a real store."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from pymongo import MongoClient
+
+from dasscod.cli import main
+from dasscod.model import JobStatus
+from dasscod.pipeline import load_pipelines
+from dasscod.store.codec import to_bson
+from tests.conftest import make_track
+
+SECRET = "cli-test-secret-0123456789abcdefghij"
+
+
+@pytest.fixture
+def env(mongo_uri: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    database = f"cli_{uuid.uuid4().hex[:10]}"
+    monkeypatch.delenv("DASSCOD_CONFIG", raising=False)
+    return {
+        "DASSCOD_MONGO__URI": mongo_uri,
+        "DASSCOD_MONGO__DATABASE": database,
+        "DASSCOD_SECURITY__TOKEN_SECRET": SECRET,
+    }
+
+
+def test_check_config_prints_the_effective_settings_with_secrets_masked(
+    env: dict[str, str],
+) -> None:
+    result = CliRunner().invoke(main, ["check-config"], env=env)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["security"]["token_secret"] == "**********"
+    assert shown["mongo"]["uri"] == "**********"
+    assert SECRET not in result.output
+    assert shown["pipelines"]["PIPEHERB0001"][0] == "load"
+
+
+def test_check_config_names_the_bad_field_and_exits_non_zero(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[listener]\nport = 70000\n")
+    result = CliRunner().invoke(main, ["check-config", "--config", str(config)], env=env)
+    assert result.exit_code != 0
+    assert "listener.port" in result.output
+    assert "DASSCOD_LISTENER__PORT" in result.output
+
+
+def test_check_config_refuses_a_missing_file(env: dict[str, str]) -> None:
+    result = CliRunner().invoke(main, ["check-config", "--config", "/nonexistent.toml"], env=env)
+    assert result.exit_code != 0
+    assert "does not exist" in result.output
+
+
+def test_status_counts_assets_and_jobs(mongo_uri: str, env: dict[str, str]) -> None:
+    client: MongoClient[dict[str, object]] = MongoClient(mongo_uri)
+    try:
+        coll = client[env["DASSCOD_MONGO__DATABASE"]]["track"]
+        for guid in ("a-1", "a-2"):
+            coll.insert_one(to_bson(make_track(guid).to_document()))
+        result = CliRunner().invoke(main, ["status", "--json"], env=env)
+        assert result.exit_code == 0, result.output
+        counts = json.loads(result.output)
+        assert counts["assets"] == {"WAITING": 2}
+        jobs = [j.name for j in load_pipelines()["PIPEHERB0001"].jobs]
+        assert counts["jobs"] == {j: {"WAITING": 2} for j in jobs}
+        human = CliRunner().invoke(main, ["status"], env=env)
+        assert "assets: 2" in human.output and "clean_up" in human.output
+    finally:
+        client.drop_database(env["DASSCOD_MONGO__DATABASE"])
+        client.close()
+
+
+def test_retry_gives_an_error_job_fresh_attempts(mongo_uri: str, env: dict[str, str]) -> None:
+    client: MongoClient[dict[str, object]] = MongoClient(mongo_uri)
+    try:
+        coll = client[env["DASSCOD_MONGO__DATABASE"]]["track"]
+        track = make_track("r-1")
+        track.job("load").status = JobStatus.ERROR
+        track.job("load").attempt = 3
+        coll.insert_one(to_bson(track.to_document()))
+        result = CliRunner().invoke(main, ["retry", "r-1", "load"], env=env)
+        assert result.exit_code == 0, result.output
+        doc = coll.find_one({"_id": "r-1"})
+        assert doc is not None
+        assert doc["job_list"][0]["status"] == "WAITING"
+        assert doc["history"][-1]["cause"].startswith("operator")
+        again = CliRunner().invoke(main, ["retry", "r-1", "load"], env=env)
+        assert again.exit_code != 0 and "nothing to retry" in again.output
+        unknown = CliRunner().invoke(main, ["retry", "nope", "load"], env=env)
+        assert unknown.exit_code != 0 and "no asset nope" in unknown.output
+    finally:
+        client.drop_database(env["DASSCOD_MONGO__DATABASE"])
+        client.close()
+
+
+def test_status_says_when_mongodb_is_unreachable(env: dict[str, str]) -> None:
+    env = {**env, "DASSCOD_MONGO__URI": "mongodb://127.0.0.1:9/?directConnection=true",
+           "DASSCOD_MONGO__TIMEOUT_S": "0.5"}
+    result = CliRunner().invoke(main, ["status"], env=env)
+    assert result.exit_code != 0
+    assert "MongoDB is unreachable" in result.output
