@@ -38,12 +38,20 @@ class CommandResult:
 
 class Transport(Protocol):
     """Runs one command (an argv list, never a shell string built from input) and returns its
-    result. Implementations enforce `timeout` and raise TransportError when they cannot run it."""
+    result. Implementations enforce `timeout` and raise TransportError when they cannot run it.
+
+    `env` holds variables added to (or overriding) the environment the command would get
+    anyway; values travel out of band, never on the command line where `ps` shows them."""
 
     name: str
 
     async def run(
-        self, argv: Sequence[str], *, stdin: str | None = None, timeout: float = 30.0
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: str | None = None,
+        timeout: float = 30.0,
+        env: Mapping[str, str] | None = None,
     ) -> CommandResult: ...
 
     async def close(self) -> None: ...

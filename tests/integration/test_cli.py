@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -60,7 +61,7 @@ def test_check_config_refuses_a_missing_file(env: dict[str, str]) -> None:
 
 
 def test_status_counts_assets_and_jobs(mongo_uri: str, env: dict[str, str]) -> None:
-    client: MongoClient[dict[str, object]] = MongoClient(mongo_uri)
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
     try:
         coll = client[env["DASSCOD_MONGO__DATABASE"]]["track"]
         for guid in ("a-1", "a-2"):
@@ -79,7 +80,7 @@ def test_status_counts_assets_and_jobs(mongo_uri: str, env: dict[str, str]) -> N
 
 
 def test_retry_gives_an_error_job_fresh_attempts(mongo_uri: str, env: dict[str, str]) -> None:
-    client: MongoClient[dict[str, object]] = MongoClient(mongo_uri)
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
     try:
         coll = client[env["DASSCOD_MONGO__DATABASE"]]["track"]
         track = make_track("r-1")
