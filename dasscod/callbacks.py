@@ -112,37 +112,22 @@ class CallbackService:
         self._job(track, claims.job)
         return track
 
-    async def queued(self, claims: JobClaims, body: QueuedCallback) -> Ack:
+    async def _progress(
+        self, claims: JobClaims, event: Event, body: QueuedCallback | StartedCallback
+    ) -> Ack:
+        """A job reached the scheduler's queue, or started running."""
         await self._known_job(claims)
-        result = await self._apply(
-            claims.asset_guid,
-            [
-                JobEvent(
-                    claims.job,
-                    Event.QUEUED,
-                    attempt=claims.attempt,
-                    hpc_job_id=body.hpc_job_id,
-                    at=body.timestamp,
-                )
-            ],
+        ev = JobEvent(
+            claims.job, event, attempt=claims.attempt, hpc_job_id=body.hpc_job_id,
+            at=body.timestamp,
         )
-        return _ack(result, claims.job)
+        return _ack(await self._apply(claims.asset_guid, [ev]), claims.job)
+
+    async def queued(self, claims: JobClaims, body: QueuedCallback) -> Ack:
+        return await self._progress(claims, Event.QUEUED, body)
 
     async def started(self, claims: JobClaims, body: StartedCallback) -> Ack:
-        await self._known_job(claims)
-        result = await self._apply(
-            claims.asset_guid,
-            [
-                JobEvent(
-                    claims.job,
-                    Event.STARTED,
-                    attempt=claims.attempt,
-                    hpc_job_id=body.hpc_job_id,
-                    at=body.timestamp,
-                )
-            ],
-        )
-        return _ack(result, claims.job)
+        return await self._progress(claims, Event.STARTED, body)
 
     async def failed(self, claims: JobClaims, body: FailedCallback) -> Ack:
         await self._known_job(claims)
