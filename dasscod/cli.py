@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 import click
@@ -106,6 +106,21 @@ def check_config(config: Path | None) -> None:
     click.echo(json.dumps(effective, indent=2, default=str))
     if problems:
         raise click.ClickException("\n".join(problems))
+
+
+@main.command()
+def openapi() -> None:
+    """Print the listener's OpenAPI document: the contract for the HPC side (hpc/openapi.json)."""
+    click.echo(json.dumps(listener_contract(), indent=2, sort_keys=True))
+
+
+def listener_contract() -> dict[str, Any]:
+    from dasscod.listener.app import create_app
+
+    # Only the routes and schemas are wanted; the app is never served, so no store is needed.
+    app = create_app(cast(Stores, None), token_secret="x" * 32)
+    document: dict[str, Any] = app.openapi()
+    return document
 
 
 @main.command()

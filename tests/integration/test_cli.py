@@ -108,3 +108,13 @@ def test_status_says_when_mongodb_is_unreachable(env: dict[str, str]) -> None:
     result = CliRunner().invoke(main, ["status"], env=env)
     assert result.exit_code != 0
     assert "MongoDB is unreachable" in result.output
+
+
+def test_the_hpc_contract_file_matches_the_listener() -> None:
+    """hpc/openapi.json is what pipeline developers code against: it must be the served one."""
+    result = CliRunner().invoke(main, ["openapi"])
+    assert result.exit_code == 0
+    committed = (Path(__file__).parents[2] / "hpc" / "openapi.json").read_text()
+    assert json.loads(committed) == json.loads(result.output), (
+        "hpc/openapi.json is out of date: run `.venv/bin/dasscod openapi > hpc/openapi.json`"
+    )
