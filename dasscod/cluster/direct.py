@@ -1,0 +1,482 @@
+"""The "direct" scheduler: every job a detached background process on the daemon's machine.
+
+There is no batch system to remember jobs for us, so each job keeps its state in a folder of
+its own, ``<state_dir>/<job name>/``. The name is deterministic per attempt, so the folder is
+how a restarted daemon finds the job again::
+
+    spec.json      what was submitted, for operators (environment *names* only: values hold a token)
+    wrapper.log    the wrapper's own messages (problems starting the job)
+    started        when the wrapper started, epoch seconds (tells our wrapper from a reused pid)
+    pid            the wrapper's pid -- the job id, and its session and process group -- or
+                   "abandoned" when the daemon gave up a launch that never started
+    stdout, stderr the job's output
+    exit           the job's exit status, written atomically (exit.tmp, then a rename)
+    cancelled      marker: cancel() was asked for
+
+Crash safety. The exclusive creation of the folder is the record that the attempt was
+submitted: whatever happens later, a second submit of the name never starts a second process.
+A crash can still leave a folder without a running job (the daemon died between creating it
+and launching). The wrapper therefore *claims* the folder by hard-linking its pid file into
+place, and the daemon gives up a launch that never claimed it by linking an "abandoned" pid
+file into the same place; link(2) fails when the name exists, so exactly one of the two wins.
+A launch is thus either running or provably never going to run -- a wrapper that is merely
+slow can never start a job the daemon has already reported as not started.
+
+The daemon abandons a launch when submit's wrapper does not claim the folder in time (the
+submission fails, retryably: nothing runs, a new attempt is safe), and when lookup or status
+meets an unclaimed folder that this scheduler is not launching right now (its submitter has
+crashed): the job is reported FAILED, so the watcher retries it as a new attempt under a
+fresh name. Because lookup reports such folders, the store never gives their attempt back,
+and a later submit of the same name means the store and the state folders disagree (or two
+daemons share a state_dir): that submit abandons the folder and raises a non-retryable
+SchedulerError, stopping the job for an operator instead of guessing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Final, Literal, TypeVar, TypeVarTuple
+
+import anyio
+import anyio.to_thread
+import psutil
+
+from dasscod.cluster.base import (
+    JobInfo,
+    JobSpec,
+    SchedulerError,
+    SchedulerState,
+    Transport,
+    TransportError,
+)
+
+#: How long submit waits for the wrapper to record its pid before giving the launch up.
+SUBMIT_WAIT_S = 10.0
+#: The launch command only forks the wrapper, so it returns at once.
+LAUNCH_TIMEOUT_S = 30.0
+#: Grace between `timeout`'s SIGTERM and its SIGKILL when a job overruns or is cancelled.
+KILL_AFTER_S = 30
+#: The wrapper's `date +%s` and psutil's process start time disagree by rounding (up to ~2 s);
+#: a reused pid would have to come round within this window to fool the check.
+START_TOLERANCE_S = 3.0
+#: What `timeout` exits with when it stopped the job: 124 after SIGTERM, 128+9 after SIGKILL.
+TIMEOUT_EXITS = frozenset({124, 128 + signal.SIGKILL})
+#: Job names become folder names: no separators, no dot files.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+
+ABANDONED: Final = "abandoned"
+Claim = int | Literal["abandoned"] | None
+VANISHED = "process vanished without an exit status (killed?)"
+
+#: $0 of the wrapper shell: how cancel() recognises the wrapper among all processes.
+WRAPPER_NAME = "dasscod-direct-job"
+
+#: The detached wrapper, run as `sh -c WRAPPER dasscod-direct-job STATE LIMIT WORKDIR ARGV...`.
+#: The job's argv arrives as positional arguments and is never part of the script text. The job
+#: runs in the background so a SIGTERM (cancel) interrupts `wait` and can be forwarded to
+#: `timeout`, which passes it on to the job's whole process group.
+WRAPPER = f"""\
+state=$1 limit=$2 workdir=$3
+shift 3
+child= term=
+trap 'term=1; [ -z "$child" ] || kill -TERM "$child" 2>/dev/null' TERM
+finish() {{
+    trap '' TERM  # inherited as ignored by mv: a late cancel cannot lose the exit status
+    printf '%s\\n' "$1" >"$state/exit.tmp" && mv -f -- "$state/exit.tmp" "$state/exit"
+    exit 0
+}}
+date +%s >"$state/started"
+# ln (link(2)) fails when "pid" exists: the daemon abandoned this launch, nothing may run.
+if ! {{ printf '%s\\n' "$$" >"$state/pid.tmp" && ln -- "$state/pid.tmp" "$state/pid"; }}; then
+    rm -f -- "$state/pid.tmp"
+    echo "dasscod: could not claim $state (abandoned by the daemon?); not running the job"
+    exit 0
+fi
+rm -f -- "$state/pid.tmp"
+if [ -e "$state/cancelled" ]; then finish 143; fi
+if ! mkdir -p -- "$workdir" || ! cd -- "$workdir"; then
+    echo "dasscod: cannot create or enter the workdir $workdir" >>"$state/stderr"
+    finish 125
+fi
+timeout --kill-after={KILL_AFTER_S}s "${{limit}}s" "$@" \\
+    </dev/null >>"$state/stdout" 2>>"$state/stderr" &
+child=$!
+if [ -n "$term" ]; then kill -TERM "$child" 2>/dev/null; fi
+wait "$child"
+status=$?
+# A status above 128 may only mean that the SIGTERM trap interrupted wait: wait on.
+while [ "$status" -gt 128 ] && kill -0 "$child" 2>/dev/null; do
+    wait "$child"
+    status=$?
+done
+finish "$status"
+"""
+
+#: Starts the wrapper in a session of its own -- so neither the daemon's death nor a Ctrl-C in
+#: its terminal reaches it -- with its output away from our pipes, and prints its pid.
+#: Run as `sh -c LAUNCHER dasscod-direct-launch WRAPPER STATE LIMIT WORKDIR ARGV...`.
+LAUNCHER = f"""\
+wrapper=$1
+shift
+setsid sh -c "$wrapper" {WRAPPER_NAME} "$@" </dev/null >>"$1/wrapper.log" 2>&1 &
+echo "$!"
+"""
+
+T = TypeVar("T")
+Args = TypeVarTuple("Args")
+
+
+class DirectScheduler:
+    """Jobs as detached processes on this machine, tracked through their state folders.
+
+    Launching goes through the transport, so the command path has the same shape as a batch
+    system's; reading the state folders and the process table is done locally, which is right
+    by definition: "direct" runs on the daemon's machine."""
+
+    kind = "direct"
+
+    def __init__(self, transport: Transport, *, state_dir: PurePosixPath) -> None:
+        self.transport = transport
+        self.state_dir = Path(str(state_dir))
+        #: Submissions under way in this instance, by name: their launches are not abandoned.
+        self._launching: Counter[str] = Counter()
+
+    async def submit(self, spec: JobSpec) -> str:
+        _check(spec)
+        folder = JobFolder(self.state_dir / spec.name)
+        self._launching[spec.name] += 1  # before the folder exists: no window for lookup
+        try:
+            if await self._local(folder.create, spec):
+                return await self._launch(folder, spec)
+            return await self._resume(folder, spec.name)
+        finally:
+            self._launching -= Counter({spec.name: 1})
+
+    async def lookup(self, names: Iterable[str]) -> dict[str, JobInfo]:
+        return await self._local(self._lookup, list(names), frozenset(self._launching))
+
+    async def status(self, jobs: Mapping[str, str]) -> dict[str, JobInfo]:
+        return await self._local(self._status, dict(jobs), frozenset(self._launching))
+
+    async def cancel(self, job_id: str) -> None:
+        """Mark the job cancelled, then SIGTERM the wrapper's process group: the wrapper
+        forwards it to the job, which gets `KILL_AFTER_S` to report before a SIGKILL. A job
+        that is not running (any more) is left alone without error."""
+        pid = _pid(job_id)
+        folder = await self._local(self._folder_of_wrapper, pid) if pid else None
+        if pid and folder:
+            await self._local(_cancel, folder, pid)
+
+    # -- submission
+
+    async def _launch(self, folder: JobFolder, spec: JobSpec) -> str:
+        result = await self.transport.run(
+            self._launch_argv(folder, spec), env=spec.env, timeout=LAUNCH_TIMEOUT_S
+        )
+        claim: Claim = None
+        if result.exit_status == 0:
+            claim = await self._await_claim(folder, _pid(result.stdout.strip()))
+            problem = f"its wrapper recorded no pid within {SUBMIT_WAIT_S:g} s"
+        else:
+            problem = f"the launch command exited with status {result.exit_status}: " + (
+                result.stderr.strip()[-500:] or "no message"
+            )
+        if claim is None:
+            claim = await self._local(folder.settle)
+        if isinstance(claim, int):
+            return str(claim)
+        log = await self._local(folder.wrapper_log)
+        raise SchedulerError(
+            f"{spec.name}: the job did not start: {problem}; gave the launch up, nothing runs"
+            + (f"; {folder.path / 'wrapper.log'}: {log}" if log else ""),
+            retryable=True,
+        )
+
+    async def _resume(self, folder: JobFolder, name: str) -> str:
+        """The folder exists, so this attempt was submitted before: report that job, never
+        start another. See the module docstring for why an unclaimed folder is an error."""
+        claim = await self._local(folder.claim)
+        if claim is None and self._launching[name] > 1:  # a concurrent submit is launching it
+            claim = await self._await_claim(folder, None)
+        if claim is None:
+            claim = await self._local(folder.settle)
+        if isinstance(claim, int):
+            return str(claim)
+        raise SchedulerError(
+            f"{name}: already submitted, but no job was ever started from its state folder "
+            f"{folder.path} (the earlier submission was interrupted); it will not be started "
+            "again under this name -- check the store against the state folders",
+            retryable=False,
+        )
+
+    async def _await_claim(self, folder: JobFolder, launched: int | None) -> Claim:
+        """Poll for the wrapper's pid file until it appears, the launched process dies
+        without writing it, or `SUBMIT_WAIT_S` pass."""
+        deadline = anyio.current_time() + SUBMIT_WAIT_S
+        delay = 0.005
+        while True:
+            claim = await self._local(folder.claim)
+            if claim is not None or anyio.current_time() >= deadline:
+                return claim
+            if launched is not None and not _alive(launched, None):
+                return await self._local(folder.claim)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def _launch_argv(self, folder: JobFolder, spec: JobSpec) -> list[str]:
+        return [
+            "sh", "-c", LAUNCHER, "dasscod-direct-launch", WRAPPER,
+            str(folder.path), str(spec.time_limit_s), str(spec.workdir), *spec.argv,
+        ]  # fmt: skip
+
+    # -- queries (run in a worker thread: file system and process table)
+
+    def _lookup(self, names: list[str], launching: frozenset[str]) -> dict[str, JobInfo]:
+        found: dict[str, JobInfo] = {}
+        for name in names:
+            folder = self._folder(name)
+            if folder is not None:
+                found[name] = _inspect(folder, name, launching=name in launching)
+        return found
+
+    def _status(self, jobs: dict[str, str], launching: frozenset[str]) -> dict[str, JobInfo]:
+        infos: dict[str, JobInfo] = {}
+        for job_id, name in jobs.items():
+            folder = self._folder(name)
+            if folder is None:
+                infos[job_id] = JobInfo(job_id, name, SchedulerState.UNKNOWN,
+                                        reason=f"no state folder for {name}")
+                continue
+            info = _inspect(folder, name, launching=name in launching)
+            if info.job_id != job_id:
+                info = JobInfo(job_id, name, SchedulerState.UNKNOWN,
+                               reason=f"{folder.path} belongs to job {info.job_id or '(none)'}")
+            infos[job_id] = info
+        return infos
+
+    def _folder(self, name: str) -> JobFolder | None:
+        """The state folder of a job name, if there is one (a name that cannot be a folder
+        name is simply unknown)."""
+        if not NAME.fullmatch(name):
+            return None
+        path = self.state_dir / name
+        return JobFolder(path) if path.is_dir() else None
+
+    def _folder_of_wrapper(self, pid: int) -> JobFolder | None:
+        """The state folder of the live wrapper with this pid, or None when no such wrapper
+        runs. The process must be one of our wrappers (its argv names its folder here) and
+        match the folder's pid and start time, so a reused pid is never signalled."""
+        try:
+            argv = psutil.Process(pid).cmdline()
+        except psutil.Error:
+            return None
+        if len(argv) < 5 or argv[1] != "-c" or argv[3] != WRAPPER_NAME:
+            return None
+        path = Path(argv[4])
+        if path.parent != self.state_dir or not NAME.fullmatch(path.name):
+            return None
+        folder = JobFolder(path)
+        return folder if folder.claim() == pid and _alive(pid, folder.started()) else None
+
+    async def _local(self, func: Callable[[*Args], T], *args: *Args) -> T:
+        """Run blocking state-folder work in a thread. A state folder we cannot read or write
+        makes this "cluster" unusable, which is what TransportError means."""
+        try:
+            return await anyio.to_thread.run_sync(func, *args)
+        except OSError as exc:
+            raise TransportError(f"{self.transport.name}: job state folder: {exc}") from exc
+
+
+class JobFolder:
+    """One job's state folder and the files in it (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def create(self, spec: JobSpec) -> bool:
+        """Create the folder exclusively and record the spec; False if it existed already."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir()
+        except FileExistsError:
+            return False
+        (self.path / "spec.json").write_text(json.dumps(_spec_record(spec), indent=2) + "\n")
+        return True
+
+    def claim(self) -> Claim:
+        """The wrapper's pid, ABANDONED, or None while nobody has claimed the folder."""
+        text = self._read("pid")
+        if text is None:
+            return None
+        return ABANDONED if text == ABANDONED else _pid(text) or ABANDONED
+
+    def settle(self) -> Claim:
+        """Abandon the launch unless the wrapper claimed the folder first; return who won."""
+        mine = self.path / "pid.abandoned"
+        mine.write_text(ABANDONED + "\n")
+        try:
+            (self.path / "pid").hardlink_to(mine)
+        except FileExistsError:
+            pass
+        finally:
+            mine.unlink(missing_ok=True)
+        return self.claim()
+
+    def started(self) -> float | None:
+        return _number(self._read("started"))
+
+    def exit_status(self) -> int | None:
+        value = _number(self._read("exit"))
+        return int(value) if value is not None else None
+
+    def run_time(self) -> float | None:
+        """From the wrapper's start to its exit file."""
+        started = self.started()
+        try:
+            ended = (self.path / "exit").stat().st_mtime
+        except FileNotFoundError:
+            return None
+        return ended - started if started is not None else None
+
+    def time_limit(self) -> int | None:
+        try:
+            limit = json.loads(self._read("spec.json") or "{}").get("time_limit_s")
+        except ValueError:
+            return None
+        return limit if isinstance(limit, int) else None
+
+    def cancelled(self) -> bool:
+        return (self.path / "cancelled").exists()
+
+    def mark_cancelled(self) -> None:
+        (self.path / "cancelled").write_text(datetime.now(UTC).isoformat() + "\n")
+
+    def wrapper_log(self) -> str:
+        return (self._read("wrapper.log") or "")[-500:]
+
+    def _read(self, name: str) -> str | None:
+        try:
+            return (self.path / name).read_text().strip()
+        except FileNotFoundError:
+            return None
+
+
+def _inspect(folder: JobFolder, name: str, *, launching: bool) -> JobInfo:
+    """The job's state from its folder; settles an unclaimed launch unless it is under way."""
+    claim = folder.claim()
+    if claim is None and not launching:
+        claim = folder.settle()
+    if claim is None:
+        return JobInfo("", name, SchedulerState.PENDING, reason="being launched")
+    if claim == ABANDONED:
+        return JobInfo(
+            "", name, SchedulerState.FAILED,
+            reason=f"never started: its submission was interrupted before the job's process "
+            f"recorded itself in {folder.path}",
+        )  # fmt: skip
+    code = folder.exit_status()
+    if code is None:
+        if _alive(claim, folder.started()):
+            return JobInfo(str(claim), name, SchedulerState.RUNNING)
+        code = folder.exit_status()  # it may have finished between the two looks
+        if code is None:
+            return JobInfo(str(claim), name, SchedulerState.FAILED, reason=VANISHED)
+    return _finished(folder, name, str(claim), code)
+
+
+def _finished(folder: JobFolder, name: str, job_id: str, code: int) -> JobInfo:
+    if folder.cancelled():
+        return JobInfo(job_id, name, SchedulerState.CANCELLED, code, "cancelled")
+    if code == 0:
+        return JobInfo(job_id, name, SchedulerState.COMPLETED, 0)
+    limit = folder.time_limit()
+    ran = folder.run_time()
+    if code in TIMEOUT_EXITS and limit is not None and ran is not None and ran >= limit:
+        return JobInfo(job_id, name, SchedulerState.TIMEOUT, code,
+                       f"exceeded its time limit of {limit} s")
+    return JobInfo(job_id, name, SchedulerState.FAILED, code,
+                   f"{_describe(code)}; output in {folder.path}")
+
+
+def _describe(code: int) -> str:
+    """Exit statuses as `timeout` and the shell use them."""
+    if code == 125:
+        return "the job could not be started (see its stderr)"
+    if code == 126:
+        return "the command could not be executed"
+    if code == 127:
+        return "command not found"
+    if code > 128:
+        try:
+            return f"killed by {signal.Signals(code - 128).name}"
+        except ValueError:
+            pass
+    return f"exit status {code}"
+
+
+def _alive(pid: int, started: float | None) -> bool:
+    """Whether `pid` is a live process that started when the wrapper said it did."""
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        created = process.create_time()
+    except psutil.Error:
+        return False
+    return started is None or abs(created - started) <= START_TOLERANCE_S
+
+
+def _cancel(folder: JobFolder, pid: int) -> None:
+    if folder.exit_status() is not None:
+        return  # finished already: do not relabel it as cancelled
+    folder.mark_cancelled()
+    with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+        os.killpg(pid, signal.SIGTERM)
+
+
+def _check(spec: JobSpec) -> None:
+    if not NAME.fullmatch(spec.name):
+        raise SchedulerError(
+            f"job name {spec.name!r} cannot name a state folder "
+            f"(letters, digits, '.', '_', '-'; not starting with '.')",
+            retryable=False,
+        )
+    if not spec.argv:
+        raise SchedulerError(f"{spec.name}: empty command", retryable=False)
+    if spec.time_limit_s < 1:
+        raise SchedulerError(
+            f"{spec.name}: time limit {spec.time_limit_s} s; it must be at least 1 s",
+            retryable=False,
+        )
+
+
+def _spec_record(spec: JobSpec) -> dict[str, object]:
+    return {
+        "name": spec.name,
+        "argv": list(spec.argv),
+        "workdir": str(spec.workdir),
+        "env_names": sorted(spec.env),
+        "time_limit_s": spec.time_limit_s,
+        "cpus": spec.cpus,  # recorded, not enforced: the direct scheduler shares one machine
+        "memory_mb": spec.memory_mb,
+        "submitted_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def _pid(text: str) -> int | None:
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
