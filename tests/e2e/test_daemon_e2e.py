@@ -175,3 +175,49 @@ async def test_sigterm_stops_within_ten_seconds(
         assert status == 0
     finally:
         stop_daemon(proc)
+
+
+async def test_a_failed_attempt_is_retried_and_the_asset_finishes(
+    tmp_path: Path, mongo_uri: str, db: tuple[AsyncMongoClient[dict[str, Any]], str]
+) -> None:
+    client, database = db
+    stack = make_stack(tmp_path, mongo_uri, database, DASSCO_TEST_FAIL_JOBS="barcode:1")
+    guids = [f"retry-{i}-{uuid.uuid4().hex[:6]}" for i in range(2)]
+    for guid in guids:
+        deliver(stack.intake, guid)
+    proc = stack.start_daemon()
+    try:
+        docs = await wait_for(client, database, guids, timeout_s=120)
+    finally:
+        assert stop_daemon(proc) == 0
+    assert_finished(docs)
+    assert_each_attempt_ran_once(tmp_path / "runs.jsonl")
+    for doc in docs:
+        barcode = next(j for j in doc["job_list"] if j["name"] == "barcode")
+        assert barcode["attempt"] == 2
+        steps = [(h["from"], h["to"]) for h in doc["history"] if h["job"] == "barcode"]
+        assert ("RUNNING", "RETRY") in steps and ("RETRY", "WAITING") in steps, steps
+
+
+async def test_a_job_that_keeps_failing_ends_in_a_visible_error(
+    tmp_path: Path, mongo_uri: str, db: tuple[AsyncMongoClient[dict[str, Any]], str]
+) -> None:
+    client, database = db
+    stack = make_stack(tmp_path, mongo_uri, database, DASSCO_TEST_FAIL_JOBS="ocr")
+    guid = f"broken-{uuid.uuid4().hex[:6]}"
+    deliver(stack.intake, guid)
+    proc = stack.start_daemon()
+    try:
+        [doc] = await wait_for(client, database, [guid], timeout_s=120)
+    finally:
+        assert stop_daemon(proc) == 0
+    jobs = {j["name"]: j for j in doc["job_list"]}
+    assert doc["jobs_status"] == "ERROR"
+    assert jobs["ocr"]["status"] == "ERROR"
+    assert jobs["ocr"]["attempt"] == jobs["ocr"]["max_attempts"] == 3
+    assert "test failure requested for ocr attempt 3" in (jobs["ocr"]["last_error"] or "")
+    # The jobs after it never started; the ones before it are done.
+    assert jobs["barcode"]["status"] == "DONE"
+    assert all(jobs[j]["status"] == "WAITING" for j in ("derivatives", "upload", "clean_up"))
+    runs = assert_each_attempt_ran_once(tmp_path / "runs.jsonl")
+    assert sorted(r["attempt"] for r in runs if r["job"] == "ocr") == [1, 2, 3]
