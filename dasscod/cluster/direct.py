@@ -60,6 +60,9 @@ from dasscod.cluster.base import (
 
 #: How long submit waits for the wrapper to record its pid before giving the launch up.
 SUBMIT_WAIT_S = 10.0
+#: How long submit still waits once the launched process has died without recording a pid
+#: (`setsid` forks when started as a group leader: then what died was only its parent).
+LAUNCH_GRACE_S = 1.0
 #: The launch command only forks the wrapper, so it returns at once.
 LAUNCH_TIMEOUT_S = 30.0
 #: Grace between `timeout`'s SIGTERM and its SIGKILL when a job overruns or is cancelled.
@@ -218,16 +221,19 @@ class DirectScheduler:
         )
 
     async def _await_claim(self, folder: JobFolder, launched: int | None) -> Claim:
-        """Poll for the wrapper's pid file until it appears, the launched process dies
-        without writing it, or `SUBMIT_WAIT_S` pass."""
+        """Poll for the wrapper's pid file until it appears or `SUBMIT_WAIT_S` pass -- or,
+        to fail fast when the wrapper cannot start, until `LAUNCH_GRACE_S` after the launched
+        process (normally the wrapper itself) died without writing it."""
         deadline = anyio.current_time() + SUBMIT_WAIT_S
         delay = 0.005
         while True:
             claim = await self._local(folder.claim)
-            if claim is not None or anyio.current_time() >= deadline:
+            now = anyio.current_time()
+            if claim is not None or now >= deadline:
                 return claim
             if launched is not None and not _alive(launched, None):
-                return await self._local(folder.claim)
+                deadline = min(deadline, now + LAUNCH_GRACE_S)
+                launched = None
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.1)
 
