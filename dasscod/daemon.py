@@ -84,6 +84,7 @@ class Daemon:
         self._check_clusters()
         self.wakeups = Wakeups()
         self._running: set[str] = {"listener"}
+        self.dispatchers: dict[str, Dispatcher] = {}
         self._idle = anyio.Event()
         self.throttle = Throttle(
             assets_in_flight=self.settings.throttle.assets_in_flight,
@@ -142,7 +143,11 @@ class Daemon:
         the dispatchers of the jobs it made ready."""
         self.throttle.observe(track)
         for job in track.ready:
-            self.wakeups.notify(job)
+            dispatcher = self.dispatchers.get(job)
+            if dispatcher is not None:
+                dispatcher.offer(track)
+            else:
+                self.wakeups.notify(job)
 
     @property
     def job_names(self) -> list[str]:
@@ -210,6 +215,7 @@ class Daemon:
                 stopping=self.stopping,
                 sweep_s=timing.sweep_s,
             )
+            self.dispatchers[job] = dispatcher
             supervisors[f"dispatch.{job}"] = dispatcher.run
         for cluster in self.clusters.values():
             watcher = Watcher(

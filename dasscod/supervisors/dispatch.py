@@ -9,6 +9,7 @@ what a lost wake-up or a restart left behind. An asset whose job failed leaves t
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 
 import anyio
 from anyio.abc import TaskGroup
@@ -25,6 +26,10 @@ log = get_logger(__name__)
 
 #: Ready assets fetched per pass; the loop goes round again at once while it keeps claiming.
 BATCH = 50
+
+
+def _ready_order(track: Track) -> datetime:
+    return track.ready_since or track.created_timestamp
 
 
 class Dispatcher:
@@ -52,26 +57,43 @@ class Dispatcher:
         self.stopping = stopping
         self.sweep_s = sweep_s
         self._submits = anyio.CapacityLimiter(max_parallel_submits)
+        self._offered: dict[str, Track] = {}
         self.log = log.bind(job=job)
+
+    def offer(self, track: Track) -> None:
+        """A transition this process wrote made our job ready on `track`: claim it from this
+        copy, without a query (the version guard catches a copy that is no longer current)."""
+        self._offered[track.id] = track
+        self.wakeups.notify(self.job)
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
             while not self.stopping.is_set():
                 wake = self.wakeups.arm(self.job)
-                claimed, blocked = await self.dispatch_once(tg)
-                if claimed and not blocked:
-                    continue  # there may be more ready work than one batch
+                claimed, blocked, from_offers = await self.dispatch_once(tg)
                 if blocked:
                     self.throttle.wake_when_freed(self.job)
+                elif self._offered or (claimed and not from_offers):
+                    continue  # more offers came in, or more ready work than one batch
                 with anyio.move_on_after(self.sweep_s):
                     await wake.wait()
 
-    async def dispatch_once(self, tg: TaskGroup) -> tuple[int, bool]:
-        """One pass: returns (jobs claimed, whether the throttle stopped the pass)."""
+    async def dispatch_once(self, tg: TaskGroup) -> tuple[int, bool, bool]:
+        """One pass over the offered assets, or else over a query of the ready ones (oldest
+        first). Returns (jobs claimed, whether the throttle stopped the pass, whether it was
+        served from offers)."""
+        from_offers = bool(self._offered)
+        if from_offers:
+            tracks = sorted(self._offered.values(), key=_ready_order)
+            self._offered.clear()
+        else:
+            tracks = await self.stores.track.ready(self.job, BATCH)
         claimed = 0
-        for track in await self.stores.track.ready(self.job, BATCH):
+        for track in tracks:
             if self.stopping.is_set():
                 break
+            if self.job not in track.ready:
+                continue
             pipeline = self.pipelines.get(track.pipeline)
             if pipeline is None:
                 self.log.error("asset names an unknown pipeline; skipped",
@@ -80,7 +102,10 @@ class Dispatcher:
             preferred = [c for c in pipeline.spec(self.job).clusters if c in self.clusters]
             cluster = self.throttle.reserve(track, preferred)
             if cluster is None:
-                return claimed, True
+                # Waiting assets are taken oldest first by the query once there is room
+                # again, so the offers are dropped rather than let jump the queue.
+                self._offered.clear()
+                return claimed, True, from_offers
             try:
                 result = await self.stores.track.apply(
                     track.id,
@@ -95,7 +120,7 @@ class Dispatcher:
             key = self.launcher.hold(result.track, self.job)
             claimed += 1
             tg.start_soon(self._submit, result.track, key)
-        return claimed, False
+        return claimed, False, from_offers
 
     async def _submit(self, track: Track, key: AttemptKey) -> None:
         async with self._submits:
