@@ -118,6 +118,10 @@ class Daemon:
                 lifespan="off",
                 log_config=None,
                 access_log=False,
+                # Jobs call us directly; per-request header work buys nothing on the hot path.
+                proxy_headers=False,
+                server_header=False,
+                date_header=False,
                 timeout_graceful_shutdown=max(1, int(timing.shutdown_s / 2)),
             )
         )
