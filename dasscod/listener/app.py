@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pymongo.errors import ConnectionFailure
 
 from dasscod.callbacks import CallbackRejected, CallbackService
 from dasscod.listener.schemas import (
@@ -29,11 +30,14 @@ from dasscod.listener.schemas import (
     QueuedCallback,
     StartedCallback,
 )
+from dasscod.log import get_logger
 from dasscod.model import GUID_PATTERN, Metadata
 from dasscod.store import Stores, TransitionConflict
 from dasscod.tokens import JobClaims, TokenError, verify
 
 API_PREFIX = "/api/v1"
+
+log = get_logger(__name__)
 
 _bearer = HTTPBearer(auto_error=False, description="The job token from DASSCO_TOKEN")
 GuidPath = Annotated[str, Path(pattern=GUID_PATTERN)]
@@ -95,6 +99,17 @@ def create_app(stores: Stores, token_secret: str) -> FastAPI:
     async def _conflict(_: Request, exc: TransitionConflict) -> JSONResponse:
         # Retrying is safe: the runner's callback client backs off and sends again.
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(ConnectionFailure)
+    async def _store_down(_: Request, exc: ConnectionFailure) -> JSONResponse:
+        # MongoDB is unreachable: nothing was applied; the job's client retries until it is
+        # back, so the callback is delayed, not lost.
+        log.warning("callback refused: MongoDB unreachable", error=str(exc)[:300])
+        return JSONResponse(
+            {"detail": "the daemon's database is unreachable; retry later"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
 
     api = APIRouter(prefix=API_PREFIX)
 

@@ -14,7 +14,11 @@ import pytest
 
 from dasscod.daemon import Daemon
 from dasscod.devstack.stack import LocalStack
+from dasscod.listener.app import create_app
+from dasscod.pipeline import load_pipelines
 from dasscod.settings import Settings
+from dasscod.store import Stores
+from dasscod.tokens import JobClaims, issue
 
 
 def settings_for(tmp_path: Path, mongo_uri: str) -> Settings:
@@ -83,3 +87,23 @@ async def test_a_pipeline_naming_no_configured_cluster_is_refused(
     settings.clusters = {"elsewhere": settings.clusters["local"]}
     with pytest.raises(ValueError, match="no configured cluster"):
         Daemon(settings)
+
+
+async def test_callbacks_while_mongodb_is_down_get_503_with_retry_after() -> None:
+    secret = "down-test-secret-0123456789abcdefghij"
+    stores = Stores.connect("mongodb://127.0.0.1:9/?directConnection=true", "x",
+                            load_pipelines(), timeout_s=0.3)
+    app = create_app(stores, secret)
+    token = issue(secret, JobClaims("a-1", "load", 1), ttl_s=60)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        answer = await client.post(
+            "/api/v1/jobs/started",
+            json={"asset_guid": "a-1", "job": "load", "attempt": 1},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        ready = await client.get("/readyz")
+    await stores.close()
+    assert answer.status_code == 503
+    assert answer.headers["Retry-After"] == "5"
+    assert ready.status_code == 503
