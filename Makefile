@@ -4,27 +4,30 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test lint unit demo bench clean
+.PHONY: venv system-packages test lint unit demo bench clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml hpc/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]' -e ./hpc
+	$(PY) -m pip install --quiet -e '.[dev]' -e './hpc[modules]'
 	touch $(STAMP)
+
+system-packages:
+	@tests/infra/install_packages.sh
 
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint system-packages
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 unit: venv
 	$(VENV)/bin/pytest tests/unit hpc/tests $(PYTEST_ARGS)
 
-demo: venv
+demo: venv system-packages
 	$(PY) -m dasscod.devstack.demo
 
 bench: venv

@@ -1,0 +1,26 @@
+#!/bin/sh
+# Debian packages the HPC modules' tests and the demo need (tesseract for OCR, a TrueType font
+# for the synthetic labels). Idempotent: installs only what is missing. Without root or apt it
+# says so and exits 0: the tests that need these packages then skip with their reason.
+set -eu
+PACKAGES="tesseract-ocr fonts-dejavu-core"
+
+missing=""
+for pkg in $PACKAGES; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+        || missing="$missing $pkg"
+done
+if [ -z "$missing" ]; then
+    echo "system packages: all present ($PACKAGES)"
+    exit 0
+fi
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "system packages: cannot install$missing (needs root and apt-get); tests that need them will skip"
+    exit 0
+fi
+echo "system packages: installing$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >/dev/null
+echo "system packages: installed$missing"
