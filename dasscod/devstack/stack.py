@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +36,8 @@ class LocalStack:
     token_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     #: Extra environment for every job (the test module's knobs, for instance).
     job_env: dict[str, str] = field(default_factory=dict)
+    #: Python modules searched for job modules before the real ones in `hpc/`.
+    hpc_modules: str = TEST_MODULES
     max_jobs: int = 6
     assets_in_flight: int = 30
     watch_s: float = 1.0
@@ -53,7 +56,7 @@ class LocalStack:
         return {
             "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "PYTHONPATH": str(REPO_ROOT),
-            "DASSCO_HPC_MODULES": TEST_MODULES,
+            "DASSCO_HPC_MODULES": self.hpc_modules,
             "DASSCO_CALLBACK_DEADLINE_S": "600",
             # On one machine the daemon is back within seconds of a restart: retry often.
             "DASSCO_CALLBACK_BACKOFF_MAX_S": "2",
@@ -134,14 +137,18 @@ def deliver(
     *,
     pipeline: str = "PIPEHERB0001",
     images: Mapping[str, bytes] | None = None,
+    files: Mapping[str, Path] | None = None,
     taken: datetime | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write one asset delivery (metadata JSON + image files) the way the digitisation side
-    does, then the `.ready` marker last so intake never sees it half-written."""
+    does, then the `.ready` marker last so intake never sees it half-written. `images` are
+    written from bytes, `files` copied from paths."""
     folder = intake / guid
     folder.mkdir(parents=True)
-    images = images or {f"{guid}.tif": synthetic_image(guid)}
+    if images is None and files is None:
+        images = {f"{guid}.tif": synthetic_image(guid)}
+    images = images or {}
     metadata = {
         "asset_guid": guid,
         "institution": "NHMD",
@@ -155,6 +162,8 @@ def deliver(
     }
     for name, data in images.items():
         (folder / name).write_bytes(data)
+    for name, source in (files or {}).items():
+        shutil.copyfile(source, folder / name)
     (folder / f"{guid}.json").write_text(json.dumps(metadata, indent=2), encoding="utf-8")
     (folder / ".ready").touch()
     return folder

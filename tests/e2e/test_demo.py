@@ -1,0 +1,45 @@
+"""`make demo` as a test, with a smaller batch: the table it prints is what a user reads."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from dasscod.devstack.stack import REPO_ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None,
+                    reason="tesseract is not installed (tests/infra/install_packages.sh)")
+def test_demo_takes_a_small_batch_through_herb0001() -> None:
+    env = {**os.environ, "DEMO_ASSETS": "5", "DEMO_TIMEOUT_S": "240"}
+    env.pop("DASSCOD_CONFIG", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "dasscod.devstack.demo"],
+        capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300, check=False,
+    )
+    out = run.stdout
+    assert run.returncode == 0, out + run.stderr[-3000:]
+    rows = {m["kind"]: m for m in re.finditer(
+        r"^demo-\d\d-(?P<kind>[a-z-]+)-\w{4}\s+(?P<type>\w+)\s+(?P<barcodes>\S+)\s+"
+        r"(?P<ocr>.*?)\s+(?P<derivatives>\d+)\s+(?P<ars>\w+)\s+(?P<status>\w+)\s*$",
+        out, re.MULTILINE)}
+    assert set(rows) == {"mos-specimen", "mos-label", "target", "specimen"}, out
+    assert rows["target"]["type"] == "DEVICE_TARGET" and rows["target"]["derivatives"] == "0"
+    assert rows["mos-label"]["type"] == "LABEL"
+    # The label learns its specimen's barcode through the MOS link.
+    assert rows["mos-label"]["barcodes"] == rows["mos-specimen"]["barcodes"] == "NHMD-100007"
+    assert rows["specimen"]["barcodes"].startswith("NHMD-")
+    assert "MUSEUM" in rows["specimen"]["ocr"].upper()
+    assert int(rows["specimen"]["derivatives"]) >= 1
+    assert all(r["status"] == "DONE" for r in rows.values())
+    assert "all assets reached their expected end state" in out
+    # It cleans up after itself: no daemon or job left running.
+    leftover = subprocess.run(["pgrep", "-f", "dasscod-demo-"], capture_output=True, check=False)
+    assert leftover.stdout == b"", "processes from the demo are still running"
