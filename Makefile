@@ -2,9 +2,12 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# 1: `make test` sets up the single-node Slurm test cluster (tests/infra/setup_cluster.sh, as
+# root) before the tests that need it; where that is impossible they are skipped with a reason.
+CLUSTER ?= 1
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv system-packages test lint unit demo bench clean
+.PHONY: venv system-packages test test-cluster lint unit demo bench clean
 
 venv: $(STAMP)
 
@@ -22,7 +25,10 @@ lint: venv
 	$(VENV)/bin/mypy
 
 test: lint system-packages
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	DASSCOD_TEST_CLUSTER=$(CLUSTER) $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-cluster:
+	tests/infra/setup_cluster.sh
 
 unit: venv
 	$(VENV)/bin/pytest tests/unit hpc/tests $(PYTEST_ARGS)

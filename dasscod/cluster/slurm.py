@@ -1,0 +1,299 @@
+"""The Slurm scheduler: jobs submitted with sbatch and followed with squeue and sacct, through
+any transport (this machine, or a login node over SSH).
+
+Submission. Each attempt becomes a batch script whose ``#SBATCH`` lines carry the spec (name,
+partition, account, time, CPUs, memory, output files, a ``--comment=dasscod`` marker) and
+whose body exports the job's environment, enters the workdir and execs the command. The
+environment holds the callback token, so it never appears on a command line (``ps`` on the
+login node shows command lines to every user): the script travels on the transport's stdin,
+is written to ``<state_dir>/<name>.sh`` with mode 0600 and submitted from there with
+``sbatch --parsable``. One command does all of it; the only values on its command line are
+the state folder and the validated job name.
+
+Finding jobs again. Slurm remembers the job by its name, ``dassco.{guid}.{job}.{attempt}``:
+``lookup`` asks squeue (live jobs, and finished ones still in slurmctld's memory for
+MinJobAge) and then sacct (older ones) -- one call each, whatever the number of names.
+
+Status. One ``squeue --states=all --jobs=...`` call for all jobs; sacct, again in one call,
+only for the jobs squeue no longer knows. sacct needs slurmdbd; on a cluster without it
+(e.g. the test cluster, see tests/infra/setup_cluster.sh) plain sacct says accounting storage
+is disabled and ``sacct --completion`` reads the job completion log instead. In ``auto`` mode
+the adapter notices that once and uses --completion from then on.
+
+Nothing here keeps state between calls except that choice, so a fresh instance (a restarted
+daemon) finds every job its predecessor submitted.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import PurePosixPath
+from typing import Literal
+
+from dasscod.cluster import slurm_parse as parse
+from dasscod.cluster.base import (
+    CommandResult,
+    JobInfo,
+    JobSpec,
+    SchedulerError,
+    SchedulerState,
+    Transport,
+)
+
+#: Which sacct to ask about jobs that left the queue: ``sacct`` (slurmdbd), ``completion``
+#: (`sacct --completion`, the jobcomp/filetxt log on the machine the commands run on),
+#: ``auto`` (sacct, switching to completion when the cluster has no accounting storage), or
+#: ``none`` (never: such jobs are reported UNKNOWN).
+Accounting = Literal["auto", "sacct", "completion", "none"]
+
+#: Marker in every job's comment: tells an operator (and squeue -O comment) which jobs are ours.
+COMMENT = "dasscod"
+#: Query and cancel commands answer quickly or the controller is in trouble.
+QUERY_TIMEOUT_S = 60.0
+#: sbatch may wait for a busy controller (it retries internally).
+SUBMIT_TIMEOUT_S = 120.0
+#: How far back lookup asks sacct (whose default for name queries is "since midnight").
+LOOKUP_DAYS = 14
+
+#: Writes the script from stdin to <state_dir>/<name>.sh (0600: it holds the token) and submits
+#: it. Only the write gets umask 077: sbatch passes its umask on to the job. Run as
+#: `sh -c SUBMIT dasscod-sbatch STATE_DIR NAME`; the values are positional arguments, never
+#: part of the script text.
+SUBMIT = """\
+mkdir -p -- "$1" || exit 101
+(umask 077 && cat >"$1/$2.sh.tmp") && mv -f -- "$1/$2.sh.tmp" "$1/$2.sh" || exit 102
+exec sbatch --parsable -- "$1/$2.sh"
+"""
+#: What the exit statuses of SUBMIT before sbatch mean.
+SUBMIT_STEPS = {101: "cannot create the state folder", 102: "cannot write the job script"}
+
+
+class SlurmScheduler:
+    """Slurm through a transport. See the module docstring for how jobs are found again."""
+
+    kind = "slurm"
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        state_dir: PurePosixPath,
+        partition: str | None = None,
+        account: str | None = None,
+        accounting: Accounting = "auto",
+        sbatch_options: Sequence[str] = (),
+    ) -> None:
+        """`partition` and `account` apply to jobs whose spec names none. `sbatch_options`
+        are extra ``#SBATCH`` lines (e.g. ``--qos=short``), set by the operator, not by
+        input; they go into the script, not onto a command line."""
+        for value in (partition, account):
+            if value is not None and not parse.WORD.fullmatch(value):
+                raise ValueError(f"not a Slurm partition or account name: {value!r}")
+        for option in sbatch_options:
+            if not option.startswith("--") or "\n" in option:
+                raise ValueError(f"sbatch option {option!r}: must be one '--name[=value]'")
+        self.transport = transport
+        self.state_dir = state_dir
+        self.partition = partition
+        self.account = account
+        self.accounting: Accounting = accounting
+        self.sbatch_options = tuple(sbatch_options)
+
+    # -- submission
+
+    async def submit(self, spec: JobSpec) -> str:
+        script = self.render(spec)
+        result = await self.transport.run(
+            ["sh", "-c", SUBMIT, "dasscod-sbatch", str(self.state_dir), spec.name],
+            stdin=script,
+            timeout=SUBMIT_TIMEOUT_S,
+        )
+        if result.exit_status in SUBMIT_STEPS:
+            raise SchedulerError(
+                f"{spec.name}: {SUBMIT_STEPS[result.exit_status]} in {self.state_dir} on "
+                f"{self.transport.name}: {_message(result)}",
+                retryable=True,
+            )
+        job_id = parse.parse_job_id(result.stdout) if result.exit_status == 0 else None
+        if job_id is None:
+            raise SchedulerError(
+                f"{spec.name}: sbatch failed (exit status {result.exit_status}): "
+                f"{_message(result)}",
+                retryable=not parse.submit_error_is_permanent(result.stderr),
+            )
+        return job_id
+
+    def render(self, spec: JobSpec) -> str:
+        """The batch script for one attempt. Raises a non-retryable SchedulerError for a spec
+        that cannot be put into a script safely."""
+        _check(spec)
+        partition = spec.partition or self.partition
+        account = spec.account or self.account
+        for what, value in (("partition", partition), ("account", account)):
+            if value is not None and not parse.WORD.fullmatch(value):
+                raise SchedulerError(f"{spec.name}: bad {what} {value!r}", retryable=False)
+        output = self.state_dir / spec.name
+        directives = [
+            f"--job-name={spec.name}",
+            f"--comment={COMMENT}",
+            *([f"--partition={partition}"] if partition else []),
+            *([f"--account={account}"] if account else []),
+            # Slurm counts time limits in minutes.
+            f"--time={max(1, math.ceil(spec.time_limit_s / 60))}",
+            "--nodes=1",
+            "--ntasks=1",
+            f"--cpus-per-task={spec.cpus}",
+            f"--mem={spec.memory_mb}M",
+            f"--output={output}.out",
+            f"--error={output}.err",
+            *self.sbatch_options,
+        ]
+        lines = ["#!/bin/sh", *(f"#SBATCH {d}" for d in directives)]
+        lines += [f"export {key}={shlex.quote(value)}" for key, value in sorted(spec.env.items())]
+        workdir = shlex.quote(str(spec.workdir))
+        lines += [
+            f"mkdir -p -- {workdir} && cd -- {workdir} || "
+            f"{{ echo 'dasscod: cannot create or enter the workdir' {workdir} >&2; exit 125; }}",
+            f"exec {shlex.join(spec.argv)}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    # -- queries
+
+    async def lookup(self, names: Iterable[str]) -> dict[str, JobInfo]:
+        """Names that are not ours (fail the name pattern) cannot be Slurm jobs of ours and
+        are simply absent from the answer."""
+        wanted = sorted({n for n in names if parse.NAME.fullmatch(n)})
+        if not wanted:
+            return {}
+        result = await self._query(
+            ["squeue", "--noheader", "--states=all", f"--name={','.join(wanted)}",
+             f"--Format={parse.SQUEUE_FORMAT}"]
+        )  # fmt: skip
+        found = parse.best_by_name(parse.parse_squeue(result.stdout), wanted)
+        missing = [n for n in wanted if n not in found]
+        if missing:
+            records = await self._accounting(
+                [f"--name={','.join(missing)}", f"--starttime=now-{LOOKUP_DAYS}days"]
+            )
+            found.update(parse.best_by_name(records, missing))
+        return {name: record.info() for name, record in found.items()}
+
+    async def status(self, jobs: Mapping[str, str]) -> dict[str, JobInfo]:
+        infos: dict[str, JobInfo] = {}
+        valid: dict[str, str] = {}
+        for job_id, name in jobs.items():
+            if parse.JOB_ID.fullmatch(job_id):
+                valid[job_id] = name
+            else:
+                infos[job_id] = JobInfo(job_id, name, SchedulerState.UNKNOWN,
+                                        reason=f"{job_id!r} is not a Slurm job id")
+        if not valid:
+            return infos
+        result = await self._query(
+            ["squeue", "--noheader", "--states=all", f"--jobs={','.join(valid)}",
+             f"--Format={parse.SQUEUE_FORMAT}"],
+            gone_ok=True,
+        )  # fmt: skip
+        records = {r.job_id: r for r in parse.parse_squeue(result.stdout) if r.job_id in valid}
+        gone = [job_id for job_id in valid if job_id not in records]
+        if gone:
+            accounted = await self._accounting([f"--jobs={','.join(gone)}"])
+            for rec in accounted:
+                # A job id can come back more than once (ids restart when slurmctld loses its
+                # state): the record with our name is the one we mean.
+                if rec.job_id in gone and (
+                    rec.job_id not in records or rec.name == valid[rec.job_id]
+                ):
+                    records[rec.job_id] = rec
+        for job_id, name in valid.items():
+            record = records.get(job_id)
+            if record is None:
+                infos[job_id] = JobInfo(job_id, name, SchedulerState.UNKNOWN,
+                                        reason=self._forgotten(job_id))
+            elif record.name != name:
+                infos[job_id] = JobInfo(job_id, name, SchedulerState.UNKNOWN,
+                                        reason=f"Slurm job {job_id} is {record.name!r}, not ours")
+            else:
+                infos[job_id] = record.info()
+        return infos
+
+    async def cancel(self, job_id: str) -> None:
+        """scancel says nothing (and exits 0) for a job that has already ended or is unknown,
+        which is what the watcher wants: cancelling a job that is not running is no error."""
+        if not parse.JOB_ID.fullmatch(job_id):
+            raise SchedulerError(f"{job_id!r} is not a Slurm job id", retryable=False)
+        result = await self.transport.run(["scancel", job_id], timeout=QUERY_TIMEOUT_S)
+        if result.exit_status != 0 and parse.INVALID_JOB_ID not in result.stderr:
+            raise SchedulerError(f"scancel {job_id} failed: {_message(result)}", retryable=True)
+
+    # -- helpers
+
+    async def _query(self, argv: list[str], *, gone_ok: bool = False) -> CommandResult:
+        """Run a query; squeue's "Invalid job id specified" (the only job asked about left the
+        queue) is an empty answer when `gone_ok`."""
+        result = await self.transport.run(argv, timeout=QUERY_TIMEOUT_S)
+        if result.exit_status == 0:
+            return result
+        if gone_ok and parse.INVALID_JOB_ID in result.stderr:
+            return CommandResult(0, "", "")
+        raise SchedulerError(
+            f"{argv[0]} failed (exit status {result.exit_status}): {_message(result)}",
+            retryable=True,
+        )
+
+    async def _accounting(self, selection: list[str]) -> list[parse.Record]:
+        """One sacct call (two, once, in auto mode on a cluster without slurmdbd)."""
+        if self.accounting == "none":
+            return []
+        argv = ["sacct", "--allocations", "--noheader", "--parsable2",
+                f"--format={parse.SACCT_FIELDS}", *selection]  # fmt: skip
+        if self.accounting == "completion":
+            argv.insert(1, "--completion")
+        result = await self.transport.run(argv, timeout=QUERY_TIMEOUT_S)
+        if (
+            result.exit_status != 0
+            and self.accounting == "auto"
+            and parse.ACCOUNTING_DISABLED in result.stderr.lower()
+        ):
+            self.accounting = "completion"
+            return await self._accounting(selection)
+        if result.exit_status != 0:
+            raise SchedulerError(
+                f"sacct failed (exit status {result.exit_status}): {_message(result)}",
+                retryable=True,
+            )
+        return parse.parse_sacct(result.stdout)
+
+    def _forgotten(self, job_id: str) -> str:
+        if self.accounting == "none":
+            return f"job {job_id} left the queue (no accounting configured to ask)"
+        return f"Slurm no longer knows job {job_id} (not in squeue nor in sacct)"
+
+
+def _check(spec: JobSpec) -> None:
+    if not parse.NAME.fullmatch(spec.name):
+        raise SchedulerError(
+            f"job name {spec.name!r} is not safe to give to Slurm "
+            "(letters, digits, '.', '_', '-'; not starting with a separator)",
+            retryable=False,
+        )
+    if not spec.argv:
+        raise SchedulerError(f"{spec.name}: empty command", retryable=False)
+    if spec.time_limit_s < 1 or spec.cpus < 1 or spec.memory_mb < 1:
+        raise SchedulerError(
+            f"{spec.name}: time limit, CPUs and memory must be positive "
+            f"({spec.time_limit_s} s, {spec.cpus}, {spec.memory_mb} MB)",
+            retryable=False,
+        )
+    bad = [key for key in spec.env if not parse.ENV_NAME.fullmatch(key)]
+    if bad:
+        raise SchedulerError(f"{spec.name}: bad environment names {bad}", retryable=False)
+    if any("\0" in s for s in (*spec.argv, *spec.env.values(), str(spec.workdir))):
+        raise SchedulerError(f"{spec.name}: NUL byte in the command", retryable=False)
+
+
+def _message(result: CommandResult) -> str:
+    return (result.stderr.strip() or result.stdout.strip())[-500:] or "no message"
