@@ -7,7 +7,9 @@ Phases, each against a fresh database on the test store (SecantusDB, or $DASSCOD
 3. assets through HERB0001 with the direct scheduler and the test module: the hand-off latency
    from one job's finished callback to the next job's submission (from the stored history), and
    all MongoDB commands spent on one asset (PyMongo command monitoring);
-4. the daemon idle with 10 000 finished assets in the store: CPU and resident memory.
+4. the daemon idle with 10 000 finished assets in the store: CPU and resident memory;
+5. the demo batch with the real HPC modules, and each module on a full-size sheet
+   (`bench_demo.py`).
 Progress goes to stderr.
 """
 
@@ -37,6 +39,7 @@ from pymongo.monitoring import (
 )
 
 from dasscod.daemon import Daemon
+from dasscod.devstack.bench_demo import demo_phase, module_times
 from dasscod.devstack.mongo import mongo_server
 from dasscod.devstack.stack import LocalStack, deliver
 from dasscod.log import configure_logging
@@ -424,12 +427,16 @@ async def main() -> dict[str, Any]:
             stack = LocalStack(root / "idle", uri, database="bench_idle")
             stack.write_config()
             idle_numbers = await idle(stack, pipelines_dir)
+            demo_numbers = await demo_phase(uri, root)
+    modules = module_times()
     return {
         "store_updates_per_s": round(store_rate, 1),
         "callbacks_per_s": round(callback_rate, 1),
         "callback_ratio": round(callback_rate / store_rate, 3),
         **pipeline,
         **idle_numbers,
+        **demo_numbers,
+        **modules,
         "store": "mongodb" if os.environ.get("DASSCOD_TEST_MONGO_URI") else "secantusdb",
         "concurrency": CONCURRENCY,
     }
