@@ -25,6 +25,7 @@ import anyio
 import uvicorn
 from pymongo.monitoring import CommandListener
 
+from dasscod.ars import ArsClient
 from dasscod.clusters import Cluster, build_clusters
 from dasscod.listener.app import create_app
 from dasscod.log import get_logger
@@ -32,6 +33,7 @@ from dasscod.model import Track
 from dasscod.pipeline import Pipeline, RetryPolicy, load_pipelines
 from dasscod.settings import Settings
 from dasscod.store import Stores
+from dasscod.supervisors.ars_sync import ArsSync, require_files_in_ars
 from dasscod.supervisors.coordination import Throttle, Wakeups
 from dasscod.supervisors.dispatch import Dispatcher
 from dasscod.supervisors.housekeeping import Housekeeping
@@ -81,6 +83,10 @@ class Daemon:
 
     def __post_init__(self) -> None:
         self.pipelines: Mapping[str, Pipeline] = load_pipelines(self.settings.pipelines_dir)
+        if self.settings.ars is not None:
+            # The load job fetches the files from ARS: it waits until they are there.
+            self.pipelines = require_files_in_ars(self.pipelines)
+        self.ars_sync: ArsSync | None = None
         self._check_clusters()
         self.wakeups = Wakeups()
         self._running: set[str] = {"listener"}
@@ -146,6 +152,8 @@ class Daemon:
         """Every transition this process writes: keep the throttle's counts current and wake
         the dispatchers of the jobs it made ready."""
         self.throttle.observe(track)
+        if self.ars_sync is not None:
+            self.ars_sync.offer(track)
         for job in track.ready:
             dispatcher = self.dispatchers.get(job)
             if dispatcher is not None:
@@ -186,6 +194,8 @@ class Daemon:
             with anyio.CancelScope(shield=True):
                 for cluster in self.clusters.values():
                     await cluster.transport.close()
+                if self.ars_sync is not None:
+                    await self.ars_sync.client.aclose()
                 await self.stores.close()
             log.info("stopped")
 
@@ -238,6 +248,12 @@ class Daemon:
             stopping=self.stopping,
         )
         supervisors["housekeeping"] = housekeeping.run
+        if self.settings.ars is not None:
+            if self.ars_sync is None:
+                self.ars_sync = ArsSync(
+                    self.stores, ArsClient(self.settings.ars), stopping=self.stopping
+                )
+            supervisors["ars_sync"] = self.ars_sync.run
         self._running.update(supervisors)
         return supervisors
 

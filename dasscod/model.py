@@ -144,6 +144,15 @@ class Track(BaseModel):
     temporary_files_local: Flag = Flag.NO
     temporary_path_local: str = ""
     proxy_path: str = ""
+    #: Incremented in the same write every time `update_metadata` is set to YES, so the ARS
+    #: sync clears the flag only if nothing changed while its push was in flight.
+    metadata_seq: int = 0
+    #: The ARS sync leaves this asset alone until then (backoff after ARS was unavailable).
+    ars_not_before: datetime | None = None
+    #: What ARS said when it refused a call for this asset (the flag concerned is ERROR).
+    ars_error: str | None = None
+    #: ERDA synchronisations of the current files that ended in ERDA_ERROR.
+    erda_failures: int = 0
     history: list[HistoryEntry] = Field(default_factory=list)
     #: Incremented by every write: the compare-and-set guard of the whole document.
     version: int = 0

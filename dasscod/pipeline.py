@@ -259,7 +259,12 @@ def plan(
     # never mutated, so a shallow copy of the document is safe and keeps this cheap.
     new = track.model_copy(update={"job_list": [j.model_copy() for j in track.job_list]})
     result = Plan(track=new)
-    for name, value in (asset_fields or {}).items():
+    fields = dict(asset_fields or {})
+    if fields.get("update_metadata") == Flag.YES and "metadata_seq" not in fields:
+        # Every request for a metadata push counts, even when the flag is already YES: the
+        # ARS sync clears the flag only if the sequence is still the one it pushed.
+        fields["metadata_seq"] = track.metadata_seq + 1
+    for name, value in fields.items():
         if getattr(new, name) != value:
             history_from = getattr(new, name)
             setattr(new, name, value)

@@ -27,6 +27,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from dasscod.ars.settings import ArsSettings
 from dasscod.pipeline import BUILTIN_PIPELINES
 
 ENV_PREFIX = "DASSCOD_"
@@ -178,6 +179,8 @@ class Settings(BaseSettings):
     throttle: ThrottleSettings = ThrottleSettings()
     timing: TimingSettings = TimingSettings()
     security: SecuritySettings = SecuritySettings()
+    #: ARS connection; None (the default) runs without ARS sync.
+    ars: ArsSettings | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: "auto": JSON when stderr is not a terminal (systemd, files), readable lines otherwise.
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -34,6 +34,12 @@ TRACK_INDEXES = [
     IndexModel([("jobs_status", ASCENDING)], name="jobs_status"),
     IndexModel([("parent_guid", ASCENDING)], name="parent_guid", sparse=True),
     IndexModel([("available_for_services", ASCENDING)], name="available_for_services"),
+    # The ARS sync's queues (`ars_queue`): each step looks up one flag value; the values it
+    # looks for (NO, AWAIT, YES before the files are in ERDA) are held by few assets.
+    IndexModel([("is_in_ars", ASCENDING)], name="is_in_ars"),
+    IndexModel([("has_new_file", ASCENDING)], name="has_new_file"),
+    IndexModel([("erda_sync", ASCENDING)], name="erda_sync"),
+    IndexModel([("update_metadata", ASCENDING)], name="update_metadata"),
 ]
 
 #: Conflicts in a row before a transition gives up; each one means another writer made
@@ -120,11 +126,14 @@ class TrackStore:
         asset_fields: Mapping[str, Any] | None = None,
         known: Track | None = None,
         now: datetime | None = None,
+        expect: Mapping[str, Any] | None = None,
     ) -> Applied:
         """Apply job events and asset field changes as one guarded write.
 
         `known` is a document the caller already read (saves a round trip); if it is stale the
-        write's guard fails and the store re-reads.
+        write's guard fails and the store re-reads. `expect` makes the transition conditional:
+        it is written only while these fields hold these values (checked on a fresh read, and
+        guarded by the version), otherwise nothing is written and `applied` is False.
         """
         current = known
         cached = self._recent.get(guid)
@@ -137,6 +146,13 @@ class TrackStore:
                 if current is None:
                     raise AssetNotFound(f"no asset {guid}")
                 fresh = True
+            if expect and any(getattr(current, k, None) != v for k, v in expect.items()):
+                if not fresh:
+                    self._recent.pop(guid, None)
+                    current = None
+                    continue
+                reason = "expected " + ", ".join(f"{k}={v}" for k, v in expect.items())
+                return Applied(False, current, [reason])
             result = plan(
                 current,
                 events,
@@ -219,6 +235,16 @@ class TrackStore:
     async def ready(self, job: str, limit: int) -> list[Track]:
         """Assets whose job `job` may be claimed now, longest-ready first."""
         cursor = self.collection.find({"ready": job}).sort("ready_since", ASCENDING).limit(limit)
+        return [Track.model_validate(doc) async for doc in cursor]
+
+    async def ars_queue(
+        self, flag: str, values: Sequence[str], limit: int, **also: str
+    ) -> list[Track]:
+        """Assets whose `flag` holds one of `values` (and each `also` field its value),
+        parked or not (the caller reads `ars_not_before`). Uses the flag's index."""
+        query: dict[str, Any] = {flag: {"$in": [str(v) for v in values]}}
+        query.update({k: str(v) for k, v in also.items()})
+        cursor = self.collection.find(query).limit(limit)
         return [Track.model_validate(doc) async for doc in cursor]
 
     async def due_retries(self, now: datetime, limit: int = 500) -> list[Track]:

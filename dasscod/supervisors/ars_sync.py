@@ -1,0 +1,553 @@
+"""The ARS sync: keeps ARS in step with the track flags, one guarded transition at a time.
+
+Five steps, each a loop over an indexed flag query, woken by `offer` (the daemon's `_on_change`)
+and by a slow sweep:
+
+- **create**  `is_in_ars` NO → AWAIT (claim) → `create_asset` → YES, `has_open_share` YES,
+  `has_new_file` YES (when the asset has files). An AWAIT nobody in this process works on
+  (a crash, a lost answer) and a create answered "already exists" are resolved by asking ARS:
+  the asset exists → YES (no second create, so no second share), absent → NO.
+- **upload**  `has_new_file` YES → UPLOADING (claim) → every file not yet in ERDA, with its
+  CRC-32 → AWAIT.
+- **synchronise**  `has_new_file` AWAIT, `erda_sync` NO → AWAIT (claim) → `synchronize`.
+- **confirm**  `erda_sync` AWAIT → `asset_status`: COMPLETED → `erda_sync` YES, `has_new_file`
+  NO, `has_open_share` NO (ARS closes the share); ERDA_ERROR → NO again, ERROR after
+  `max_erda_failures`.
+- **metadata**  `update_metadata` YES, `is_in_ars` YES → full-body update → NO, written only if
+  `metadata_seq` is still the one read before the push (a change meanwhile → one more push).
+
+ARS unavailable (after the client's retries): the claim is given back with an `ars_not_before`
+backoff, never ERROR, and the shared circuit breaker counts it. ARS refused (4xx): the flag
+goes to ERROR with `ars_error` = what ARS said, and the queue moves on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+
+from dasscod.ars import (
+    ArsBadRequest,
+    ArsClient,
+    ArsConflict,
+    ArsNotFound,
+    ArsRejected,
+    ArsUnavailable,
+    MinimalAsset,
+    size_mb,
+)
+from dasscod.ars.health import BreakerState, CircuitBreaker
+from dasscod.ars.mapping import to_ars_asset
+from dasscod.log import get_logger
+from dasscod.model import Flag, Track, utcnow
+from dasscod.pipeline import Pipeline
+from dasscod.store import Stores
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+
+STEPS = ("create", "upload", "synchronise", "confirm", "metadata")
+BYTES_PER_MB = 1_000_000
+YES, NO, AWAIT, UPLOADING, ERROR = Flag.YES, Flag.NO, Flag.AWAIT, Flag.UPLOADING, Flag.ERROR
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    #: Every step looks for work at least this often even without a wake-up.
+    sweep_s: float = 30.0
+    #: How often assets awaiting ERDA are asked about (ERDA sync is asynchronous).
+    confirm_poll_s: float = 2.0
+    batch: int = 50
+    #: ARS calls in flight at once, over all steps.
+    concurrency: int = 8
+    #: Allocation = the asset's files in MB (rounded up) plus this, for derivatives.
+    allocation_headroom_mb: int = 1
+    #: An asset whose ARS call failed as unavailable is left alone this long.
+    unavailable_backoff_s: float = 10.0
+    max_erda_failures: int = 3
+    breaker_threshold: int = 3
+    breaker_cooldown_s: float = 5.0
+    breaker_max_cooldown_s: float = 300.0
+
+
+def require_files_in_ars(
+    pipelines: Mapping[str, Pipeline], jobs: Sequence[str] = ("load",)
+) -> dict[str, Pipeline]:
+    """With ARS enabled, the jobs that fetch an asset's files from ARS (`load`) may start only
+    once the files are there: they require `is_in_ars` = YES and `erda_sync` = YES."""
+    extra = {"is_in_ars": YES, "erda_sync": YES}
+    result: dict[str, Pipeline] = {}
+    for name, pipeline in pipelines.items():
+        specs = [
+            s.model_copy(update={"requires": {**s.requires, **extra}}) if s.name in jobs else s
+            for s in pipeline.jobs
+        ]
+        result[name] = pipeline.model_copy(update={"jobs": specs})
+    return result
+
+
+def wanted_steps(track: Track) -> list[str]:
+    """The steps that may have work for this document (what `offer` wakes)."""
+    steps = []
+    if track.is_in_ars in (NO, AWAIT) or track.has_new_file is AWAIT:
+        steps.append("create")  # AWAIT: a parent's files arrived, its derivatives may go
+    if track.is_in_ars is YES and track.has_new_file in (YES, UPLOADING):
+        steps.append("upload")
+    if track.has_new_file is AWAIT and track.erda_sync is NO:
+        steps.append("synchronise")
+    if track.erda_sync is AWAIT:
+        steps.append("confirm")
+    if track.update_metadata is YES and track.is_in_ars is YES:
+        steps.append("metadata")
+    return steps
+
+
+def _pending_files(track: Track) -> bool:
+    return any(not f.deleted and f.erda_sync is NO for f in track.file_list)
+
+
+class ArsSync:
+    def __init__(
+        self,
+        stores: Stores,
+        client: ArsClient,
+        *,
+        stopping: anyio.Event,
+        options: SyncOptions = SyncOptions(),
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        self.stores = stores
+        self.client = client
+        self.stopping = stopping
+        self.options = options
+        self.breaker = breaker or CircuitBreaker(
+            threshold=options.breaker_threshold,
+            cooldown_s=options.breaker_cooldown_s,
+            max_cooldown_s=options.breaker_max_cooldown_s,
+        )
+        if self.breaker.on_close is None:
+            self.breaker.on_close = self.wake_all
+        self._events: dict[str, anyio.Event] = {s: anyio.Event() for s in STEPS}
+        #: Work in progress in this process: guid (file side) or "meta:" + guid.
+        self._busy: set[str] = set()
+        self._limiter = anyio.CapacityLimiter(options.concurrency)
+        self.update_user = client.settings.update_user
+
+    # ------------------------------------------------------------------ wake-ups
+
+    def offer(self, track: Track) -> None:
+        for step in wanted_steps(track):
+            self._events[step].set()
+
+    def wake_all(self) -> None:
+        for event in self._events.values():
+            event.set()
+
+    # ------------------------------------------------------------------ loops
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for step in STEPS:
+                tg.start_soon(self._loop, step)
+            await self.stopping.wait()
+            self.wake_all()
+
+    async def _loop(self, step: str) -> None:
+        handler: Callable[[Track], Awaitable[None]] = getattr(self, f"_{step}")
+        sweep = self.options.sweep_s
+        if step == "confirm":
+            sweep = min(sweep, self.options.confirm_poll_s)
+        while not self.stopping.is_set():
+            event = anyio.Event()
+            self._events[step] = event  # armed before looking: no wake-up is missed
+            wait = sweep
+            if self.breaker.state is BreakerState.OPEN and self.breaker.remaining_s() > 0:
+                wait = min(wait, self.breaker.remaining_s() + 0.001)
+            else:
+                now = utcnow()
+                candidates = await self._queue(step)
+                due = [t for t in candidates if t.ars_not_before is None or t.ars_not_before <= now]
+                parked = [t.ars_not_before for t in candidates if t.ars_not_before is not None]
+                later = [p for p in parked if p > now]
+                if later:
+                    wait = min(wait, max(0.001, (min(later) - now).total_seconds()))
+                keys = {f"meta:{t.id}" if step == "metadata" else t.id for t in due}
+                idle = keys - self._busy  # work another step holds is not ours to retry now
+                async with anyio.create_task_group() as tg:
+                    for track in due:
+                        tg.start_soon(self._one, step, handler, track)
+                if len(candidates) >= self.options.batch and idle:
+                    continue  # a full batch: there may be more
+            if self.stopping.is_set():
+                return
+            with anyio.move_on_after(wait):
+                await event.wait()
+
+    async def _queue(self, step: str) -> list[Track]:
+        q, n = self.stores.track.ars_queue, self.options.batch
+        afs = {"available_for_services": YES.value}
+        if step == "create":
+            return await q("is_in_ars", [NO, AWAIT], n, **afs)
+        if step == "upload":
+            return await q(
+                "has_new_file", [YES, UPLOADING], n, is_in_ars=YES, has_open_share=YES, **afs
+            )
+        if step == "synchronise":
+            return await q("has_new_file", [AWAIT], n, erda_sync=NO, is_in_ars=YES, **afs)
+        if step == "confirm":
+            return await q("erda_sync", [AWAIT], n, **afs)
+        return await q("update_metadata", [YES], n, is_in_ars=YES, **afs)
+
+    async def _one(
+        self, step: str, handler: Callable[[Track], Awaitable[None]], track: Track
+    ) -> None:
+        key = f"meta:{track.id}" if step == "metadata" else track.id
+        if key in self._busy or self.stopping.is_set() or not self.breaker.allow():
+            return
+        probe = self.breaker.state is BreakerState.HALF_OPEN
+        self._busy.add(key)
+        try:
+            async with self._limiter:
+                await handler(track)
+        except Exception:
+            # A store error or a bug with one asset must not stop the others.
+            log.exception("ars sync step failed", step=step, asset_guid=track.id)
+        finally:
+            self._busy.discard(key)
+            if probe:
+                self.breaker.release()
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        """One ARS call, its outcome reported to the breaker."""
+        try:
+            result = await call
+        except ArsUnavailable as exc:
+            self.breaker.failure(str(exc))
+            raise
+        except ArsRejected:
+            self.breaker.success()  # ARS answered
+            raise
+        self.breaker.success()
+        return result
+
+    async def _set(
+        self, track: Track, fields: Mapping[str, Any], *, expect: Mapping[str, Any], cause: str
+    ) -> bool:
+        result = await self.stores.track.apply(
+            track.id, asset_fields=fields, expect=expect, known=track, cause=f"ars {cause}"
+        )
+        return result.applied
+
+    def _backoff(self) -> datetime:
+        return utcnow() + timedelta(seconds=self.options.unavailable_backoff_s)
+
+    async def _give_back(
+        self, track: Track, flag: str, claimed: Flag, back: Flag, exc: ArsUnavailable, step: str
+    ) -> None:
+        await self._set(
+            track,
+            {flag: back, "ars_not_before": self._backoff()},
+            expect={flag: claimed},
+            cause=f"{step}: ARS unavailable ({exc.message})",
+        )
+
+    async def _fail(
+        self, track: Track, flag: str, expect: Mapping[str, Any], message: str, step: str
+    ) -> None:
+        log.error("ars refused", step=step, asset_guid=track.id, flag=flag, error=message)
+        await self._set(
+            track, {flag: ERROR, "ars_error": message}, expect=expect, cause=f"{step}: {message}"
+        )
+
+    async def _metadata_doc(self, track: Track) -> dict[str, Any] | None:
+        return await self.stores.metadata.get(track.id)
+
+    @staticmethod
+    def _minimal(track: Track, md: Mapping[str, Any]) -> MinimalAsset:
+        return MinimalAsset(
+            asset_guid=track.id,
+            parent_guid=track.parent_guid,
+            institution=str(md["institution"]),
+            collection=str(md["collection"]),
+        )
+
+    def _allocation_mb(self, track: Track) -> int:
+        files_mb = sum(f.file_size for f in track.file_list if not f.deleted)
+        total_mb = max(files_mb, track.asset_size, 0.0)
+        return size_mb(int(total_mb * BYTES_PER_MB)) + self.options.allocation_headroom_mb
+
+    # ------------------------------------------------------------------ create
+
+    async def _create(self, track: Track) -> None:
+        if track.is_in_ars is AWAIT:
+            await self._resolve_create(track, "recovery")
+            return
+        if track.parent_guid and not await self._parent_ready(track.parent_guid):
+            return
+        claim = await self.stores.track.apply(
+            track.id,
+            asset_fields={"is_in_ars": AWAIT},
+            expect={"is_in_ars": NO},
+            known=track,
+            cause="ars create: claimed",
+        )
+        if not claim.applied:
+            return
+        track = claim.track
+        md = await self._metadata_doc(track)
+        if md is None:
+            await self._fail(track, "is_in_ars", {"is_in_ars": AWAIT}, "no metadata", "create")
+            return
+        asset = to_ars_asset(md, update_user=self.update_user)
+        try:
+            created = await self._call(
+                self.client.create_asset(asset, allocation_mb=self._allocation_mb(track))
+            )
+        except ArsUnavailable as exc:
+            await self._give_back(track, "is_in_ars", AWAIT, NO, exc, "create")
+        except (ArsConflict, ArsBadRequest) as exc:
+            if isinstance(exc, ArsConflict) or "already exist" in exc.message.lower():
+                await self._resolve_create(track, "create answered 'exists'")
+            else:
+                await self._fail(track, "is_in_ars", {"is_in_ars": AWAIT}, str(exc), "create")
+        except ArsRejected as exc:
+            await self._fail(track, "is_in_ars", {"is_in_ars": AWAIT}, str(exc), "create")
+        else:
+            info = created.http_info
+            await self._created(
+                track,
+                share_open=bool(info and info.ok),
+                proxy_path=(info.share_url if info else None) or "",
+                problem=(info.allocation_status_text if info else None) or "no share opened",
+                cause="create: created",
+            )
+
+    async def _parent_ready(self, parent_guid: str) -> bool:
+        """ARS takes a derivative only once its parent exists with files."""
+        parent = await self.stores.track.get(parent_guid)
+        if parent is None:
+            return True  # not ours to wait for: ARS decides
+        return parent.is_in_ars is YES and parent.has_new_file in (AWAIT, NO)
+
+    async def _created(
+        self, track: Track, *, share_open: bool, proxy_path: str, problem: str, cause: str
+    ) -> None:
+        fields: dict[str, Any] = {
+            "is_in_ars": YES,
+            "has_open_share": YES if share_open else ERROR,
+            "has_new_file": YES if share_open and _pending_files(track) else NO,
+            "ars_error": None if share_open else f"asset created without a share: {problem}",
+            "ars_not_before": None,
+        }
+        if proxy_path:
+            fields["proxy_path"] = proxy_path
+        await self._set(track, fields, expect={"is_in_ars": AWAIT}, cause=cause)
+
+    async def _resolve_create(self, track: Track, why: str) -> None:
+        """Is an asset we may or may not have created in ARS? Ask, never create twice."""
+        try:
+            status = await self._call(self.client.asset_status(track.id))
+        except ArsNotFound:
+            await self._set(
+                track, {"is_in_ars": NO}, expect={"is_in_ars": AWAIT},
+                cause=f"create {why}: not in ARS",
+            )
+        except ArsUnavailable:
+            await self._set(
+                track, {"ars_not_before": self._backoff()}, expect={"is_in_ars": AWAIT},
+                cause=f"create {why}: ARS unavailable",
+            )
+        except ArsRejected as exc:
+            await self._fail(track, "is_in_ars", {"is_in_ars": AWAIT}, str(exc), "create")
+        else:
+            await self._created(
+                track,
+                share_open=status.share_allocation_mb is not None,
+                proxy_path="",
+                problem=f"ARS status {status.status}",
+                cause=f"create {why}: found in ARS",
+            )
+
+    # ------------------------------------------------------------------ upload
+
+    async def _upload(self, track: Track) -> None:
+        if track.has_new_file is YES:
+            claim = await self.stores.track.apply(
+                track.id,
+                asset_fields={"has_new_file": UPLOADING},
+                expect={"has_new_file": YES},
+                known=track,
+                cause="ars upload: claimed",
+            )
+            if not claim.applied:
+                return
+            track = claim.track
+        # else UPLOADING with nobody here uploading: a crash mid-upload; uploads are repeatable.
+        expect = {"has_new_file": UPLOADING}
+        md = await self._metadata_doc(track)
+        if md is None:
+            await self._fail(track, "has_new_file", expect, "no metadata", "upload")
+            return
+        minimal = self._minimal(track, md)
+        folder = Path(track.temporary_path_local)
+        files = []
+        try:
+            for entry in track.file_list:
+                if entry.deleted or entry.erda_sync is not NO:
+                    files.append(entry)
+                    continue
+                try:
+                    data = await anyio.Path(folder / entry.name).read_bytes()
+                except OSError as exc:
+                    await self._fail(
+                        track, "has_new_file", expect, f"cannot read {entry.name}: {exc}", "upload"
+                    )
+                    return
+                await self._call(
+                    self.client.upload_file(minimal, entry.name, data, crc=entry.check_sum)
+                )
+                link = self.client.file_url(minimal, entry.name)
+                files.append(entry.model_copy(update={"ars_link": link}))
+        except ArsUnavailable as exc:
+            await self._give_back(track, "has_new_file", UPLOADING, YES, exc, "upload")
+            return
+        except ArsRejected as exc:
+            await self._fail(track, "has_new_file", expect, str(exc), "upload")
+            return
+        await self._set(
+            track,
+            {"has_new_file": AWAIT, "file_list": files, "ars_error": None},
+            expect=expect,
+            cause="upload: files uploaded",
+        )
+
+    # ------------------------------------------------------------------ synchronise
+
+    async def _synchronise(self, track: Track) -> None:
+        md = await self._metadata_doc(track)
+        expect = {"erda_sync": AWAIT}
+        claim = await self.stores.track.apply(
+            track.id,
+            asset_fields={"erda_sync": AWAIT},
+            expect={"erda_sync": NO, "has_new_file": AWAIT},
+            known=track,
+            cause="ars synchronise: claimed",
+        )
+        if not claim.applied:
+            return
+        track = claim.track
+        if md is None:
+            await self._fail(track, "erda_sync", expect, "no metadata", "synchronise")
+            return
+        try:
+            await self._call(
+                self.client.synchronize(
+                    track.id,
+                    workstation=str(md.get("workstation_name", "")),
+                    pipeline=str(md.get("pipeline_name", "")),
+                )
+            )
+        except ArsUnavailable as exc:
+            await self._give_back(track, "erda_sync", AWAIT, NO, exc, "synchronise")
+        except ArsBadRequest as exc:
+            # A retried call whose first attempt got through is refused ("no open share"):
+            # ARS's status says whether the sync is under way.
+            try:
+                status = await self._call(self.client.asset_status(track.id))
+            except ArsUnavailable as again:
+                await self._give_back(track, "erda_sync", AWAIT, NO, again, "synchronise")
+                return
+            except ArsRejected:
+                status = None
+            if status is None or status.status not in ("ASSET_RECEIVED", "COMPLETED"):
+                await self._fail(track, "erda_sync", expect, str(exc), "synchronise")
+        except ArsRejected as exc:
+            await self._fail(track, "erda_sync", expect, str(exc), "synchronise")
+
+    # ------------------------------------------------------------------ confirm
+
+    async def _confirm(self, track: Track) -> None:
+        expect = {"erda_sync": AWAIT}
+        try:
+            status = await self._call(self.client.asset_status(track.id))
+        except ArsUnavailable:
+            return  # asked again at the next poll; the breaker counted it
+        except ArsRejected as exc:
+            await self._fail(track, "erda_sync", expect, str(exc), "confirm")
+            return
+        if status.status == "COMPLETED" and status.share_allocation_mb is None:
+            files = [
+                f if f.deleted else f.model_copy(update={"erda_sync": YES})
+                for f in track.file_list
+            ]
+            await self._set(
+                track,
+                {
+                    "erda_sync": YES,
+                    "has_new_file": NO,
+                    "has_open_share": NO,
+                    "proxy_path": "",
+                    "file_list": files,
+                    "erda_failures": 0,
+                    "ars_error": None,
+                },
+                expect=expect,
+                cause="confirm: in ERDA",
+            )
+        elif status.status in ("ERDA_ERROR", "ERDA_FAILED"):
+            failures = track.erda_failures + 1
+            message = f"ERDA sync failed ({status.status}): {status.error_message or 'no message'}"
+            if failures >= self.options.max_erda_failures:
+                await self._fail(
+                    track, "erda_sync", expect, f"{message}; {failures} attempts", "confirm"
+                )
+            else:
+                await self._set(
+                    track,
+                    {"erda_sync": NO, "erda_failures": failures, "ars_error": message},
+                    expect=expect,
+                    cause=f"confirm: {message}; synchronising again",
+                )
+        elif status.status == "METADATA_RECEIVED":
+            # The synchronisation never started (claimed, then a crash): synchronise again.
+            await self._set(
+                track, {"erda_sync": NO}, expect=expect, cause="confirm: sync never started"
+            )
+        # ASSET_RECEIVED (or COMPLETED with the share still open): ERDA is working on it.
+
+    # ------------------------------------------------------------------ metadata
+
+    async def _metadata(self, track: Track) -> None:
+        seq = track.metadata_seq  # read before the metadata document: see `metadata_seq`
+        md = await self._metadata_doc(track)
+        expect = {"update_metadata": YES, "metadata_seq": seq}
+        if md is None:
+            await self._fail(track, "update_metadata", expect, "no metadata", "metadata")
+            return
+        try:
+            await self._call(
+                self.client.update_asset(to_ars_asset(md, update_user=self.update_user))
+            )
+        except ArsUnavailable as exc:
+            await self._set(
+                track, {"ars_not_before": self._backoff()}, expect=expect,
+                cause=f"metadata: ARS unavailable ({exc.message})",
+            )
+            return
+        except ArsRejected as exc:
+            await self._fail(track, "update_metadata", expect, str(exc), "metadata")
+            return
+        done = await self._set(
+            track, {"update_metadata": NO}, expect=expect, cause="metadata: pushed"
+        )
+        if not done:
+            self._events["metadata"].set()  # changed meanwhile: push once more
+

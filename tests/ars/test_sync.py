@@ -1,0 +1,278 @@
+"""The ARS sync supervisor against the simulator (real HTTP) and a real store: the flag
+lifecycle, crash recovery, outages, refusals and metadata coalescing."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from dasscod.ars import ArsClient
+from dasscod.ars.health import BreakerState
+from dasscod.ars.mapping import to_ars_asset
+from dasscod.delivery import BYTES_PER_MB, file_entry
+from dasscod.devstack.ars import ArsSimulator
+from dasscod.model import Flag, Track
+from dasscod.store import Stores
+from dasscod.supervisors.ars_sync import ArsSync, SyncOptions
+from tests.ars.conftest import eventually
+from tests.conftest import make_metadata, make_track
+
+FAST = SyncOptions(
+    sweep_s=2.0,
+    confirm_poll_s=0.02,
+    unavailable_backoff_s=0.1,
+    breaker_threshold=2,
+    breaker_cooldown_s=0.1,
+    breaker_max_cooldown_s=0.4,
+)
+FLAGS = ("is_in_ars", "has_new_file", "has_open_share", "erda_sync", "update_metadata")
+
+
+def guid(prefix: str = "sync") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@contextlib.asynccontextmanager
+async def running(
+    sim: ArsSimulator, stores: Stores, options: SyncOptions = FAST
+) -> AsyncIterator[ArsSync]:
+    """The sync supervisor running in the background, woken by the store's writes."""
+    stopping = anyio.Event()
+    async with ArsClient(sim.settings()) as client:
+        sync = ArsSync(stores, client, stopping=stopping, options=options)
+        stores.track._on_change = sync.offer
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sync.run)
+                yield sync
+                stopping.set()
+        finally:
+            stores.track._on_change = None
+
+
+async def add_asset(
+    stores: Stores,
+    root: Path,
+    asset_guid: str,
+    *,
+    files: dict[str, bytes] | None = None,
+    parent: str | None = None,
+    **track_fields: Any,
+) -> Track:
+    files = {"a.tif": b"pixels of " + asset_guid.encode()} if files is None else files
+    folder = root / asset_guid
+    folder.mkdir(parents=True)
+    entries = []
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+        entries.append(file_entry(folder / name))
+    md_changes: dict[str, Any] = {"parent_guid": parent} if parent else {}
+    if "digitiser" in track_fields:
+        md_changes["digitiser"] = track_fields.pop("digitiser")
+    await stores.metadata.insert(make_metadata(asset_guid, **md_changes))
+    track = make_track(asset_guid).model_copy(
+        update={
+            "file_list": entries,
+            "asset_size": sum(len(d) for d in files.values()) / BYTES_PER_MB,
+            "temporary_path_local": str(folder),
+            "parent_guid": parent,
+            **track_fields,
+        }
+    )
+    return await stores.track.insert(track)
+
+
+async def wait_flags(
+    stores: Stores, guids: list[str], wanted: Mapping[str, Flag], timeout_s: float = 10.0
+) -> list[Track]:
+    async def probe() -> list[Track] | None:
+        tracks = await stores.track.find(guids)
+        ok = len(tracks) == len(guids) and all(
+            getattr(t, k) == v for t in tracks for k, v in wanted.items()
+        )
+        return tracks if ok else None
+
+    try:
+        return await eventually(probe, timeout_s=timeout_s, interval_s=0.02)
+    except AssertionError:
+        tracks = await stores.track.find(guids)
+        states = {t.id: [*(str(getattr(t, f)) for f in FLAGS), t.ars_error] for t in tracks}
+        raise AssertionError(f"flags not reached: {states}") from None
+
+
+DONE = {
+    "is_in_ars": Flag.YES,
+    "erda_sync": Flag.YES,
+    "has_new_file": Flag.NO,
+    "has_open_share": Flag.NO,
+}
+
+
+async def assert_ars_metadata_is_local(sim: ArsSimulator, stores: Stores, asset_guid: str) -> None:
+    md = await stores.metadata.get(asset_guid)
+    assert md is not None
+    expected = to_ars_asset(md, update_user="dasscod").to_wire()
+    remote = sim.state.assets[asset_guid]
+    assert {k: remote.get(k) for k in expected} == expected
+
+
+def creates(sim: ArsSimulator, ok_only: bool = True) -> int:
+    return sum(
+        1
+        for r in sim.requests
+        if r.method == "POST"
+        and r.path.endswith("/v1/assetmetadata")
+        and (r.outcome == "ok" or not ok_only)
+    )
+
+
+def no_error_history(track: Track) -> bool:
+    return all(h.to != Flag.ERROR for h in track.history)
+
+
+async def test_an_asset_and_its_derivative_go_all_the_way_to_erda(
+    sim: ArsSimulator, stores: Stores, tmp_path: Path
+) -> None:
+    parent, child = guid("parent"), guid("child")
+    await add_asset(stores, tmp_path, parent, files={"a.tif": b"A" * 1000, "b.tif": b"B" * 10})
+    await add_asset(stores, tmp_path, child, parent=parent, files={"c.jpg": b"C" * 50})
+    async with running(sim, stores):
+        tracks = await wait_flags(stores, [parent, child], DONE)
+        assert creates(sim) == 2  # one create (with its one share) per asset
+        assert sim.count("/createShare") == 0
+        assert sorted(sim.state.files[parent]) == ["a.tif", "b.tif"]
+        assert all(f.synced for f in sim.state.files[parent].values())
+        assert sim.state.files[child]["c.jpg"].data == b"C" * 50
+        assert sim.state.assets[child]["parent_guid"] == parent
+        for track in tracks:
+            assert all(f.erda_sync is Flag.YES and f.ars_link for f in track.file_list)
+            assert no_error_history(track)
+
+        # A job changes the metadata: exactly one push, and ARS then equals the local copy.
+        await stores.metadata.merge(parent, {"barcode": ["B-1"], "funding": "Carlsberg"},
+                                    updated_by="test")
+        await stores.track.set_fields(parent, {"update_metadata": Flag.YES}, cause="test")
+        await wait_flags(stores, [parent], {"update_metadata": Flag.NO})
+        assert sim.count(f"/v1/assetmetadata/{parent}", "PUT") == 1
+        await assert_ars_metadata_is_local(sim, stores, parent)
+        assert sim.state.assets[parent]["specimens"][0]["barcode"] == "B-1"
+
+
+async def test_an_await_left_by_a_crash_is_resolved_by_asking_ars(
+    sim: ArsSimulator, stores: Stores, tmp_path: Path
+) -> None:
+    created, lost = guid("created"), guid("lost")
+    # Killed after ARS created the asset, before the flag was written: ARS has it, we say AWAIT.
+    await add_asset(stores, tmp_path, created, is_in_ars=Flag.AWAIT)
+    md = await stores.metadata.get(created)
+    assert md is not None
+    async with ArsClient(sim.settings()) as client:
+        await client.create_asset(to_ars_asset(md, update_user="dasscod"), allocation_mb=2)
+    # Killed after the claim, before the call: AWAIT, and ARS never heard of it.
+    await add_asset(stores, tmp_path, lost, is_in_ars=Flag.AWAIT)
+
+    async with running(sim, stores):
+        tracks = await wait_flags(stores, [created, lost], DONE)
+    assert creates(sim) == 2  # the direct one and the lost one's: no duplicate
+    by_id = {t.id: t for t in tracks}
+    causes = [h.cause for h in by_id[created].history]
+    assert any("found in ARS" in c for c in causes)
+    assert any("not in ARS" in h.cause for h in by_id[lost].history)
+    assert all(f.synced for f in sim.state.files[created].values())
+
+
+async def test_an_outage_opens_the_breaker_and_nothing_is_lost(
+    sim: ArsSimulator, stores: Stores, tmp_path: Path
+) -> None:
+    guids = [guid("outage") for _ in range(3)]
+    for g in guids:
+        await add_asset(stores, tmp_path, g)
+    sim.faults.down_for(1.0)
+    async with running(sim, stores) as sync:
+        tracks = await wait_flags(stores, guids, DONE, timeout_s=15)
+        states = [s for s, _ in sync.breaker.transitions]
+    assert BreakerState.OPEN in states and states[-1] is BreakerState.CLOSED
+    assert BreakerState.HALF_OPEN in states
+    assert all(no_error_history(t) for t in tracks)
+    assert creates(sim) == 3  # each delivered once
+    assert any(r.outcome == "error" for r in sim.requests)  # ARS really was down
+
+
+async def test_random_server_errors_still_deliver_everything(
+    sim: ArsSimulator, stores: Stores, tmp_path: Path
+) -> None:
+    guids = [guid("flaky") for _ in range(5)]
+    for g in guids:
+        await add_asset(stores, tmp_path, g)
+    sim.faults.update({"error_rate": 0.3, "seed": 7})
+    async with running(sim, stores):
+        tracks = await wait_flags(stores, guids, DONE, timeout_s=15)
+    assert all(no_error_history(t) for t in tracks)
+    assert creates(sim) == 5
+    assert sim.count(method="POST") > 0
+
+
+async def test_refused_assets_show_an_error_and_the_others_finish(
+    sim: ArsSimulator, stores: Stores, tmp_path: Path
+) -> None:
+    good, no_digitiser, forbidden = guid("good"), guid("nodig"), guid("forbidden")
+    await add_asset(stores, tmp_path, good)
+    await add_asset(stores, tmp_path, no_digitiser, digitiser="")
+    await add_asset(stores, tmp_path, forbidden)
+    sim.state.forbidden_guids.add(forbidden)
+    async with running(sim, stores):
+        await wait_flags(stores, [good], DONE)
+        [bad] = await wait_flags(stores, [no_digitiser], {"is_in_ars": Flag.ERROR})
+        [denied] = await wait_flags(stores, [forbidden], {"has_new_file": Flag.ERROR})
+    assert bad.ars_error and "digitiser" in bad.ars_error
+    assert denied.ars_error and "access" in denied.ars_error
+
+
+async def test_changes_during_a_push_cause_exactly_one_more_push(
+    sim: ArsSimulator, stores: Stores, tmp_path: Path
+) -> None:
+    g = guid("meta")
+    await add_asset(stores, tmp_path, g)
+    path = f"/v1/assetmetadata/{g}"
+    async with running(sim, stores):
+        await wait_flags(stores, [g], DONE)
+        sim.faults.latency_s = 0.3  # every call now takes a while: the push is in flight
+        await stores.metadata.merge(g, {"funding": "first"}, updated_by="test")
+        await stores.track.set_fields(g, {"update_metadata": Flag.YES}, cause="change 1")
+
+        async def push_in_flight() -> bool | None:
+            return True if sim.count(path, "PUT") == 1 else None
+
+        await eventually(push_in_flight)
+        for n in (2, 3):
+            await stores.metadata.merge(g, {"funding": f"change {n}"}, updated_by="test")
+            await stores.track.set_fields(g, {"update_metadata": Flag.YES}, cause=f"change {n}")
+        [track] = await wait_flags(stores, [g], {"update_metadata": Flag.NO})
+        sim.faults.latency_s = 0.0
+    assert track.metadata_seq == 3
+    assert sim.count(path, "PUT") == 2
+    assert sim.state.assets[g]["funding"] == "change 3"
+    await assert_ars_metadata_is_local(sim, stores, g)
+
+
+@pytest.mark.parametrize("failures", [1, 3])
+async def test_erda_errors_are_retried_then_shown(
+    sim: ArsSimulator, stores: Stores, tmp_path: Path, failures: int
+) -> None:
+    g = guid("erda")
+    await add_asset(stores, tmp_path, g)
+    sim.state.erda.fail_next = failures
+    async with running(sim, stores):
+        if failures < FAST.max_erda_failures:
+            [track] = await wait_flags(stores, [g], DONE)
+            assert track.erda_failures == 0
+        else:
+            [track] = await wait_flags(stores, [g], {"erda_sync": Flag.ERROR})
+            assert track.ars_error and "ERDA" in track.ars_error
+    assert sim.count(f"/{g}/synchronize") == failures + (failures < FAST.max_erda_failures)
