@@ -8,6 +8,8 @@ from pathlib import Path, PurePosixPath
 from dasscod.cluster.base import Scheduler, Transport
 from dasscod.cluster.direct import DirectScheduler
 from dasscod.cluster.local import LocalTransport
+from dasscod.cluster.slurm import SlurmScheduler
+from dasscod.cluster.ssh import SshTarget, SshTransport
 from dasscod.settings import ClusterSettings
 
 
@@ -31,7 +33,26 @@ def _absolute(path: Path) -> str:
 def build_clusters(settings: dict[str, ClusterSettings]) -> dict[str, Cluster]:
     clusters: dict[str, Cluster] = {}
     for name, cfg in settings.items():
-        transport = LocalTransport(name)
-        scheduler = DirectScheduler(transport, state_dir=PurePosixPath(_absolute(cfg.state_dir)))
-        clusters[name] = Cluster(name, cfg, transport, scheduler)
+        transport = _transport(name, cfg)
+        clusters[name] = Cluster(name, cfg, transport, _scheduler(cfg, transport))
     return clusters
+
+
+def _transport(name: str, cfg: ClusterSettings) -> Transport:
+    if cfg.transport == "ssh":
+        assert cfg.ssh is not None  # the settings validate this
+        return SshTransport(name, SshTarget(
+            host=cfg.ssh.host, port=cfg.ssh.port, user=cfg.ssh.user, key_file=cfg.ssh.key_file,
+            known_hosts=cfg.ssh.known_hosts, max_channels=cfg.ssh.max_channels,
+        ))  # fmt: skip
+    return LocalTransport(name)
+
+
+def _scheduler(cfg: ClusterSettings, transport: Transport) -> Scheduler:
+    state_dir = PurePosixPath(_absolute(cfg.state_dir))
+    if cfg.scheduler == "slurm":
+        return SlurmScheduler(
+            transport, state_dir=state_dir, partition=cfg.partition, account=cfg.account,
+            accounting=cfg.accounting, sbatch_options=cfg.sbatch_options,
+        )  # fmt: skip
+    return DirectScheduler(transport, state_dir=state_dir)

@@ -40,7 +40,11 @@ class JobSpec(BaseModel):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     priority: int = Field(ge=1)
     module: str | None = None  # the dassco-hpc module; defaults to the job name
-    command: list[str] = Field(default_factory=lambda: ["dassco-hpc", "run", "{module}"])
+    #: `{python}` is the cluster's `python` setting: the runner needs nothing but the standard
+    #: library, so any Python 3.11 on the cluster with `hpc/` on its path can run it.
+    command: list[str] = Field(
+        default_factory=lambda: ["{python}", "-m", "dassco_hpc", "run", "{module}"]
+    )
     clusters: list[str] = Field(default_factory=lambda: ["local"], min_length=1)
     time_limit_s: int = Field(default=3600, ge=1)
     cpus: int = Field(default=1, ge=1)

@@ -59,19 +59,55 @@ class ListenerSettings(_Section):
         return base.rstrip("/") + "/api/v1"
 
 
+class SshSettings(_Section):
+    """How to reach a cluster's login node. The host key must already be in `known_hosts`:
+    nothing is trusted on first use."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str = Field(min_length=1)
+    key_file: Path
+    known_hosts: Path
+    #: Commands at once on the one connection (sshd allows 10 sessions by default).
+    max_channels: int = Field(default=8, ge=1, le=64)
+
+
 class ClusterSettings(_Section):
-    scheduler: Literal["direct"] = "direct"
-    transport: Literal["local"] = "local"
+    #: direct: a background process per job on the daemon's machine; slurm: sbatch/squeue.
+    scheduler: Literal["direct", "slurm"] = "direct"
+    #: local: commands run on the daemon's machine; ssh: on the login node in [ssh].
+    transport: Literal["local", "ssh"] = "local"
+    ssh: SshSettings | None = None
     #: Jobs of this daemon allowed at once on the cluster (starting, queued or running).
     max_jobs: int = Field(default=6, ge=1)
     #: Where per-asset work folders live on the cluster.
     work_root: Path = Path("var/cluster/work")
-    #: Where the scheduler keeps its own job files (output, exit status).
+    #: Where the scheduler keeps its own job files (scripts, output, exit status).
     state_dir: Path = Path("var/cluster/jobs")
     #: Extra environment for every job (e.g. PATH or PYTHONPATH on the cluster).
     env: dict[str, str] = Field(default_factory=dict)
     #: The Python that runs `{python}` in job commands.
     python: str = "python3"
+    #: Slurm: default partition and account, how finished jobs are looked up (sacct needs
+    #: slurmdbd; `completion` reads the job-completion log), extra #SBATCH lines.
+    partition: str | None = None
+    account: str | None = None
+    accounting: Literal["auto", "sacct", "completion", "none"] = "auto"
+    sbatch_options: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClusterSettings:
+        if self.transport == "ssh":
+            if self.ssh is None:
+                raise ValueError("transport = 'ssh' needs an [ssh] section (host, user, "
+                                 "key_file, known_hosts)")
+            if self.scheduler == "direct":
+                raise ValueError("the direct scheduler runs jobs on this machine: use "
+                                 "transport = 'local', or scheduler = 'slurm' over ssh")
+            for name in ("work_root", "state_dir"):
+                if not getattr(self, name).is_absolute():
+                    raise ValueError(f"{name} must be an absolute path on the cluster")
+        return self
 
 
 class IntakeSettings(_Section):

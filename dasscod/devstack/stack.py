@@ -51,7 +51,8 @@ class LocalStack:
         return self.root / "dasscod.toml"
 
     def job_environment(self) -> dict[str, str]:
-        """Jobs find `dassco-hpc` next to this Python, and the test module in the repository."""
+        """Jobs run this Python (found first on PATH as `python3`), and find the test module in
+        the repository."""
         bin_dir = str(Path(sys.executable).parent)
         return {
             "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",

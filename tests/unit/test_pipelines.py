@@ -38,7 +38,7 @@ def test_herb0001_runs_its_six_jobs_one_after_another() -> None:
     assert not any(j.allow_failure for j in herb.jobs)
     assert herb.spec("clean_up").max_attempts == 5
     assert herb.spec("load").module_name == "load"
-    assert herb.spec("barcode").command == ["dassco-hpc", "run", "{module}"]
+    assert herb.spec("barcode").command == ["{python}", "-m", "dassco_hpc", "run", "{module}"]
 
 
 def test_piof0001_runs_barcode_and_ocr_in_parallel_and_tolerates_derivative_failure() -> None:
