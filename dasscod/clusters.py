@@ -10,6 +10,7 @@ from dasscod.cluster.direct import DirectScheduler
 from dasscod.cluster.local import LocalTransport
 from dasscod.cluster.slurm import SlurmScheduler
 from dasscod.cluster.ssh import SshTarget, SshTransport
+from dasscod.cluster.torque import TorqueScheduler
 from dasscod.settings import ClusterSettings
 
 
@@ -54,5 +55,10 @@ def _scheduler(cfg: ClusterSettings, transport: Transport) -> Scheduler:
         return SlurmScheduler(
             transport, state_dir=state_dir, partition=cfg.partition, account=cfg.account,
             accounting=cfg.accounting, sbatch_options=cfg.sbatch_options,
+        )  # fmt: skip
+    if cfg.scheduler == "torque":
+        return TorqueScheduler(
+            transport, state_dir=state_dir, queue=cfg.queue or cfg.partition,
+            account=cfg.account, pbs_options=cfg.pbs_options,
         )  # fmt: skip
     return DirectScheduler(transport, state_dir=state_dir)

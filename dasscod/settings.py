@@ -73,8 +73,9 @@ class SshSettings(_Section):
 
 
 class ClusterSettings(_Section):
-    #: direct: a background process per job on the daemon's machine; slurm: sbatch/squeue.
-    scheduler: Literal["direct", "slurm"] = "direct"
+    #: direct: a background process per job on the daemon's machine; slurm: sbatch/squeue;
+    #: torque: qsub/qstat (Torque/PBS).
+    scheduler: Literal["direct", "slurm", "torque"] = "direct"
     #: local: commands run on the daemon's machine; ssh: on the login node in [ssh].
     transport: Literal["local", "ssh"] = "local"
     ssh: SshSettings | None = None
@@ -94,6 +95,9 @@ class ClusterSettings(_Section):
     account: str | None = None
     accounting: Literal["auto", "sacct", "completion", "none"] = "auto"
     sbatch_options: list[str] = Field(default_factory=list)
+    #: Torque: the queue (defaults to `partition`) and extra #PBS lines (e.g. "-W group_list=x").
+    queue: str | None = None
+    pbs_options: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> ClusterSettings:
@@ -103,7 +107,7 @@ class ClusterSettings(_Section):
                                  "key_file, known_hosts)")
             if self.scheduler == "direct":
                 raise ValueError("the direct scheduler runs jobs on this machine: use "
-                                 "transport = 'local', or scheduler = 'slurm' over ssh")
+                                 "transport = 'local', or scheduler 'slurm' or 'torque' over ssh")
             for name in ("work_root", "state_dir"):
                 if not getattr(self, name).is_absolute():
                     raise ValueError(f"{name} must be an absolute path on the cluster")
