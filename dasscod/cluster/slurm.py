@@ -27,11 +27,11 @@ daemon) finds every job its predecessor submitted.
 from __future__ import annotations
 
 import math
-import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Literal
 
+from dasscod.cluster import batch
 from dasscod.cluster import slurm_parse as parse
 from dasscod.cluster.base import (
     CommandResult,
@@ -61,13 +61,10 @@ LOOKUP_DAYS = 14
 #: it. Only the write gets umask 077: sbatch passes its umask on to the job. Run as
 #: `sh -c SUBMIT dasscod-sbatch STATE_DIR NAME`; the values are positional arguments, never
 #: part of the script text.
-SUBMIT = """\
-mkdir -p -- "$1" || exit 101
-(umask 077 && cat >"$1/$2.sh.tmp") && mv -f -- "$1/$2.sh.tmp" "$1/$2.sh" || exit 102
+SUBMIT = batch.WRITE_SCRIPT + """\
 exec sbatch --parsable -- "$1/$2.sh"
 """
-#: What the exit statuses of SUBMIT before sbatch mean.
-SUBMIT_STEPS = {101: "cannot create the state folder", 102: "cannot write the job script"}
+SUBMIT_STEPS = batch.SUBMIT_STEPS
 
 
 class SlurmScheduler:
@@ -113,14 +110,14 @@ class SlurmScheduler:
         if result.exit_status in SUBMIT_STEPS:
             raise SchedulerError(
                 f"{spec.name}: {SUBMIT_STEPS[result.exit_status]} in {self.state_dir} on "
-                f"{self.transport.name}: {_message(result)}",
+                f"{self.transport.name}: {batch.message(result)}",
                 retryable=True,
             )
         job_id = parse.parse_job_id(result.stdout) if result.exit_status == 0 else None
         if job_id is None:
             raise SchedulerError(
                 f"{spec.name}: sbatch failed (exit status {result.exit_status}): "
-                f"{_message(result)}",
+                f"{batch.message(result)}",
                 retryable=not parse.submit_error_is_permanent(result.stderr),
             )
         return job_id
@@ -128,7 +125,7 @@ class SlurmScheduler:
     def render(self, spec: JobSpec) -> str:
         """The batch script for one attempt. Raises a non-retryable SchedulerError for a spec
         that cannot be put into a script safely."""
-        _check(spec)
+        batch.check_spec(spec, "Slurm", parse.NAME)
         partition = spec.partition or self.partition
         account = spec.account or self.account
         for what, value in (("partition", partition), ("account", account)):
@@ -150,15 +147,7 @@ class SlurmScheduler:
             f"--error={output}.err",
             *self.sbatch_options,
         ]
-        lines = ["#!/bin/sh", *(f"#SBATCH {d}" for d in directives)]
-        lines += [f"export {key}={shlex.quote(value)}" for key, value in sorted(spec.env.items())]
-        workdir = shlex.quote(str(spec.workdir))
-        lines += [
-            f"mkdir -p -- {workdir} && cd -- {workdir} || "
-            f"{{ echo 'dasscod: cannot create or enter the workdir' {workdir} >&2; exit 125; }}",
-            f"exec {shlex.join(spec.argv)}",
-        ]
-        return "\n".join(lines) + "\n"
+        return batch.script("#SBATCH", directives, spec)
 
     # -- queries
 
@@ -227,7 +216,9 @@ class SlurmScheduler:
             raise SchedulerError(f"{job_id!r} is not a Slurm job id", retryable=False)
         result = await self.transport.run(["scancel", job_id], timeout=QUERY_TIMEOUT_S)
         if result.exit_status != 0 and parse.INVALID_JOB_ID not in result.stderr:
-            raise SchedulerError(f"scancel {job_id} failed: {_message(result)}", retryable=True)
+            raise SchedulerError(
+                f"scancel {job_id} failed: {batch.message(result)}", retryable=True
+            )
 
     # -- helpers
 
@@ -240,7 +231,7 @@ class SlurmScheduler:
         if gone_ok and parse.INVALID_JOB_ID in result.stderr:
             return CommandResult(0, "", "")
         raise SchedulerError(
-            f"{argv[0]} failed (exit status {result.exit_status}): {_message(result)}",
+            f"{argv[0]} failed (exit status {result.exit_status}): {batch.message(result)}",
             retryable=True,
         )
 
@@ -262,7 +253,7 @@ class SlurmScheduler:
             return await self._accounting(selection)
         if result.exit_status != 0:
             raise SchedulerError(
-                f"sacct failed (exit status {result.exit_status}): {_message(result)}",
+                f"sacct failed (exit status {result.exit_status}): {batch.message(result)}",
                 retryable=True,
             )
         return parse.parse_sacct(result.stdout)
@@ -272,28 +263,3 @@ class SlurmScheduler:
             return f"job {job_id} left the queue (no accounting configured to ask)"
         return f"Slurm no longer knows job {job_id} (not in squeue nor in sacct)"
 
-
-def _check(spec: JobSpec) -> None:
-    if not parse.NAME.fullmatch(spec.name):
-        raise SchedulerError(
-            f"job name {spec.name!r} is not safe to give to Slurm "
-            "(letters, digits, '.', '_', '-'; not starting with a separator)",
-            retryable=False,
-        )
-    if not spec.argv:
-        raise SchedulerError(f"{spec.name}: empty command", retryable=False)
-    if spec.time_limit_s < 1 or spec.cpus < 1 or spec.memory_mb < 1:
-        raise SchedulerError(
-            f"{spec.name}: time limit, CPUs and memory must be positive "
-            f"({spec.time_limit_s} s, {spec.cpus}, {spec.memory_mb} MB)",
-            retryable=False,
-        )
-    bad = [key for key in spec.env if not parse.ENV_NAME.fullmatch(key)]
-    if bad:
-        raise SchedulerError(f"{spec.name}: bad environment names {bad}", retryable=False)
-    if any("\0" in s for s in (*spec.argv, *spec.env.values(), str(spec.workdir))):
-        raise SchedulerError(f"{spec.name}: NUL byte in the command", retryable=False)
-
-
-def _message(result: CommandResult) -> str:
-    return (result.stderr.strip() or result.stdout.strip())[-500:] or "no message"

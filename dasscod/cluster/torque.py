@@ -32,10 +32,10 @@ ended ones Torque still keeps.
 from __future__ import annotations
 
 import math
-import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
 
+from dasscod.cluster import batch
 from dasscod.cluster import torque_parse as parse
 from dasscod.cluster.base import (
     CommandResult,
@@ -57,13 +57,10 @@ QSTAT_FULL = ("qstat", "-f", "-1")
 #: it. Run as `sh -c SUBMIT dasscod-qsub STATE_DIR NAME`: the values are positional arguments,
 #: never part of the script text (both are checked against parse.PATH / parse.NAME too,
 #: because the wrapper's qsub pastes them into a shell command of its own).
-SUBMIT = """\
-mkdir -p -- "$1" || exit 101
-(umask 077 && cat >"$1/$2.sh.tmp") && mv -f -- "$1/$2.sh.tmp" "$1/$2.sh" || exit 102
+SUBMIT = batch.WRITE_SCRIPT + """\
 exec qsub -o "$1/$2.out" -e "$1/$2.err" "$1/$2.sh"
 """
-#: What the exit statuses of SUBMIT before qsub mean.
-SUBMIT_STEPS = {101: "cannot create the state folder", 102: "cannot write the job script"}
+SUBMIT_STEPS = batch.SUBMIT_STEPS
 
 
 class TorqueScheduler:
@@ -112,7 +109,7 @@ class TorqueScheduler:
         if result.exit_status in SUBMIT_STEPS:
             raise SchedulerError(
                 f"{spec.name}: {SUBMIT_STEPS[result.exit_status]} in {self.state_dir} on "
-                f"{self.transport.name}: {_message(result)}",
+                f"{self.transport.name}: {batch.message(result)}",
                 retryable=True,
             )
         job_id = parse.parse_job_id(result.stdout) if result.exit_status == 0 else None
@@ -120,7 +117,7 @@ class TorqueScheduler:
             # The wrapper puts sbatch's complaint on stdout, Torque's qsub on stderr.
             raise SchedulerError(
                 f"{spec.name}: qsub failed (exit status {result.exit_status}): "
-                f"{_message(result)}",
+                f"{batch.message(result)}",
                 retryable=not parse.submit_error_is_permanent(result.stdout + result.stderr),
             )
         return job_id
@@ -128,7 +125,7 @@ class TorqueScheduler:
     def render(self, spec: JobSpec) -> str:
         """The job script for one attempt. Raises a non-retryable SchedulerError for a spec
         that cannot be put into a script safely."""
-        _check(spec)
+        batch.check_spec(spec, "Torque", parse.NAME)
         queue = spec.partition or self.queue
         account = spec.account or self.account
         for what, value in (("queue", queue), ("account", account)):
@@ -146,15 +143,7 @@ class TorqueScheduler:
             f"-e {output}.err",
             *self.pbs_options,
         ]
-        lines = ["#!/bin/sh", *(f"#PBS {d}" for d in directives)]
-        lines += [f"export {key}={shlex.quote(value)}" for key, value in sorted(spec.env.items())]
-        workdir = shlex.quote(str(spec.workdir))
-        lines += [
-            f"mkdir -p -- {workdir} && cd -- {workdir} || "
-            f"{{ echo 'dasscod: cannot create or enter the workdir' {workdir} >&2; exit 125; }}",
-            f"exec {shlex.join(spec.argv)}",
-        ]
-        return "\n".join(lines) + "\n"
+        return batch.script("#PBS", directives, spec)
 
     # -- queries
 
@@ -207,7 +196,7 @@ class TorqueScheduler:
         text = (result.stdout + result.stderr).lower()
         if not text.strip() or parse.UNKNOWN_JOB in text or parse.INVALID_STATE in text:
             return
-        raise SchedulerError(f"qdel {job_id} failed: {_message(result)}", retryable=True)
+        raise SchedulerError(f"qdel {job_id} failed: {batch.message(result)}", retryable=True)
 
     # -- helpers
 
@@ -223,7 +212,7 @@ class TorqueScheduler:
                              == parse.EXIT_UNKNOWN_JOB):
             return result
         raise SchedulerError(
-            f"qstat failed (exit status {result.exit_status}): {_message(result)}",
+            f"qstat failed (exit status {result.exit_status}): {batch.message(result)}",
             retryable=True,
         )
 
@@ -233,28 +222,3 @@ def walltime(seconds: int) -> str:
     seconds = max(60, math.ceil(seconds))
     return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
-
-def _check(spec: JobSpec) -> None:
-    if not parse.NAME.fullmatch(spec.name):
-        raise SchedulerError(
-            f"job name {spec.name!r} is not safe to give to Torque "
-            "(letters, digits, '.', '_', '-'; not starting with a separator)",
-            retryable=False,
-        )
-    if not spec.argv:
-        raise SchedulerError(f"{spec.name}: empty command", retryable=False)
-    if spec.time_limit_s < 1 or spec.cpus < 1 or spec.memory_mb < 1:
-        raise SchedulerError(
-            f"{spec.name}: time limit, CPUs and memory must be positive "
-            f"({spec.time_limit_s} s, {spec.cpus}, {spec.memory_mb} MB)",
-            retryable=False,
-        )
-    bad = [key for key in spec.env if not parse.ENV_NAME.fullmatch(key)]
-    if bad:
-        raise SchedulerError(f"{spec.name}: bad environment names {bad}", retryable=False)
-    if any("\0" in s for s in (*spec.argv, *spec.env.values(), str(spec.workdir))):
-        raise SchedulerError(f"{spec.name}: NUL byte in the command", retryable=False)
-
-
-def _message(result: CommandResult) -> str:
-    return (result.stderr.strip() or result.stdout.strip())[-500:] or "no message"

@@ -1,0 +1,69 @@
+"""What the batch-system adapters (Slurm, Torque) share: checking a job before anything of it
+reaches a command or a script, the script body after the scheduler's directives, the shell
+snippet that writes the script from stdin, and error text from a command's output.
+
+The script travels on stdin and is written 0600 because it holds the job's token; names and
+paths are positional arguments of a fixed shell snippet, never part of its text.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from dasscod.cluster.base import CommandResult, JobSpec, SchedulerError
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+#: `sh -c WRITE_SCRIPT + "exec <submit command>" tool STATE_DIR NAME`: the script from stdin
+#: to STATE_DIR/NAME.sh, mode 0600 (only the write gets umask 077: the batch system passes
+#: the submitter's umask on to the job).
+WRITE_SCRIPT = """\
+mkdir -p -- "$1" || exit 101
+(umask 077 && cat >"$1/$2.sh.tmp") && mv -f -- "$1/$2.sh.tmp" "$1/$2.sh" || exit 102
+"""
+#: What WRITE_SCRIPT's own exit statuses mean.
+SUBMIT_STEPS = {101: "cannot create the state folder", 102: "cannot write the job script"}
+
+
+def check_spec(spec: JobSpec, system: str, name: re.Pattern[str]) -> None:
+    """Raise a non-retryable SchedulerError for a spec that cannot go into a script safely."""
+    if not name.fullmatch(spec.name):
+        raise SchedulerError(
+            f"job name {spec.name!r} is not safe to give to {system} "
+            "(letters, digits, '.', '_', '-'; not starting with a separator)",
+            retryable=False,
+        )
+    if not spec.argv:
+        raise SchedulerError(f"{spec.name}: empty command", retryable=False)
+    if spec.time_limit_s < 1 or spec.cpus < 1 or spec.memory_mb < 1:
+        raise SchedulerError(
+            f"{spec.name}: time limit, CPUs and memory must be positive "
+            f"({spec.time_limit_s} s, {spec.cpus}, {spec.memory_mb} MB)",
+            retryable=False,
+        )
+    bad = [key for key in spec.env if not ENV_NAME.fullmatch(key)]
+    if bad:
+        raise SchedulerError(f"{spec.name}: bad environment names {bad}", retryable=False)
+    if any("\0" in s for s in (*spec.argv, *spec.env.values(), str(spec.workdir))):
+        raise SchedulerError(f"{spec.name}: NUL byte in the command", retryable=False)
+
+
+def script(directive: str, directives: list[str], spec: JobSpec) -> str:
+    """The job script: the scheduler's directives, the environment (the token among it, so
+    it never appears on a command line), then the command in its work folder."""
+    workdir = shlex.quote(str(spec.workdir))
+    lines = [
+        "#!/bin/sh",
+        *(f"{directive} {d}" for d in directives),
+        *(f"export {key}={shlex.quote(value)}" for key, value in sorted(spec.env.items())),
+        f"mkdir -p -- {workdir} && cd -- {workdir} || "
+        f"{{ echo 'dasscod: cannot create or enter the workdir' {workdir} >&2; exit 125; }}",
+        f"exec {shlex.join(spec.argv)}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def message(result: CommandResult) -> str:
+    """A command's complaint: stderr, else stdout (some tools print errors there), clipped."""
+    return (result.stderr.strip() or result.stdout.strip())[-500:] or "no message"
