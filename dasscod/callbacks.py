@@ -248,43 +248,24 @@ class CallbackService:
 
     # ------------------------------------------------------------------ DOMAIN callbacks
 
-    async def barcode(self, claims: JobClaims, result: BarcodeResult, status: str) -> Ack:
+    async def _reported(
+        self, claims: JobClaims, status: str, results: JobResults, what: str
+    ) -> Ack:
+        """The current system's result callbacks: a DONE result finishes the job with it, an
+        ERROR fails it for good (the job said so; retrying would not help)."""
         if status == "ERROR":
-            return await self.failed(
-                claims,
-                FailedCallback(
-                    asset_guid=claims.asset_guid,
-                    job=claims.job,
-                    reason="barcode reader reported ERROR",
-                    retryable=False,
-                ),
-            )
-        return await self.finished(
-            claims,
-            FinishedCallback(
-                asset_guid=claims.asset_guid, job=claims.job, results=JobResults(barcode=result)
-            ),
-        )
+            failure = FailedCallback(asset_guid=claims.asset_guid, job=claims.job,
+                                     reason=f"{what} reported ERROR", retryable=False)
+            return await self.failed(claims, failure)
+        done = FinishedCallback(asset_guid=claims.asset_guid, job=claims.job, results=results)
+        return await self.finished(claims, done)
+
+    async def barcode(self, claims: JobClaims, result: BarcodeResult, status: str) -> Ack:
+        return await self._reported(claims, status, JobResults(barcode=result),
+                                    "barcode reader")
 
     async def metadata_update(self, claims: JobClaims, data: dict[str, Any], status: str) -> Ack:
-        if status == "ERROR":
-            return await self.failed(
-                claims,
-                FailedCallback(
-                    asset_guid=claims.asset_guid,
-                    job=claims.job,
-                    reason="job reported ERROR",
-                    retryable=False,
-                ),
-            )
-        return await self.finished(
-            claims,
-            FinishedCallback(
-                asset_guid=claims.asset_guid,
-                job=claims.job,
-                results=JobResults(metadata=data or None),
-            ),
-        )
+        return await self._reported(claims, status, JobResults(metadata=data or None), "job")
 
     async def asset_ready(self, claims: JobClaims) -> Ack:
         result = await self._apply(claims.asset_guid, [], asset_fields={"hpc_ready": Flag.YES})
