@@ -1,35 +1,55 @@
 """`make demo`: the embedded stack on one machine, a batch of synthetic specimens through HERB0001.
 
-Starts the test store (SecantusDB) and `dasscod run` with the direct scheduler, draws
-`DEMO_ASSETS` herbarium sheets (default 10: a multi-object specimen pair and a colour target
-among them), delivers them to the intake folder, shows progress while they move through the
-pipeline, and ends with a table per asset. The jobs run the real modules from `hpc/` (barcode
-with zxing-cpp, OCR with tesseract, derivatives with Pillow); only `upload` is a stand-in until
-the ARS synchronisation exists (see `dasscod/devstack/hpc_standins.py`).
+Starts the test store (SecantusDB), the ARS simulator as a process of its own
+(`python -m dasscod.devstack.ars`) and `dasscod run` with the direct scheduler and `[ars]`
+pointing at the simulator; draws `DEMO_ASSETS` herbarium sheets (default 10: a multi-object
+specimen pair and a colour target among them), delivers them to the intake folder, shows
+progress while they move through ARS and the pipeline, and ends with a table per asset. The
+daemon puts each asset into ARS and ERDA before `load` may run; the jobs run the real modules
+from `hpc/` (barcode with zxing-cpp, OCR with tesseract, derivatives with Pillow, `upload`).
+
+ARS column: ERDA = in ARS with its files archived in ERDA and the metadata pushed; ARS = in
+ARS, files not (yet) in ERDA; otherwise the `is_in_ars` flag. The originals are checked in
+ARS itself (status, files, barcodes), not only in the daemon's store. Derivatives are created
+in ARS as assets linked to their parent, but their files are not uploaded: the daemon cannot
+read a derivative's file (see `hpc/dassco_hpc/modules/upload.py`); the summary under the table
+says so.
 
 Exits 0 only if every asset reached its expected end state; leaves no process running.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
+import secrets
+import select
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pymongo import MongoClient
 
 from dasscod.devstack.mongo import mongo_server
-from dasscod.devstack.stack import LocalStack, deliver, stop_daemon
+from dasscod.devstack.stack import REPO_ROOT, LocalStack, deliver, stop_daemon
 
 ACTIVE = ("STARTING", "QUEUED", "RUNNING")
 TIMEOUT_S = float(os.environ.get("DEMO_TIMEOUT_S", "600"))
+#: Seconds the simulated ERDA takes to archive an asset's files.
+ERDA_DELAY_S = float(os.environ.get("DEMO_ERDA_DELAY_S", "0.2"))
+#: After the originals have settled, how long derivatives may take to settle in ARS.
+DERIVATIVE_GRACE_S = 30.0
 STANDINS = "dasscod.devstack.hpc_standins"
+ARS_CLIENT_ID = "dasscod"
+ARS_FLAGS = ("is_in_ars", "has_new_file", "erda_sync", "update_metadata")
 
 
 @dataclass
@@ -82,11 +102,12 @@ def main() -> int:
     keep = os.environ.get("DEMO_KEEP")  # a folder to keep the stack's files in, for reading
     with tempfile.TemporaryDirectory(prefix="dasscod-demo-") as tmp:
         root = Path(keep) if keep else Path(tmp)
-        with mongo_server(root / "mongo") as uri:
+        with mongo_server(root / "mongo") as uri, ars_simulator_process(root / "ars") as ars:
             stack = LocalStack(root / "stack", uri, database=f"demo_{uuid.uuid4().hex[:8]}",
-                               hpc_modules=STANDINS)
+                               hpc_modules=STANDINS, ars=ars)
             stack.write_config()
             say(f"stack in {root}; daemon log: {stack.root / 'daemon.log'}")
+            say(f"ARS simulator at {ars['base_url']} (ERDA delay {ERDA_DELAY_S} s)")
             drawn = root / "drawn"
             drawn.mkdir(parents=True, exist_ok=True)
             batch = draw_batch(drawn, n_assets, (width, height))
@@ -99,6 +120,7 @@ def main() -> int:
                 result = watch(stack, [p for p, _ in batch], proc.poll)
             finally:
                 status = stop_daemon(proc)
+            result.problems.extend(check_in_ars(ars, result))
     problems = [*result.problems]
     if status != 0:
         problems.append(f"daemon exit status {status}")
@@ -110,6 +132,49 @@ def main() -> int:
     return 0 if not problems else 1
 
 
+@contextlib.contextmanager
+def ars_simulator_process(folder: Path) -> Iterator[dict[str, Any]]:
+    """The simulator as a child process; yields the daemon's `[ars]` table for it. The client
+    secret is fresh per run, handed to the simulator in its environment and to the daemon in a
+    file (never in the TOML)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(24)
+    secret_file = folder / "client-secret"
+    secret_file.touch(mode=0o600)
+    secret_file.write_text(secret, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "ARS_SIMULATOR_CLIENT_SECRET": secret}
+    with (folder / "simulator.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dasscod.devstack.ars", "--port", "0",
+             "--client-id", ARS_CLIENT_ID, "--erda-delay-s", str(ERDA_DELAY_S)],
+            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=folder,
+        )
+    try:
+        urls = json.loads(_ready_line(proc, timeout_s=30.0).removeprefix("ready "))
+        yield {
+            **urls,
+            "client_id": ARS_CLIENT_ID,
+            "client_secret_file": str(secret_file),
+            "timeout_s": 10.0,
+            "retry_wait_initial_s": 0.1,
+            "retry_wait_max_s": 1.0,
+            "retry_wait_jitter_s": 0.1,
+        }
+    finally:
+        stop_daemon(proc)  # SIGTERM, wait, SIGKILL after a timeout: any child process
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _ready_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str:
+    assert proc.stdout is not None
+    readable, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    line = proc.stdout.readline().decode() if readable else ""
+    if not line.startswith("ready "):
+        raise RuntimeError(f"the ARS simulator did not start (got {line!r}); see its log")
+    return line.strip()
+
+
 @dataclass
 class Outcome:
     planned: list[Planned]
@@ -118,6 +183,29 @@ class Outcome:
     derivatives: dict[str, int]
     mos: dict[str, dict[str, Any]]
     problems: list[str]
+    #: The derivatives' tracks, by guid.
+    children: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def ars_state(track: dict[str, Any]) -> str:
+    """What the table's ARS column shows (see the module docstring)."""
+    flags = [str(track.get(f, "NO")) for f in ARS_FLAGS]
+    if any(f in ("ERROR", "CRITICAL_ERROR") for f in flags):
+        return "ERROR"
+    if track.get("is_in_ars") != "YES":
+        return str(track.get("is_in_ars", "?"))
+    if track.get("erda_sync") == "YES" and track.get("update_metadata") == "NO":
+        return "ERDA"
+    return "ARS"
+
+
+def ars_busy(track: dict[str, Any]) -> bool:
+    """Is the daemon still moving this asset in ARS (a flag it will change without a job)?"""
+    return (
+        any(track.get(f) in ("AWAIT", "UPLOADING") for f in ARS_FLAGS)
+        or track.get("has_new_file") == "YES"
+        or track.get("update_metadata") == "YES"
+    )
 
 
 def watch(stack: LocalStack, planned: list[Planned], exited: Callable[[], int | None]) -> Outcome:
@@ -126,22 +214,33 @@ def watch(stack: LocalStack, planned: list[Planned], exited: Callable[[], int | 
     db = client[stack.database]
     guids = [p.guid for p in planned]
     deadline = time.monotonic() + TIMEOUT_S
+    grace: float | None = None
     last = ""
     docs: list[dict[str, Any]] = []
+    children: list[dict[str, Any]] = []
     problems: list[str] = []
     try:
         while True:
             docs = list(db["track"].find({"_id": {"$in": guids}}))
-            settled = [d for d in docs if d["jobs_status"] in ("DONE", "ERROR", "FAILED")]
+            children = list(db["track"].find({"parent_guid": {"$in": guids}}))
+            settled = [d for d in docs if d["jobs_status"] in ("DONE", "ERROR", "FAILED")
+                       and not ars_busy(d)]
             running = sum(j["status"] in ACTIVE for d in docs for j in d["job_list"])
             jobs_done = sum(j["status"] == "DONE" for d in docs for j in d["job_list"])
-            line = (f"taken {len(docs)}/{len(guids)}  jobs running {running}  "
+            in_erda = sum(ars_state(d) == "ERDA" for d in docs)
+            line = (f"taken {len(docs)}/{len(guids)}  in ERDA {in_erda}  jobs running {running}  "
                     f"jobs done {jobs_done}  assets settled {len(settled)}")
             if line != last:
                 say(line)
                 last = line
             if len(settled) == len(guids):
-                break
+                grace = grace or time.monotonic() + DERIVATIVE_GRACE_S
+                if not any(ars_busy(c) for c in children):
+                    break
+                if time.monotonic() > grace:
+                    problems.append(f"derivatives still moving in ARS {DERIVATIVE_GRACE_S:.0f} s "
+                                    "after their parents settled")
+                    break
             if exited() is not None:
                 problems.append("the daemon exited early; see its log")
                 break
@@ -156,6 +255,7 @@ def watch(stack: LocalStack, planned: list[Planned], exited: Callable[[], int | 
             {g: db["track"].count_documents({"parent_guid": g}) for g in guids},
             {m["_id"]: m for m in db["mos"].find({"_id": {"$in": guids}})},
             problems,
+            {c["_id"]: c for c in children},
         )
     finally:
         client.close()
@@ -181,6 +281,14 @@ def check(outcome: Outcome) -> list[str]:
             problems.append(f"{p.guid}: barcodes {sorted(missing)} not read")
         if p.kind in ("specimen", "mso") and outcome.derivatives.get(p.guid, 0) == 0:
             problems.append(f"{p.guid}: no derivative registered")
+        if ars_state(track) != "ERDA":
+            problems.append(f"{p.guid}: ARS {ars_state(track)}, expected ERDA"
+                            + (f" ({track['ars_error']})" if track.get("ars_error") else ""))
+    for guid, child in outcome.children.items():
+        # What really happens to a derivative (see the module docstring): created in ARS under
+        # its parent; its file stays behind, the upload failing as the daemon cannot read it.
+        if child.get("is_in_ars") != "YES":
+            problems.append(f"derivative {guid}: is_in_ars {child.get('is_in_ars')}, expected YES")
     pair = [p.guid for p in outcome.planned if p.kind.startswith("mos_")]
     if len(pair) == 2:
         for guid, other in (pair, pair[::-1]):
@@ -199,9 +307,55 @@ def table(outcome: Outcome) -> None:
         barcodes = ",".join(meta.get("barcode", [])) or "-"
         ocr = " ".join(str(meta.get("ocr_text") or "").split()[:4]) or "-"
         say(f"{p.guid:<30}{track.get('asset_type', '?'):<15}{barcodes[:27]:<28}{ocr[:29]:<30}"
-            f"{outcome.derivatives.get(p.guid, 0):>7}  {track.get('is_in_ars', '?'):<10}"
+            f"{outcome.derivatives.get(p.guid, 0):>7}  {ars_state(track) if track else '?':<10}"
             f"{track.get('jobs_status', '?'):<8}")
-    say("(ARS: the daemon does not synchronise with ARS yet, so every asset shows NO)")
+    say("(ARS: ERDA = in ARS, files archived in ERDA, metadata pushed; checked in ARS itself)")
+    children = list(outcome.children.values())
+    if children:
+        created = sum(c.get("is_in_ars") == "YES" for c in children)
+        with_file = sum(bool(f.get("ars_link")) for c in children for f in c.get("file_list", []))
+        states: dict[str, int] = {}
+        for c in children:
+            states[str(c.get("has_new_file"))] = states.get(str(c.get("has_new_file")), 0) + 1
+        say(f"derivatives: {len(children)} registered, {created} created in ARS under their "
+            f"parent, {with_file} with their file in ARS; has_new_file "
+            + ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
+            + " (the daemon cannot read derivative files yet: hpc/dassco_hpc/modules/upload.py)")
+
+
+def check_in_ars(ars: dict[str, Any], outcome: Outcome) -> list[str]:
+    """Ask ARS itself (the simulator, over HTTP with the daemon's credentials) whether each
+    original is there, archived, with its file and the barcodes the pipeline read."""
+    from dasscod.ars import ArsClient
+    from dasscod.ars.settings import ArsSettings
+    from dasscod.log import configure_logging
+
+    configure_logging(level="WARNING")  # the client's debug lines are not for the table
+    settings = ArsSettings.model_validate(ars)
+
+    async def ask() -> list[str]:
+        problems = []
+        async with ArsClient(settings) as client:
+            for p in outcome.planned:
+                if p.guid not in outcome.tracks:
+                    continue
+                status = await client.asset_status(p.guid)
+                files = await client.list_files(p.guid)
+                asset = await client.get_asset(p.guid)
+                barcodes = {s.barcode for s in asset.specimens or [] if s.barcode}
+                if status.status != "COMPLETED":
+                    problems.append(f"{p.guid}: ARS status {status.status}, expected COMPLETED")
+                if not any(f.endswith(f"/{p.guid}.tif") for f in files):
+                    problems.append(f"{p.guid}: its file is not in ERDA ({files})")
+                if not set(p.expected_barcodes) <= barcodes:
+                    problems.append(f"{p.guid}: ARS has barcodes {sorted(barcodes)}, expected "
+                                    f"{p.expected_barcodes}")
+        return problems
+
+    try:
+        return asyncio.run(ask())
+    except Exception as exc:  # a report, not a crash: the table is still worth printing
+        return [f"asking ARS failed: {type(exc).__name__}: {exc}"]
 
 
 if __name__ == "__main__":

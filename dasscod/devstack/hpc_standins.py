@@ -1,18 +1,14 @@
-"""Stand-ins for HPC modules that cannot run on the embedded stack yet.
+"""Stand-ins for HPC modules that cannot run on the embedded stack (none at present).
 
-`upload` puts derivative files into ARS, which the daemon does not talk to yet (issue #3);
-until then the demo's upload job reports success without uploading anything, and says so in
-its log. Every other HERB0001 job runs the real module from `hpc/`.
+The demo names this module in DASSCO_HPC_MODULES so that a stand-in can be slotted in here
+without touching the stack; every HERB0001 job now runs the real module from `hpc/`, `upload`
+included (it verifies the derivative files; see `hpc/dassco_hpc/modules/upload.py` for why it
+does not upload them yet).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-
-def upload(ctx: Any) -> dict[str, Any]:
-    ctx.log("upload skipped: ARS synchronisation is not built yet (demo stand-in)")
-    return {}
-
-
-MODULES = {"upload": upload}
+MODULES: dict[str, Callable[[Any], dict[str, Any]]] = {}

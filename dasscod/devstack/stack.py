@@ -41,6 +41,9 @@ class LocalStack:
     max_jobs: int = 6
     assets_in_flight: int = 30
     watch_s: float = 1.0
+    #: The `[ars]` section (see `dasscod.ars.settings.ArsSettings`), or None: no ARS sync.
+    #: Give the secret as `client_secret_file`, not in this table.
+    ars: dict[str, Any] | None = None
 
     @property
     def intake(self) -> Path:
@@ -65,7 +68,7 @@ class LocalStack:
         }
 
     def settings_data(self) -> dict[str, Any]:
-        return {
+        data = {
             "mongo": {"uri": self.mongo_uri, "database": self.database},
             "listener": {"host": "127.0.0.1", "port": self.port},
             "clusters": {
@@ -93,6 +96,9 @@ class LocalStack:
             },
             "security": {"token_secret": self.token_secret},
         }
+        if self.ars is not None:
+            data["ars"] = dict(self.ars)
+        return data
 
     def write_config(self) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -26,10 +26,12 @@ def test_demo_takes_a_small_batch_through_herb0001() -> None:
     )
     out = run.stdout
     assert run.returncode == 0, out + run.stderr[-3000:]
-    rows = {m["kind"]: m for m in re.finditer(
+    lines = list(re.finditer(
         r"^demo-\d\d-(?P<kind>[a-z-]+)-\w{4}\s+(?P<type>\w+)\s+(?P<barcodes>\S+)\s+"
         r"(?P<ocr>.*?)\s+(?P<derivatives>\d+)\s+(?P<ars>\w+)\s+(?P<status>\w+)\s*$",
-        out, re.MULTILINE)}
+        out, re.MULTILINE))
+    assert len(lines) == 5, out
+    rows = {m["kind"]: m for m in lines}
     assert set(rows) == {"mos-specimen", "mos-label", "target", "specimen"}, out
     assert rows["target"]["type"] == "DEVICE_TARGET" and rows["target"]["derivatives"] == "0"
     assert rows["mos-label"]["type"] == "LABEL"
@@ -39,7 +41,16 @@ def test_demo_takes_a_small_batch_through_herb0001() -> None:
     assert "MUSEUM" in rows["specimen"]["ocr"].upper()
     assert int(rows["specimen"]["derivatives"]) >= 1
     assert all(r["status"] == "DONE" for r in rows.values())
+    # Every original went through ARS into ERDA (the demo checks this in ARS itself).
+    assert all(r["ars"] == "ERDA" for r in lines), out
+    derivatives = re.search(r"^derivatives: (\d+) registered, (\d+) created in ARS under their "
+                            r"parent, (\d+) with their file in ARS", out, re.MULTILINE)
+    assert derivatives is not None, out
+    registered, created, with_file = (int(g) for g in derivatives.groups())
+    assert registered == created == sum(int(r["derivatives"]) for r in lines)
+    assert with_file == 0  # not uploaded yet: hpc/dassco_hpc/modules/upload.py says why
     assert "all assets reached their expected end state" in out
-    # It cleans up after itself: no daemon or job left running.
-    leftover = subprocess.run(["pgrep", "-f", "dasscod-demo-"], capture_output=True, check=False)
-    assert leftover.stdout == b"", "processes from the demo are still running"
+    # It cleans up after itself: no daemon, job or ARS simulator left running.
+    for pattern in ("dasscod-demo-", "dasscod.devstack.ars"):
+        leftover = subprocess.run(["pgrep", "-f", pattern], capture_output=True, check=False)
+        assert leftover.stdout == b"", f"processes from the demo are still running: {pattern}"

@@ -96,15 +96,18 @@ async def ars_simulator(
     erda_delay_s: float = 0.05,
     clients: dict[str, str] | None = None,
     startup_timeout_s: float = 10.0,
+    host: str = "127.0.0.1",
+    port: int = 0,
 ) -> AsyncIterator[ArsSimulator]:
+    """Serve the simulator on `host`:`port` (0: a free port) until the block ends."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # Accepted sockets inherit this. Without it, a response written as headers then body
     # stalls ~40 ms on Nagle + delayed ACK (uvicorn serving a pre-bound socket does not set it).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind((host, port))
     port = sock.getsockname()[1]
-    root = f"http://127.0.0.1:{port}"
+    root = f"http://{host}:{port}"
     state = SimState(
         clients=clients if clients is not None else {DEFAULT_CLIENT_ID: DEFAULT_CLIENT_SECRET},
         token_ttl_s=token_ttl_s,
