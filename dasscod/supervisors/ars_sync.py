@@ -343,10 +343,13 @@ class ArsSync:
         fields: dict[str, Any] = {
             "is_in_ars": YES,
             "has_open_share": YES if share_open else ERROR,
-            "has_new_file": YES if share_open and _pending_files(track) else NO,
             "ars_error": None if share_open else f"asset created without a share: {problem}",
             "ars_not_before": None,
         }
+        # Only ever raise has_new_file here: `track` was read before the create call, and a
+        # file reported meanwhile (add_file sets YES) must not be written back to NO.
+        if share_open and _pending_files(track):
+            fields["has_new_file"] = YES
         if proxy_path:
             fields["proxy_path"] = proxy_path
         await self._set(track, fields, expect={"is_in_ars": AWAIT}, cause=cause)

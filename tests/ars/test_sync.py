@@ -17,7 +17,7 @@ from dasscod.ars.health import BreakerState
 from dasscod.ars.mapping import to_ars_asset
 from dasscod.delivery import BYTES_PER_MB, file_entry
 from dasscod.devstack.ars import ArsSimulator
-from dasscod.model import Flag, Track
+from dasscod.model import FileEntry, Flag, Track
 from dasscod.store import Stores
 from dasscod.supervisors.ars_sync import ArsSync, SyncOptions
 from tests.ars.conftest import eventually
@@ -276,3 +276,22 @@ async def test_erda_errors_are_retried_then_shown(
             [track] = await wait_flags(stores, [g], {"erda_sync": Flag.ERROR})
             assert track.ars_error and "ERDA" in track.ars_error
     assert sim.count(f"/{g}/synchronize") == failures + (failures < FAST.max_erda_failures)
+
+
+async def test_a_file_reported_while_the_asset_is_created_is_not_forgotten(
+    sim: ArsSimulator, stores: Stores, tmp_path: Path
+) -> None:
+    asset = guid("race")
+    before = await add_asset(stores, tmp_path, asset, files={}, is_in_ars=Flag.AWAIT)
+    # A file is reported while the create call is in flight ...
+    entry = FileEntry(name="late.jpg", type="jpg", file_size=0.1, check_sum=1)
+    assert await stores.track.add_file(asset, entry, cause="test")
+    # ... and the create's outcome is written from the copy read before it.
+    async with ArsClient(sim.settings()) as client:
+        sync = ArsSync(stores, client, stopping=anyio.Event(), options=FAST)
+        await sync._created(before, share_open=True, proxy_path="", problem="",
+                            cause="create: created")
+    after = await stores.track.get(asset)
+    assert after is not None
+    assert after.is_in_ars is Flag.YES
+    assert after.has_new_file is Flag.YES, "the late file must still be uploaded"
