@@ -116,9 +116,21 @@ class Daemon:
             token_secret=self.settings.security.secret(),
             token_ttl_s=self.settings.security.token_ttl_s,
         )
+        intake = self.settings.intake
+        self.intake = (
+            IntakeSupervisor(intake, self.stores, self.pipelines) if intake.enabled else None
+        )
         self.server = _InLoopServer(
             uvicorn.Config(
-                create_app(self.stores, self.settings.security.secret()),
+                create_app(
+                    self.stores,
+                    self.settings.security.secret(),
+                    intake=self.intake,
+                    intake_token=(
+                        intake.api_token.get_secret_value() if intake.api_token else None
+                    ),
+                    intake_max_mb=intake.api_max_mb,
+                ),
                 host=self.settings.listener.host,
                 port=self.settings.listener.port,
                 lifespan="off",
@@ -214,9 +226,8 @@ class Daemon:
     def _supervisors(self) -> dict[str, Callable[[], Awaitable[None]]]:
         timing = self.settings.timing
         supervisors: dict[str, Callable[[], Awaitable[None]]] = {}
-        if self.settings.intake.enabled:
-            intake = IntakeSupervisor(self.settings.intake, self.stores, self.pipelines)
-            supervisors["intake"] = functools.partial(intake.run, self.stopping)
+        if self.intake is not None:
+            supervisors["intake"] = functools.partial(self.intake.run, self.stopping)
         for job in self.job_names:
             dispatcher = Dispatcher(
                 job,

@@ -123,6 +123,11 @@ class IntakeSettings(_Section):
     #: folder must not be taken early). A `.ready` marker file makes it eligible at once.
     settle_s: float = Field(default=5.0, ge=0)
     poll_s: float = Field(default=2.0, gt=0)
+    #: Bearer credential of the ingestion client for `POST /api/v1/assets`; unset, that
+    #: endpoint is disabled and only the folder takes deliveries.
+    api_token: SecretStr | None = None
+    #: Largest delivery the intake API accepts, all files together.
+    api_max_mb: float = Field(default=2000.0, gt=0)
 
 
 class ThrottleSettings(_Section):

@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pymongo.errors import ConnectionFailure
 
 from dasscod.callbacks import CallbackRejected, CallbackService
+from dasscod.listener.intake_api import intake_router
 from dasscod.listener.schemas import (
     Ack,
     AssetLinks,
@@ -33,6 +34,7 @@ from dasscod.listener.schemas import (
 from dasscod.log import get_logger
 from dasscod.model import GUID_PATTERN, Metadata
 from dasscod.store import Stores, TransitionConflict
+from dasscod.supervisors.intake import IntakeSupervisor
 from dasscod.tokens import JobClaims, TokenError, verify
 
 API_PREFIX = "/api/v1"
@@ -43,7 +45,14 @@ _bearer = HTTPBearer(auto_error=False, description="The job token from DASSCO_TO
 GuidPath = Annotated[str, Path(pattern=GUID_PATTERN)]
 
 
-def create_app(stores: Stores, token_secret: str) -> FastAPI:
+def create_app(
+    stores: Stores,
+    token_secret: str,
+    *,
+    intake: IntakeSupervisor | None = None,
+    intake_token: str | None = None,
+    intake_max_mb: float = 2000.0,
+) -> FastAPI:
     service = CallbackService(stores)
     app = FastAPI(
         title="dasscod listener",
@@ -186,6 +195,7 @@ def create_app(stores: Stores, token_secret: str) -> FastAPI:
         return await service.clean_up_done(for_asset(who, guid))
 
     app.include_router(api)
+    app.include_router(intake_router(intake, intake_token, intake_max_mb))
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

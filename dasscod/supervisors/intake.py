@@ -25,7 +25,9 @@ it is and the next scan tries again. Nothing a delivery contains can end the loo
 from __future__ import annotations
 
 import os
+import shutil
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,6 +60,9 @@ log = get_logger(__name__)
 #: Errors that say nothing about the delivery: MongoDB is unreachable or failed over
 #: (AutoReconnect, NetworkTimeout and ServerSelectionTimeoutError are ConnectionFailures).
 TRANSIENT: tuple[type[Exception], ...] = (ConnectionFailure,)
+
+#: Where API deliveries are written before they are taken (inside the work area).
+STAGING = ".incoming"
 
 #: Work-area folders checked against the store per query during recovery.
 RECOVERY_BATCH = 500
@@ -102,6 +107,7 @@ class IntakeSupervisor:
         self._mongo_down = False
         #: The last problem logged per folder, so a persisting one is not logged every scan.
         self._reported: dict[str, str] = {}
+        self._api_lock = anyio.Lock()
 
     # ------------------------------------------------------------------ loop
 
@@ -196,6 +202,39 @@ class IntakeSupervisor:
                 log.warning("MongoDB unreachable; intake recovery waits", error=str(exc))
                 self._mongo_down = True
         return completed
+
+    # ------------------------------------------------------------------ the intake API
+
+    def staging_folder(self) -> Path:
+        """A fresh folder for an API delivery, on the work area's file system (so that taking
+        it is one rename) and hidden from recovery (its name starts with a dot)."""
+        folder = self.work_area / STAGING / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        return folder
+
+    async def accept(self, staged: Path) -> Track:
+        """Take an asset delivered through the API and staged in `staged`: the same checks and
+        the same result as a folder delivery, but a problem is raised to the caller
+        (DeliveryRejected, AssetExists) instead of quarantined, and nothing is kept."""
+        async with self._api_lock:  # two uploads of one guid: the second sees the first
+            try:
+                delivery = await to_thread.run_sync(read_delivery, staged, self.pipelines.keys())
+                guid = delivery.guid
+                target = self.work_area / guid
+                if (await self.stores.track.get(guid) is not None
+                        or await to_thread.run_sync(target.exists)):
+                    raise AssetExists(f"asset {guid} is already registered")
+                await to_thread.run_sync(_move_into_place, staged, target)
+            finally:
+                if await to_thread.run_sync(staged.exists):
+                    await to_thread.run_sync(shutil.rmtree, staged, True)
+            item = _Item(target)
+            self._unfinished.add(target)
+            if not await self._register(item, delivery, source="intake API"):
+                raise AssetExists(f"asset {guid} is already registered")
+        track = await self.stores.track.get(guid)
+        assert track is not None
+        return track
 
     # ------------------------------------------------------------------ one delivery
 

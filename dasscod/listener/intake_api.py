@@ -1,0 +1,100 @@
+"""`POST /api/v1/assets`: the ingestion client delivers a new asset over HTTP.
+
+The request is multipart: one `metadata` part (the metadata JSON, as in a folder delivery) and
+one or more `files` parts (the images). The parts are written to a staging folder and taken
+by the intake supervisor with exactly the checks of a folder delivery, so both ways end in the
+same documents. Answers: 201 with the new asset, 401 without the intake credential, 409 for
+a guid that is already registered (nothing changes), 413 beyond the size limit, 422 with what
+is wrong with the delivery.
+"""
+
+import json
+import secrets
+import shutil
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+from anyio import to_thread
+from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from dasscod.delivery import DeliveryRejected
+from dasscod.store import AssetExists
+from dasscod.supervisors.intake import IntakeSupervisor
+
+_bearer = HTTPBearer(auto_error=False, description="The intake credential (intake.api_token)")
+CHUNK = 1 << 20
+
+
+def intake_router(intake: IntakeSupervisor | None, token: str | None, max_mb: float) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", tags=["intake"])
+
+    async def ingestion_client(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        if intake is None or token is None:
+            raise HTTPException(403, "the intake API is disabled: set intake.api_token "
+                                "(DASSCOD_INTAKE__API_TOKEN) to enable it")
+        if credentials is None or not secrets.compare_digest(
+            credentials.credentials.encode(), token.encode()
+        ):
+            raise HTTPException(401, "missing or wrong intake credential",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @router.post("/assets", status_code=201, dependencies=[Depends(ingestion_client)])
+    async def deliver(
+        metadata: Annotated[str, Form(description="the asset's metadata JSON")],
+        files: Annotated[list[UploadFile], File(description="the asset's image files")],
+    ) -> dict[str, Any]:
+        """Register a new asset, with the same validation and result as a folder delivery."""
+        assert intake is not None
+        try:
+            guid = json.loads(metadata).get("asset_guid")
+        except (ValueError, AttributeError):
+            raise HTTPException(422, "metadata is not a JSON object") from None
+        if not isinstance(guid, str) or not guid or "/" in guid or guid.startswith("."):
+            raise HTTPException(422, "metadata.asset_guid: a guid is required")
+        staged = await to_thread.run_sync(intake.staging_folder)
+        try:
+            await to_thread.run_sync((staged / f"{guid}.json").write_text, metadata)
+            await _write_files(staged, files, max_bytes=int(max_mb * 1_000_000))
+        except BaseException:
+            await to_thread.run_sync(_remove, staged)
+            raise
+        try:
+            track = await intake.accept(staged)
+        except DeliveryRejected as exc:
+            raise HTTPException(422, exc.reason + (f" ({exc.hint})" if exc.hint else "")) from exc
+        except AssetExists as exc:
+            raise HTTPException(409, str(exc)) from exc
+        return {
+            "asset_guid": track.id,
+            "pipeline": track.pipeline,
+            "jobs_status": str(track.jobs_status),
+            "files": [{"name": f.name, "check_sum": f.check_sum, "file_size": f.file_size}
+                      for f in track.file_list],
+        }
+
+    return router
+
+
+async def _write_files(staged: Path, files: list[UploadFile], *, max_bytes: int) -> None:
+    total = 0
+    for upload in files:
+        name = upload.filename or ""
+        if not name or Path(name).name != name or name.startswith("."):
+            raise HTTPException(422, f"files: bad file name {name!r} (a plain name is needed)")
+        target = staged / name
+        if await to_thread.run_sync(target.exists):
+            raise HTTPException(422, f"files: {name} is sent twice (or clashes with the metadata)")
+        async with await anyio.open_file(target, "wb") as out:
+            while chunk := await upload.read(CHUNK):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise HTTPException(413, f"the delivery is larger than {max_bytes} bytes")
+                await out.write(chunk)
+
+
+def _remove(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
