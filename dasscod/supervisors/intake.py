@@ -388,6 +388,7 @@ class IntakeSupervisor:
                     folder=str(self.folder),
                     other=str(other),
                 )
+        _drop_stale_uploads(self.work_area / STAGING)
         with os.scandir(self.work_area) as listing:
             return sorted(
                 entry.name
@@ -458,6 +459,16 @@ def _already_registered(guid: str) -> DeliveryRejected:
         hint="If this is the same asset delivered again, nothing needs to be done: delete this "
         "folder. If it is a different asset, give it its own asset_guid and deliver it again.",
     )
+
+
+def _drop_stale_uploads(staging: Path, max_age_s: float = 3600.0) -> None:
+    """API uploads cut off by a crash: their clients got no answer and send again."""
+    if not staging.is_dir():
+        return
+    cutoff = time.time() - max_age_s
+    for entry in staging.iterdir():
+        if entry.stat().st_mtime < cutoff:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _move_into_place(source: Path, target: Path) -> None:
