@@ -65,15 +65,17 @@ class SyncOptions:
     confirm_poll_s: float = 2.0
     batch: int = 50
     #: ARS calls in flight at once, over all steps.
-    concurrency: int = 8
+    concurrency: int = 16
     #: Allocation = the asset's files in MB (rounded up) plus this, for derivatives.
     allocation_headroom_mb: int = 1
     #: An asset whose ARS call failed as unavailable is left alone this long.
     unavailable_backoff_s: float = 10.0
     max_erda_failures: int = 3
     breaker_threshold: int = 3
-    breaker_cooldown_s: float = 5.0
-    breaker_max_cooldown_s: float = 300.0
+    #: While ARS is down, one probe call per cooldown. Kept short on purpose: a probe is one
+    #: request, and the cooldown is how late the sync notices that ARS is back.
+    breaker_cooldown_s: float = 2.0
+    breaker_max_cooldown_s: float = 5.0
 
 
 def require_files_in_ars(
@@ -132,7 +134,9 @@ class ArsSync:
             max_cooldown_s=options.breaker_max_cooldown_s,
         )
         if self.breaker.on_close is None:
-            self.breaker.on_close = self.wake_all
+            self.breaker.on_close = self._recovered
+        #: When ARS last answered again after an outage: assets parked before are due.
+        self._recovered_at: datetime | None = None
         self._events: dict[str, anyio.Event] = {s: anyio.Event() for s in STEPS}
         #: Work in progress in this process: guid (file side) or "meta:" + guid.
         self._busy: set[str] = set()
@@ -144,6 +148,10 @@ class ArsSync:
     def offer(self, track: Track) -> None:
         for step in wanted_steps(track):
             self._events[step].set()
+
+    def _recovered(self) -> None:
+        self._recovered_at = utcnow()
+        self.wake_all()
 
     def wake_all(self) -> None:
         for event in self._events.values():
@@ -172,7 +180,11 @@ class ArsSync:
             else:
                 now = utcnow()
                 candidates = await self._queue(step)
-                due = [t for t in candidates if t.ars_not_before is None or t.ars_not_before <= now]
+                due = [t for t in candidates if self._due(t, now)]
+                if not due and candidates and self.breaker.state is not BreakerState.CLOSED:
+                    # The cooldown is over: probe with the asset parked longest, rather than
+                    # wait until some asset's own backoff ends.
+                    due = [min(candidates, key=lambda t: t.ars_not_before or now)]
                 parked = [t.ars_not_before for t in candidates if t.ars_not_before is not None]
                 later = [p for p in parked if p > now]
                 if later:
@@ -208,20 +220,32 @@ class ArsSync:
         self, step: str, handler: Callable[[Track], Awaitable[None]], track: Track
     ) -> None:
         key = f"meta:{track.id}" if step == "metadata" else track.id
-        if key in self._busy or self.stopping.is_set() or not self.breaker.allow():
+        if key in self._busy:
             return
-        probe = self.breaker.state is BreakerState.HALF_OPEN
-        self._busy.add(key)
-        try:
-            async with self._limiter:
+        async with self._limiter:
+            # Asked only once a slot is free: work queued behind the limit while the breaker
+            # opened must not go out to a service that is down.
+            if key in self._busy or self.stopping.is_set() or not self.breaker.allow():
+                return
+            probe = self.breaker.state is BreakerState.HALF_OPEN
+            self._busy.add(key)
+            try:
                 await handler(track)
-        except Exception:
-            # A store error or a bug with one asset must not stop the others.
-            log.exception("ars sync step failed", step=step, asset_guid=track.id)
-        finally:
-            self._busy.discard(key)
-            if probe:
-                self.breaker.release()
+            except Exception:
+                # A store error or a bug with one asset must not stop the others.
+                log.exception("ars sync step failed", step=step, asset_guid=track.id)
+            finally:
+                self._busy.discard(key)
+                if probe:
+                    self.breaker.release()
+
+    def _due(self, track: Track, now: datetime) -> bool:
+        """Not parked, or parked only because ARS was down and it has answered since."""
+        parked_until = track.ars_not_before
+        if parked_until is None or parked_until <= now:
+            return True
+        parked_at = parked_until - timedelta(seconds=self.options.unavailable_backoff_s)
+        return self._recovered_at is not None and parked_at <= self._recovered_at
 
     # ------------------------------------------------------------------ helpers
 
