@@ -9,7 +9,9 @@ Phases, each against a fresh database on the test store (SecantusDB, or $DASSCOD
    all MongoDB commands spent on one asset (PyMongo command monitoring);
 4. the daemon idle with 10 000 finished assets in the store: CPU and resident memory;
 5. the demo batch with the real HPC modules, and each module on a full-size sheet
-   (`bench_demo.py`).
+   (`bench_demo.py`);
+6. ARS synchronisation (`bench_ars.py`) and the Slurm cluster (`bench_cluster.py`), run as their
+   own processes, their numbers merged under their names.
 Progress goes to stderr.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -447,8 +450,26 @@ async def main() -> dict[str, Any]:
     }
 
 
+#: The other benchmarks, each its own process with its own JSON line, merged into ours.
+#: `BENCH_ONLY_CORE=1` skips them (the cluster one takes minutes).
+PARTS = ("dasscod.devstack.bench_ars", "dasscod.devstack.bench_cluster")
+
+
 def run() -> None:
     results = anyio.run(main)
+    if not os.environ.get("BENCH_ONLY_CORE"):
+        for module in PARTS:
+            progress(f"running {module}")
+            done = subprocess.run([sys.executable, "-m", module], capture_output=True,
+                                  text=True, check=False)
+            lines = done.stdout.strip().splitlines()
+            try:
+                part = json.loads(lines[-1]) if lines else {}
+            except ValueError:
+                part = {}
+            if done.returncode != 0 or not isinstance(part, dict):
+                part = {"failed": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"}
+            results[module.rsplit(".", 1)[1]] = part
     print(json.dumps(results))
 
 
