@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 from dasscod.cluster.base import Scheduler, Transport
 from dasscod.cluster.direct import DirectScheduler
 from dasscod.cluster.local import LocalTransport
+from dasscod.cluster.pull import NoTransport, PullScheduler
 from dasscod.cluster.slurm import SlurmScheduler
 from dasscod.cluster.ssh import SshTarget, SshTransport
 from dasscod.cluster.torque import TorqueScheduler
@@ -20,6 +21,11 @@ class Cluster:
     settings: ClusterSettings
     transport: Transport
     scheduler: Scheduler
+
+    @property
+    def pull(self) -> bool:
+        """The cluster's agent submits and watches its jobs; the daemon never reaches it."""
+        return self.settings.scheduler == "pull"
 
     def workdir(self, asset_guid: str) -> PurePosixPath:
         return PurePosixPath(_absolute(self.settings.work_root)) / asset_guid
@@ -40,6 +46,8 @@ def build_clusters(settings: dict[str, ClusterSettings]) -> dict[str, Cluster]:
 
 
 def _transport(name: str, cfg: ClusterSettings) -> Transport:
+    if cfg.scheduler == "pull":
+        return NoTransport(name)
     if cfg.transport == "ssh":
         assert cfg.ssh is not None  # the settings validate this
         return SshTransport(name, SshTarget(
@@ -51,6 +59,11 @@ def _transport(name: str, cfg: ClusterSettings) -> Transport:
 
 def _scheduler(cfg: ClusterSettings, transport: Transport) -> Scheduler:
     state_dir = PurePosixPath(_absolute(cfg.state_dir))
+    if cfg.scheduler == "pull":
+        kind = cfg.pull_submit
+        inner = _scheduler(cfg.model_copy(update={"scheduler": kind}), transport)
+        assert isinstance(inner, TorqueScheduler | SlurmScheduler)
+        return PullScheduler(inner)
     if cfg.scheduler == "slurm":
         return SlurmScheduler(
             transport, state_dir=state_dir, partition=cfg.partition, account=cfg.account,

@@ -130,6 +130,7 @@ class Daemon:
                         intake.api_token.get_secret_value() if intake.api_token else None
                     ),
                     intake_max_mb=intake.api_max_mb,
+                    launcher=self.launcher,
                 ),
                 host=self.settings.listener.host,
                 port=self.settings.listener.port,

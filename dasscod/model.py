@@ -80,6 +80,9 @@ class Job(BaseModel):
     last_error: str | None = None
     exit_state: str | None = None
     run_time_s: float | None = None
+    #: Pull clusters: a STARTING job handed to the cluster's agent is not handed out again
+    #: before this time (the agent died if it has not reported the job id by then).
+    lease_until: datetime | None = None
 
 
 class FileEntry(BaseModel):

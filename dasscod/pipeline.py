@@ -154,6 +154,7 @@ class Event(StrEnum):
     CANCEL = "cancel"  # e.g. a device target: the rest of the pipeline is not needed
     UNSUBMITTED = "unsubmitted"  # reconcile after a crash: the claim never reached the scheduler
     OPERATOR_RETRY = "operator_retry"  # `dasscod retry`: an ERROR job gets fresh attempts
+    LEASE = "lease"  # a pull cluster's agent takes a claimed job to submit it (until lease_until)
 
 
 S = JobStatus
@@ -181,6 +182,7 @@ TRANSITIONS: dict[Event, dict[JobStatus, JobStatus | str]] = {
     Event.CANCEL: {S.WAITING: S.STOPPED, S.RETRY: S.STOPPED},
     Event.UNSUBMITTED: {S.STARTING: S.WAITING},
     Event.OPERATOR_RETRY: {S.ERROR: S.WAITING, S.CRITICAL_ERROR: S.WAITING, S.FAILED: S.WAITING},
+    Event.LEASE: {S.STARTING: S.STARTING},
 }
 
 #: Events that carry an attempt number must match the job's current attempt; an older attempt's
@@ -196,6 +198,7 @@ ATTEMPT_BOUND = frozenset(
         Event.LOST,
         Event.TIMED_OUT,
         Event.UNSUBMITTED,
+        Event.LEASE,
     }
 )
 
@@ -227,6 +230,7 @@ class JobEvent:
     exit_state: str | None = None
     retryable: bool = True
     run_time_s: float | None = None
+    lease_until: datetime | None = None  # LEASE: until when the agent holds the job
 
 
 @dataclass
@@ -310,6 +314,9 @@ def _apply_job_event(
             f"{ev.event}: stale attempt {ev.attempt} of {ev.job} (current attempt {job.attempt})"
         )
         return
+    if ev.event is Event.LEASE and (reason := _lease_refused(job, now)):
+        out.ignored.append(f"{ev.event}: {ev.job} {reason}")
+        return
     target = TRANSITIONS[ev.event].get(job.status)
     if target is None:
         out.ignored.append(f"{ev.event}: {ev.job} is {job.status}, not a state it leaves")
@@ -337,7 +344,12 @@ def _apply_job_event(
             updated.not_before = None
             updated.exit_state = None
             updated.run_time_s = None
+            updated.lease_until = None
+        case Event.LEASE:
+            updated.lease_until = ev.lease_until
         case Event.SUBMITTED | Event.QUEUED:
+            if ev.event is Event.SUBMITTED:
+                updated.lease_until = None
             if ev.hpc_job_id is not None:
                 updated.hpc_job_id = ev.hpc_job_id
             if job.job_queued_time is None:
@@ -356,6 +368,7 @@ def _apply_job_event(
         case Event.UNSUBMITTED:
             # The attempt never reached the scheduler: give its number back.
             updated.attempt = job.attempt - 1
+            updated.lease_until = None
         case Event.OPERATOR_RETRY:
             updated.max_attempts = job.attempt + (
                 pipeline.spec(job.name).max_attempts if pipeline and _has(pipeline, job.name) else 1
@@ -381,6 +394,15 @@ def _apply_job_event(
                 cause=f"{cause}: {ev.event}" + (f" ({ev.error})" if ev.error else ""),
             )
         )
+
+
+def _lease_refused(job: Job, now: datetime) -> str | None:
+    """Why a job cannot be leased to a pull agent now (None: it can)."""
+    if str(job.hpc_job_id) != "-9":
+        return f"already has scheduler job {job.hpc_job_id}"
+    if job.lease_until is not None and job.lease_until > now:
+        return f"is leased until {job.lease_until.isoformat()}"
+    return None
 
 
 def _has(pipeline: Pipeline, job: str) -> bool:

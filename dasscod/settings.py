@@ -74,8 +74,10 @@ class SshSettings(_Section):
 
 class ClusterSettings(_Section):
     #: direct: a background process per job on the daemon's machine; slurm: sbatch/squeue;
-    #: torque: qsub/qstat (Torque/PBS).
-    scheduler: Literal["direct", "slurm", "torque"] = "direct"
+    #: torque: qsub/qstat (Torque/PBS); pull: the daemon never reaches the cluster, an agent
+    #: on its login node (`dassco-hpc agent`) takes claimed jobs from the listener, submits
+    #: them and reports back.
+    scheduler: Literal["direct", "slurm", "torque", "pull"] = "direct"
     #: local: commands run on the daemon's machine; ssh: on the login node in [ssh].
     transport: Literal["local", "ssh"] = "local"
     ssh: SshSettings | None = None
@@ -98,9 +100,26 @@ class ClusterSettings(_Section):
     #: Torque: the queue (defaults to `partition`) and extra #PBS lines (e.g. "-W group_list=x").
     queue: str | None = None
     pbs_options: list[str] = Field(default_factory=list)
+    #: Pull: the agent's bearer credential, the batch system it submits to (the script is
+    #: rendered for it) and how long a job handed to the agent is held for it: if the agent
+    #: has not reported the scheduler's job id by then, the job is handed out again (and the
+    #: agent looks for it by name before submitting, so it never runs twice).
+    agent_token: SecretStr | None = None
+    pull_submit: Literal["torque", "slurm"] = "torque"
+    lease_s: float = Field(default=600.0, gt=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> ClusterSettings:
+        if self.scheduler == "pull":
+            if self.agent_token is None or len(self.agent_token.get_secret_value()) < 16:
+                raise ValueError("scheduler = 'pull' needs agent_token (at least 16 characters), "
+                                 "the credential of the cluster's agent")
+            if self.transport != "local":
+                raise ValueError("a pull cluster is never reached by the daemon: leave "
+                                 "transport = 'local' (the agent runs on the cluster)")
+            for name in ("work_root", "state_dir"):
+                if not getattr(self, name).is_absolute():
+                    raise ValueError(f"{name} must be an absolute path on the cluster")
         if self.transport == "ssh":
             if self.ssh is None:
                 raise ValueError("transport = 'ssh' needs an [ssh] section (host, user, "

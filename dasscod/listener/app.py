@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pymongo.errors import ConnectionFailure
 
 from dasscod.callbacks import CallbackRejected, CallbackService
+from dasscod.listener.agent_api import agent_router
 from dasscod.listener.intake_api import intake_router
 from dasscod.listener.schemas import (
     Ack,
@@ -35,6 +36,7 @@ from dasscod.log import get_logger
 from dasscod.model import GUID_PATTERN, Metadata
 from dasscod.store import Stores, TransitionConflict
 from dasscod.supervisors.intake import IntakeSupervisor
+from dasscod.supervisors.launch import Launcher
 from dasscod.tokens import JobClaims, TokenError, verify
 
 API_PREFIX = "/api/v1"
@@ -52,6 +54,7 @@ def create_app(
     intake: IntakeSupervisor | None = None,
     intake_token: str | None = None,
     intake_max_mb: float = 2000.0,
+    launcher: Launcher | None = None,
 ) -> FastAPI:
     service = CallbackService(stores)
     app = FastAPI(
@@ -196,6 +199,8 @@ def create_app(
 
     app.include_router(api)
     app.include_router(intake_router(intake, intake_token, intake_max_mb))
+    # Pull clusters' agents; `launcher` renders their jobs' scripts (None: no agent API).
+    app.include_router(agent_router(launcher))
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

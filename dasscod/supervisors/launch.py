@@ -102,9 +102,14 @@ class Launcher:
         logger = log.bind(asset_guid=track.id, job=job_name, attempt=job.attempt,
                           cluster=job.cluster)
         try:
+            assert job.cluster is not None
+            if self.clusters[job.cluster].pull:
+                # The cluster's agent takes it from the listener (a lease, then its job id):
+                # the claimed job stays STARTING until then.
+                logger.info("claimed for the pull cluster's agent")
+                return
             try:
                 spec = self.job_spec(track, job_name)
-                assert job.cluster is not None
                 job_id = await self.clusters[job.cluster].scheduler.submit(spec)
             except SchedulerError as exc:
                 logger.warning("submission refused", error=str(exc), retryable=exc.retryable)

@@ -66,9 +66,15 @@ class Watcher:
             if j.cluster == self.cluster.name
             and j.status in (JobStatus.STARTING, JobStatus.QUEUED, JobStatus.RUNNING)
         ]
-        unknown_outcome = [(t, j) for t, j in mine if self._needs_lookup(t, j, now)]
         submitted = [(t, j) for t, j in mine if j.status is not JobStatus.STARTING
                      and str(j.hpc_job_id) != "-9"]
+        if self.cluster.pull:
+            # Its agent reports submissions and states (the listener's agent API); only the
+            # time limits are ours to keep. The agent cancels what timed out: the report's
+            # answer tells it to.
+            await self._time_out(submitted, now, cancel=False)
+            return
+        unknown_outcome = [(t, j) for t, j in mine if self._needs_lookup(t, j, now)]
         try:
             if unknown_outcome:
                 await self._reconcile(unknown_outcome)
@@ -123,18 +129,25 @@ class Watcher:
                     track.id, [self._lost(job, info)], cause="watcher", known=track
                 )
                 continue
+            await self._time_out([(track, job)], now, cancel=True)
+
+    async def _time_out(self, pairs: list[tuple[Track, Job]], now: datetime, *,
+                        cancel: bool) -> None:
+        for track, job in pairs:
             overdue = self._overdue(track, job, now)
-            if overdue:
-                self.log.warning("job unresponsive; cancelling", asset_guid=track.id,
-                                 job=job.name, attempt=job.attempt, reason=overdue)
-                await self.cluster.scheduler.cancel(job_id)
-                await self.stores.track.apply(
-                    track.id,
-                    [JobEvent(job.name, Event.TIMED_OUT, attempt=job.attempt, error=overdue,
-                              exit_state="TIMEOUT")],
-                    cause="watcher",
-                    known=track,
-                )
+            if not overdue:
+                continue
+            self.log.warning("job unresponsive; cancelling", asset_guid=track.id,
+                             job=job.name, attempt=job.attempt, reason=overdue)
+            if cancel:
+                await self.cluster.scheduler.cancel(str(job.hpc_job_id))
+            await self.stores.track.apply(
+                track.id,
+                [JobEvent(job.name, Event.TIMED_OUT, attempt=job.attempt, error=overdue,
+                          exit_state="TIMEOUT")],
+                cause="watcher",
+                known=track,
+            )
 
     def _overdue(self, track: Track, job: Job, now: datetime) -> str | None:
         pipeline = self.pipelines.get(track.pipeline)

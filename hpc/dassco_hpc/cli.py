@@ -1,4 +1,5 @@
-"""Command line: `dassco-hpc run MODULE` and `dassco-hpc replay [WORKDIR]`."""
+"""Command line: `dassco-hpc run MODULE`, `dassco-hpc replay [WORKDIR]` and
+`dassco-hpc agent --cluster NAME` (pull mode)."""
 
 from __future__ import annotations
 
@@ -53,7 +54,50 @@ def _parser() -> argparse.ArgumentParser:
         help="give up on an unreachable listener after this long "
         "(default: $DASSCO_CALLBACK_DEADLINE_S, else 3600)",
     )
+    agent = commands.add_parser(
+        "agent", help="pull mode: take this cluster's jobs from dasscod, submit them, report"
+    )
+    agent.add_argument("--cluster", required=True, help="the cluster's name in dasscod's config")
+    agent.add_argument("--url", required=True,
+                       help="the listener's API base, e.g. https://dasscod.example/api/v1")
+    agent.add_argument("--token-file", required=True, type=Path,
+                       help="file holding the cluster's agent credential (agent_token)")
+    agent.add_argument("--state-dir", required=True, type=Path,
+                       help="folder for job scripts (0600), their output and the lock file")
+    agent.add_argument("--submit", choices=("torque", "slurm"), default="torque",
+                       help="qsub/qstat/qdel (default) or sbatch/squeue/scancel")
+    agent.add_argument("--batch", type=int, default=20, help="jobs claimed per run")
+    agent.add_argument("--deadline", type=float, default=60.0, metavar="SECONDS",
+                       help="give up on an unreachable daemon after this long (default 60)")
+    how = agent.add_mutually_exclusive_group()
+    how.add_argument("--once", action="store_true", help="one run, e.g. from cron (default)")
+    how.add_argument("--loop", type=float, metavar="SECONDS", help="run every SECONDS")
     return parser
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from dassco_hpc.agent import Agent, Slurm, Torque, run_agent
+
+    try:
+        try:
+            token = args.token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the token file: {exc}") from None
+        if not token:
+            raise ConfigError(f"the token file {args.token_file} is empty")
+        url = callback_url(args.url, "--url")
+        if args.batch < 1 or args.deadline <= 0 or (args.loop is not None and args.loop <= 0):
+            raise ConfigError("--batch, --deadline and --loop must be positive")
+    except ConfigError as exc:
+        stderr_log(f"cannot run the agent: {exc}")
+        return exitcodes.CONFIG
+    settings = ClientSettings.from_env({})
+    client = CallbackClient(base_url=url, token=token, deadline_s=args.deadline,
+                            timeout_s=settings.timeout_s, backoff_s=settings.backoff_s,
+                            backoff_max_s=min(settings.backoff_max_s, 10.0))
+    scheduler = Slurm() if args.submit == "slurm" else Torque()
+    agent = Agent(args.cluster, client, scheduler, args.state_dir, batch=args.batch)
+    return run_agent(agent, loop_s=args.loop, lock=args.state_dir / ".agent.lock")
 
 
 def _run(module: str, env: Mapping[str, str]) -> int:
@@ -106,6 +150,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     environ = os.environ if env is None else env
     if args.command == "run":
         return _run(args.module, environ)
+    if args.command == "agent":
+        return _agent(args)
     return _replay(args, environ)
 
 

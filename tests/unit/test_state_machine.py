@@ -52,6 +52,7 @@ EXPECTED: dict[Event, dict[JobStatus, JobStatus]] = {
     E.CANCEL: {S.WAITING: S.STOPPED, S.RETRY: S.STOPPED},
     E.UNSUBMITTED: {S.STARTING: S.WAITING},
     E.OPERATOR_RETRY: {S.ERROR: S.WAITING, S.CRITICAL_ERROR: S.WAITING, S.FAILED: S.WAITING},
+    E.LEASE: {S.STARTING: S.STARTING},  # pull clusters: the agent takes the job
 }
 
 #: Everything that reaches the state machine from outside the operator's hands.

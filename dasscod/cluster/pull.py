@@ -1,0 +1,72 @@
+"""Pull clusters: the daemon never runs a command there. An agent on the login node
+(`dassco-hpc agent`) takes claimed jobs from the listener (`/api/v1/agent/...`), submits the
+batch script the daemon rendered for it and reports the job ids and states it observes.
+
+`PullScheduler` only renders scripts (with the Torque or Slurm adapter, which need no
+transport to render); everything that would reach the cluster is refused, so a code path
+that forgets the cluster is pull fails loudly instead of running a command here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from dasscod.cluster.base import (
+    CommandResult,
+    JobInfo,
+    JobSpec,
+    SchedulerError,
+    TransportError,
+)
+from dasscod.cluster.slurm import SlurmScheduler
+from dasscod.cluster.torque import TorqueScheduler
+
+
+class NoTransport:
+    """The transport of a pull cluster: there is none."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: str | None = None,
+        timeout: float = 30.0,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        raise TransportError(f"{self.name} is a pull cluster: the daemon runs no command there")
+
+    async def close(self) -> None:
+        return None
+
+
+class PullScheduler:
+    kind = "pull"
+
+    def __init__(self, renderer: TorqueScheduler | SlurmScheduler) -> None:
+        self.renderer = renderer
+        #: What the agent submits with: "torque" (qsub) or "slurm" (sbatch).
+        self.submit_with = renderer.kind
+
+    def render(self, spec: JobSpec) -> str:
+        """The batch script the agent submits. Raises a non-retryable SchedulerError for a
+        spec that cannot go into a script safely."""
+        return self.renderer.render(spec)
+
+    def _refuse(self) -> SchedulerError:
+        return SchedulerError("a pull cluster's agent submits and queries its jobs",
+                              retryable=False)
+
+    async def submit(self, spec: JobSpec) -> str:
+        raise self._refuse()
+
+    async def lookup(self, names: Iterable[str]) -> dict[str, JobInfo]:
+        raise self._refuse()
+
+    async def status(self, jobs: Mapping[str, str]) -> dict[str, JobInfo]:
+        raise self._refuse()
+
+    async def cancel(self, job_id: str) -> None:
+        raise self._refuse()

@@ -1,0 +1,158 @@
+"""The pull agent's API over the real listener app and a real store: credentials, leases
+(each claimed job handed out once while leased, again after the lease ran out), and what
+`submitted` and `report` change."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from dasscod.clusters import build_clusters
+from dasscod.listener.app import create_app
+from dasscod.model import JobStatus, utcnow
+from dasscod.pipeline import Event, JobEvent, load_pipelines
+from dasscod.settings import ClusterSettings
+from dasscod.store import Stores
+from dasscod.supervisors.launch import Launcher
+from tests.conftest import make_track
+
+SECRET = "agent-api-test-secret-0123456789abcdef"
+AGENT = "agent-credential-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {AGENT}"}
+
+
+@pytest.fixture
+async def client(stores: Stores) -> AsyncIterator[httpx.AsyncClient]:
+    clusters = build_clusters({
+        "local": ClusterSettings(scheduler="pull", agent_token=AGENT,
+                                 work_root="/cluster/work", state_dir="/cluster/jobs",
+                                 lease_s=60),
+        "other": ClusterSettings(),
+    })  # fmt: skip
+    launcher = Launcher(stores=stores, clusters=clusters, pipelines=load_pipelines(),
+                        callback_base="http://daemon/api/v1", token_secret=SECRET,
+                        token_ttl_s=3600)
+    app = create_app(stores, SECRET, launcher=launcher)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as c:
+        yield c
+
+
+async def claimed(stores: Stores, guid: str) -> None:
+    await stores.track.insert(make_track(guid))
+    await stores.track.apply(guid, [JobEvent("load", Event.CLAIM, cluster="local")],
+                             cause="test")
+
+
+async def claim(client: httpx.AsyncClient, n: int = 10) -> list[dict[str, Any]]:
+    answer = await client.post("/api/v1/agent/local/claim", json={"max": n}, headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    result: list[dict[str, Any]] = answer.json()
+    return result
+
+
+async def test_credentials(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/api/v1/agent/local/jobs")).status_code == 401
+    wrong = {"Authorization": "Bearer not-the-credential"}
+    assert (await client.get("/api/v1/agent/local/jobs", headers=wrong)).status_code == 403
+    # Not a pull cluster, or none at all: the credential of another cluster opens nothing.
+    assert (await client.get("/api/v1/agent/other/jobs", headers=AUTH)).status_code == 403
+    assert (await client.get("/api/v1/agent/nope/jobs", headers=AUTH)).status_code == 403
+    assert (await client.get("/api/v1/agent/local/jobs", headers=AUTH)).status_code == 200
+
+
+async def test_each_job_is_handed_out_once_while_leased(
+    client: httpx.AsyncClient, stores: Stores
+) -> None:
+    for guid in ("a1", "a2", "a3"):
+        await claimed(stores, guid)
+    first = await claim(client, 2)
+    second = await claim(client, 10)
+    assert len(first) == 2 and len(second) == 1
+    assert {j["asset_guid"] for j in first + second} == {"a1", "a2", "a3"}
+    assert await claim(client) == []
+    job = first[0]
+    assert job["name"] == f"dassco.{job['asset_guid']}.load.1"
+    assert job["submit_with"] == "torque"
+    assert f"#PBS -N {job['name']}" in job["script"] and "DASSCO_TOKEN=" in job["script"]
+    assert "/cluster/work/" in job["script"]
+    track = await stores.track.get(job["asset_guid"])
+    assert track is not None and track.job("load").lease_until is not None
+    assert track.job("load").status is JobStatus.STARTING
+
+
+async def test_an_expired_lease_is_claimable_again(
+    client: httpx.AsyncClient, stores: Stores
+) -> None:
+    await claimed(stores, "b1")
+    assert len(await claim(client)) == 1
+    await stores.track.collection.update_one(
+        {"_id": "b1"}, {"$set": {"job_list.0.lease_until": utcnow() - timedelta(seconds=1)}}
+    )
+    again = await claim(client)
+    assert [j["asset_guid"] for j in again] == ["b1"]
+
+
+async def test_submitted_then_report_lost_and_cancel(
+    client: httpx.AsyncClient, stores: Stores
+) -> None:
+    await claimed(stores, "c1")
+    [job] = await claim(client)
+    body = {"asset_guid": "c1", "job": "load", "attempt": 1, "hpc_job_id": "41"}
+    for _ in range(2):  # idempotent
+        answer = await client.post("/api/v1/agent/local/submitted", json=body, headers=AUTH)
+        assert answer.status_code == 200 and answer.json()["status"] == "QUEUED"
+    stale = {**body, "attempt": 2}
+    answer = await client.post("/api/v1/agent/local/submitted", json=stale, headers=AUTH)
+    assert answer.json()["applied"] is False
+    live = (await client.get("/api/v1/agent/local/jobs", headers=AUTH)).json()
+    assert live == [{"asset_guid": "c1", "job": "load", "attempt": 1, "name": job["name"],
+                     "hpc_job_id": "41", "status": "QUEUED"}]
+    running = {**body, "state": "RUNNING"}
+    report = await client.post("/api/v1/agent/local/report", json={"jobs": [running]},
+                               headers=AUTH)
+    assert report.json() == {"cancel": [], "lost": 0, "submitted": 0}
+    # A second scheduler job of the same attempt is cancelled.
+    twin = {**running, "hpc_job_id": "42"}
+    gone = {**body, "state": "UNKNOWN", "reason": "no longer known"}
+    report = await client.post("/api/v1/agent/local/report", json={"jobs": [twin, gone]},
+                               headers=AUTH)
+    assert report.json() == {"cancel": ["42"], "lost": 1, "submitted": 0}
+    track = await stores.track.get("c1")
+    assert track is not None and track.job("load").status is JobStatus.RETRY
+    assert "no longer known" in (track.job("load").last_error or "")
+    # The attempt is over: the scheduler job that still runs is to be cancelled.
+    report = await client.post("/api/v1/agent/local/report", json={"jobs": [running]},
+                               headers=AUTH)
+    assert report.json()["cancel"] == ["41"]
+
+
+async def test_a_report_records_a_job_submitted_by_an_agent_that_died(
+    client: httpx.AsyncClient, stores: Stores
+) -> None:
+    await claimed(stores, "d1")
+    await claim(client)
+    seen = {"asset_guid": "d1", "job": "load", "attempt": 1, "hpc_job_id": "77",
+            "state": "PENDING"}
+    report = await client.post("/api/v1/agent/local/report", json={"jobs": [seen]},
+                               headers=AUTH)
+    assert report.json() == {"cancel": [], "lost": 0, "submitted": 1}
+    track = await stores.track.get("d1")
+    assert track is not None
+    assert track.job("load").hpc_job_id == "77" and track.job("load").lease_until is None
+
+
+async def test_jobs_of_another_cluster_are_not_the_agents(
+    client: httpx.AsyncClient, stores: Stores
+) -> None:
+    await stores.track.insert(make_track("e1"))
+    await stores.track.apply("e1", [JobEvent("load", Event.CLAIM, cluster="other")],
+                             cause="test")
+    assert await claim(client) == []
+    body = {"asset_guid": "e1", "job": "load", "attempt": 1, "hpc_job_id": "5"}
+    answer = await client.post("/api/v1/agent/local/submitted", json=body, headers=AUTH)
+    assert answer.status_code == 403

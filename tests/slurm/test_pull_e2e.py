@@ -1,0 +1,161 @@
+"""Pull mode end to end: the daemon never runs a command on the cluster; `dassco-hpc agent`
+(run `--once` in a loop by the test, as from cron) claims the jobs, submits them with the
+Torque wrappers' qsub on the local test cluster and reports back, and the jobs call back over
+HTTP. One job is submitted by an agent that "dies" before reporting it: the next runs find it
+by its name, and it runs exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from pymongo import AsyncMongoClient
+
+from dasscod.daemon import Daemon
+from dasscod.devstack.stack import REPO_ROOT, LocalStack, deliver
+from dasscod.pipeline import load_pipelines
+from dasscod.settings import Settings
+from tests.slurm.conftest import LocalCluster
+
+pytestmark = pytest.mark.e2e
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+AGENT_TOKEN = "pull-agent-credential-0123456789"
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    folder = Path(tempfile.mkdtemp(prefix="dasscod-pull-e2e-", dir="/tmp"))
+    folder.chmod(0o777)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def agent(url: str, token_file: Path, state: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "hpc")}
+    return subprocess.run(
+        [sys.executable, "-m", "dassco_hpc", "agent", "--cluster", "local", "--url", url,
+         "--token-file", str(token_file), "--state-dir", str(state), "--submit", "torque",
+         "--once", "--deadline", "10"],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )
+
+
+def jobs_named(name: str) -> list[str]:
+    done = subprocess.run(["squeue", "-h", "--states=all", f"--name={name}", "-o", "%i"],
+                          capture_output=True, text=True, timeout=30, check=True)
+    return done.stdout.split()
+
+
+@pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason=f"{SYSTEM_PYTHON} missing")
+async def test_an_agent_runs_herb0001_and_repairs_a_crash_between_qsub_and_report(
+    slurm_cluster: LocalCluster, shared: Path, tmp_path: Path, mongo_uri: str
+) -> None:
+    runs = shared / "runs.jsonl"
+    runs.touch()
+    stack = LocalStack(tmp_path / "stack", mongo_uri, database=f"pull_{uuid.uuid4().hex[:8]}")
+    stack.write_config()
+    data = stack.settings_data()
+    data["clusters"] = {
+        "local": {
+            "scheduler": "pull",
+            "pull_submit": "torque",
+            "agent_token": AGENT_TOKEN,
+            "lease_s": 3,
+            "partition": slurm_cluster.partition,
+            "work_root": str(shared / "work"),
+            "state_dir": str(shared / "jobs"),
+            "python": SYSTEM_PYTHON,
+            "env": {
+                "PYTHONPATH": f"{REPO_ROOT / 'hpc'}:{REPO_ROOT}",
+                "DASSCO_HPC_MODULES": "tests.hpc_test_module",
+                "DASSCO_TEST_LOG": str(runs),
+                "DASSCO_CALLBACK_BACKOFF_MAX_S": "2",
+            },
+        }
+    }
+    data["log_level"] = "WARNING"
+    settings = Settings.model_validate(data)
+    url = settings.listener.callback_base
+    token_file = tmp_path / "agent.token"
+    token_file.write_text(AGENT_TOKEN + "\n")
+    guids = [f"pull-{i}-{uuid.uuid4().hex[:6]}" for i in range(2)]
+    for guid in guids:
+        deliver(stack.intake, guid)
+    daemon = Daemon(settings)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    coll = client[stack.database]["track"]
+    crashed: dict[str, Any] = {}
+    failures: list[str] = []
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(daemon.run)
+            with anyio.fail_after(30):
+                await daemon.ready.wait()
+            # The agent that dies: claims one job, submits it, never reports it.
+            async with httpx.AsyncClient() as http:
+                deadline = time.monotonic() + 30
+                while not crashed and time.monotonic() < deadline:
+                    answer = await http.post(f"{url}/agent/local/claim", json={"max": 1},
+                                             headers={"Authorization": f"Bearer {AGENT_TOKEN}"})
+                    assert answer.status_code == 200, answer.text
+                    if answer.json():
+                        crashed = answer.json()[0]
+                    else:
+                        await anyio.sleep(0.2)
+            assert crashed, "no job was claimed for the pull cluster"
+            script = shared / f"{crashed['name']}.sh"
+            script.write_text(crashed["script"])
+            script.chmod(0o600)
+            qsub = await anyio.run_process(
+                ["qsub", "-o", str(shared / "crashed.out"), "-e", str(shared / "crashed.err"),
+                 str(script)], check=False)
+            assert qsub.returncode == 0, qsub.stdout + qsub.stderr
+            crashed_id = qsub.stdout.decode().strip()
+            deadline = time.monotonic() + 240
+            docs: list[dict[str, Any]] = []
+            while time.monotonic() < deadline:
+                done = await anyio.to_thread.run_sync(agent, url, token_file, shared / "agent")
+                if done.returncode != 0:
+                    failures.append(f"{done.returncode}: {done.stderr[-2000:]}")
+                docs = await coll.find({"_id": {"$in": guids}}).to_list()
+                if len(docs) == 2 and all(d["jobs_status"] in ("DONE", "ERROR") for d in docs):
+                    break
+                await anyio.sleep(0.5)
+            daemon.stop()
+    finally:
+        await client.drop_database(stack.database)
+        await client.close()
+    assert not failures, failures
+    jobs = [j.name for j in load_pipelines()["PIPEHERB0001"].jobs]
+    states = {d["_id"]: [(j["name"], j["status"], j.get("last_error")) for j in d["job_list"]]
+              for d in docs}
+    assert len(docs) == 2 and all(d["jobs_status"] == "DONE" for d in docs), states
+    for doc in docs:
+        for job in doc["job_list"]:
+            assert job["status"] == "DONE" and job["attempt"] == 1, job
+            assert str(job["hpc_job_id"]).isdigit(), "the scheduler's job id was recorded"
+    executions = [json.loads(line) for line in runs.read_text().splitlines() if line]
+    counts = Counter((r["guid"], r["job"], r["attempt"]) for r in executions)
+    assert set(counts) == {(g, j, 1) for g in guids for j in jobs}
+    assert max(counts.values()) == 1, "a job attempt ran twice"
+    recovered = next(j for d in docs if d["_id"] == crashed["asset_guid"]
+                     for j in d["job_list"] if j["name"] == crashed["job"])
+    assert str(recovered["hpc_job_id"]) == crashed_id, "the crashed submission is used"
+    assert crashed_id in jobs_named(crashed["name"])
+    assert len(jobs_named(crashed["name"])) == 1, "the crashed agent's job was submitted again"
