@@ -115,6 +115,7 @@ class Daemon:
             callback_base=self.settings.listener.callback_base,
             token_secret=self.settings.security.secret(),
             token_ttl_s=self.settings.security.token_ttl_s,
+            reachability=self.throttle,
         )
         intake = self.settings.intake
         self.intake = (

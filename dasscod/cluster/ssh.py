@@ -134,7 +134,9 @@ class SshTransport:
                         keepalive_count_max=3,
                         agent_path=None,
                     )
-            except (TimeoutError, OSError, asyncssh.Error) as exc:
+            except (TimeoutError, OSError, asyncssh.Error, asyncssh.KeyImportError) as exc:
+                # KeyImportError: the key file is not a private key (a configuration mistake,
+                # but it too means this cluster cannot be reached).
                 self._failed(exc)
                 raise TransportError(
                     f"{self.name}: cannot connect to {self.target.user}@{self.target.host}:"

@@ -13,8 +13,15 @@ from collections.abc import Iterable, Mapping
 
 import anyio
 
+from dasscod.log import get_logger
 from dasscod.model import Track
 from dasscod.pipeline import ACTIVE
+
+log = get_logger(__name__)
+
+#: An unreachable cluster takes no new jobs for this long, doubled per failure in a row.
+UNREACHABLE_BASE_S = 10.0
+UNREACHABLE_MAX_S = 300.0
 
 
 class Wakeups:
@@ -61,6 +68,9 @@ class Throttle:
         self._reserved_assets: set[str] = set()
         self._blocked: set[str] = set()
         self._seen: dict[str, tuple[int, float]] = {}  # guid -> (version, when observed)
+        #: Clusters that could not be reached: (monotonic time until which they take no new
+        #: jobs, consecutive failures). Their in-flight jobs are kept.
+        self._unreachable: dict[str, tuple[float, int]] = {}
 
     # ---------------------------------------------------------------- observing the store
 
@@ -109,12 +119,35 @@ class Throttle:
         if entering and self.assets_in_flight() >= self.max_assets:
             return None
         for cluster in clusters:
+            if not self.reachable(cluster):
+                continue  # the next cluster in order of preference carries on
             if self.active_jobs(cluster) < self.max_jobs.get(cluster, 0):
                 self._reserved_jobs[cluster] += 1
                 if entering:
                     self._reserved_assets.add(track.id)
                 return cluster
         return None
+
+    # ---------------------------------------------------------------- cluster reachability
+
+    def reachable(self, cluster: str) -> bool:
+        until = self._unreachable.get(cluster)
+        return until is None or time.monotonic() >= until[0]
+
+    def unreachable(self, cluster: str, error: str) -> None:
+        """A command on `cluster` could not be run: it takes no new jobs for a while (doubling
+        with each failure in a row); after that one job tries it again."""
+        _, failures = self._unreachable.get(cluster, (0.0, 0))
+        pause = min(UNREACHABLE_MAX_S, UNREACHABLE_BASE_S * 2**failures)
+        self._unreachable[cluster] = (time.monotonic() + pause, failures + 1)
+        if failures == 0:  # one line per outage
+            log.warning("cluster unreachable; it takes no new jobs meanwhile", cluster=cluster,
+                        error=error, retry_in_s=pause)
+
+    def reached(self, cluster: str) -> None:
+        if self._unreachable.pop(cluster, None) is not None:
+            log.info("cluster reachable again", cluster=cluster)
+            self._wake_blocked()
 
     def release(self, track_id: str, cluster: str) -> None:
         self._reserved_jobs[cluster] -= 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from dasscod.cluster.base import JobSpec, SchedulerError, TransportError
 from dasscod.clusters import Cluster
@@ -31,6 +32,12 @@ def scheduler_job_name(asset_guid: str, job: str, attempt: int) -> str:
 AttemptKey = tuple[str, str, int]
 
 
+class Reachability(Protocol):
+    def unreachable(self, cluster: str, error: str) -> None: ...
+
+    def reached(self, cluster: str) -> None: ...
+
+
 @dataclass
 class Launcher:
     stores: Stores
@@ -41,6 +48,8 @@ class Launcher:
     token_ttl_s: int
     #: Attempts whose submission is under way in this process; the watcher leaves them alone.
     submitting: set[AttemptKey] = field(default_factory=set)
+    #: Told when a cluster could not be reached, and when it answered again.
+    reachability: Reachability | None = None
 
     def hold(self, track: Track, job: str) -> AttemptKey:
         """Mark an attempt as being submitted; call it right after the claim is written,
@@ -126,7 +135,11 @@ class Launcher:
                 # STARTING; the watcher asks the scheduler by name before anything is retried.
                 logger.warning("submission outcome unknown, watcher will reconcile",
                                error=str(exc))
+                if self.reachability is not None and job.cluster is not None:
+                    self.reachability.unreachable(job.cluster, str(exc))
                 return
+            if self.reachability is not None and job.cluster is not None:
+                self.reachability.reached(job.cluster)
             logger.info("submitted", hpc_job_id=job_id)
             await self.stores.track.apply(
                 track.id,

@@ -80,7 +80,11 @@ class Watcher:
                 await self._reconcile(unknown_outcome)
             if submitted:
                 await self._check(submitted, now)
-        except (TransportError, SchedulerError) as exc:
+        except TransportError as exc:
+            self.log.warning("cluster query failed; will try again", error=str(exc))
+            if self.launcher.reachability is not None:
+                self.launcher.reachability.unreachable(self.cluster.name, str(exc))
+        except SchedulerError as exc:
             self.log.warning("cluster query failed; will try again", error=str(exc))
 
     def _needs_lookup(self, track: Track, job: Job, now: datetime) -> bool:
