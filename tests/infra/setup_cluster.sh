@@ -163,6 +163,9 @@ JobAcctGatherType=jobacct_gather/linux
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 SchedulerType=sched/backfill
+# Short test jobs: run the backfill pass every second and let one completion start the next
+# pending job at once (the defaults favour big clusters: a pass every 30 s).
+SchedulerParameters=bf_interval=1,sched_min_interval=0
 # No slurmdbd: plain sacct is disabled; 'sacct -c' reads this completion log (see the header).
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
