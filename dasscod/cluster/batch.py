@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Callable
+from pathlib import PurePosixPath
 
-from dasscod.cluster.base import CommandResult, JobSpec, SchedulerError
+from dasscod.cluster.base import CommandResult, JobSpec, SchedulerError, Transport
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -67,3 +69,38 @@ def script(directive: str, directives: list[str], spec: JobSpec) -> str:
 def message(result: CommandResult) -> str:
     """A command's complaint: stderr, else stdout (some tools print errors there), clipped."""
     return (result.stderr.strip() or result.stdout.strip())[-500:] or "no message"
+
+
+async def submit_script(
+    transport: Transport,
+    *,
+    tool: str,
+    snippet: str,
+    state_dir: PurePosixPath,
+    spec: JobSpec,
+    script: str,
+    timeout: float,
+    parse_job_id: Callable[[str], str | None],
+    permanent: Callable[[str], bool],
+) -> str:
+    """Write `script` into the state folder and submit it with `snippet` (WRITE_SCRIPT plus
+    the submit command) in one transport call; the scheduler's job id, or SchedulerError."""
+    result = await transport.run(
+        ["sh", "-c", snippet, f"dasscod-{tool}", str(state_dir), spec.name],
+        stdin=script,
+        timeout=timeout,
+    )
+    if result.exit_status in SUBMIT_STEPS:
+        raise SchedulerError(
+            f"{spec.name}: {SUBMIT_STEPS[result.exit_status]} in {state_dir} on "
+            f"{transport.name}: {message(result)}",
+            retryable=True,
+        )
+    job_id = parse_job_id(result.stdout) if result.exit_status == 0 else None
+    if job_id is None:
+        # Some tools (Debian's qsub wrapper) put their complaint on stdout.
+        raise SchedulerError(
+            f"{spec.name}: {tool} failed (exit status {result.exit_status}): {message(result)}",
+            retryable=not permanent(result.stdout + result.stderr),
+        )
+    return job_id

@@ -64,7 +64,6 @@ LOOKUP_DAYS = 14
 SUBMIT = batch.WRITE_SCRIPT + """\
 exec sbatch --parsable -- "$1/$2.sh"
 """
-SUBMIT_STEPS = batch.SUBMIT_STEPS
 
 
 class SlurmScheduler:
@@ -101,26 +100,11 @@ class SlurmScheduler:
     # -- submission
 
     async def submit(self, spec: JobSpec) -> str:
-        script = self.render(spec)
-        result = await self.transport.run(
-            ["sh", "-c", SUBMIT, "dasscod-sbatch", str(self.state_dir), spec.name],
-            stdin=script,
-            timeout=SUBMIT_TIMEOUT_S,
-        )
-        if result.exit_status in SUBMIT_STEPS:
-            raise SchedulerError(
-                f"{spec.name}: {SUBMIT_STEPS[result.exit_status]} in {self.state_dir} on "
-                f"{self.transport.name}: {batch.message(result)}",
-                retryable=True,
-            )
-        job_id = parse.parse_job_id(result.stdout) if result.exit_status == 0 else None
-        if job_id is None:
-            raise SchedulerError(
-                f"{spec.name}: sbatch failed (exit status {result.exit_status}): "
-                f"{batch.message(result)}",
-                retryable=not parse.submit_error_is_permanent(result.stderr),
-            )
-        return job_id
+        return await batch.submit_script(
+            self.transport, tool="sbatch", snippet=SUBMIT, state_dir=self.state_dir,
+            spec=spec, script=self.render(spec), timeout=SUBMIT_TIMEOUT_S,
+            parse_job_id=parse.parse_job_id, permanent=parse.submit_error_is_permanent,
+        )  # fmt: skip
 
     def render(self, spec: JobSpec) -> str:
         """The batch script for one attempt. Raises a non-retryable SchedulerError for a spec

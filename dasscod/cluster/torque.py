@@ -60,7 +60,6 @@ QSTAT_FULL = ("qstat", "-f", "-1")
 SUBMIT = batch.WRITE_SCRIPT + """\
 exec qsub -o "$1/$2.out" -e "$1/$2.err" "$1/$2.sh"
 """
-SUBMIT_STEPS = batch.SUBMIT_STEPS
 
 
 class TorqueScheduler:
@@ -100,27 +99,11 @@ class TorqueScheduler:
     # -- submission
 
     async def submit(self, spec: JobSpec) -> str:
-        script = self.render(spec)
-        result = await self.transport.run(
-            ["sh", "-c", SUBMIT, "dasscod-qsub", str(self.state_dir), spec.name],
-            stdin=script,
-            timeout=SUBMIT_TIMEOUT_S,
-        )
-        if result.exit_status in SUBMIT_STEPS:
-            raise SchedulerError(
-                f"{spec.name}: {SUBMIT_STEPS[result.exit_status]} in {self.state_dir} on "
-                f"{self.transport.name}: {batch.message(result)}",
-                retryable=True,
-            )
-        job_id = parse.parse_job_id(result.stdout) if result.exit_status == 0 else None
-        if job_id is None:
-            # The wrapper puts sbatch's complaint on stdout, Torque's qsub on stderr.
-            raise SchedulerError(
-                f"{spec.name}: qsub failed (exit status {result.exit_status}): "
-                f"{batch.message(result)}",
-                retryable=not parse.submit_error_is_permanent(result.stdout + result.stderr),
-            )
-        return job_id
+        return await batch.submit_script(
+            self.transport, tool="qsub", snippet=SUBMIT, state_dir=self.state_dir,
+            spec=spec, script=self.render(spec), timeout=SUBMIT_TIMEOUT_S,
+            parse_job_id=parse.parse_job_id, permanent=parse.submit_error_is_permanent,
+        )  # fmt: skip
 
     def render(self, spec: JobSpec) -> str:
         """The job script for one attempt. Raises a non-retryable SchedulerError for a spec

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,3 +60,15 @@ def slurm_cluster() -> LocalCluster:
         pytest.skip(f"test cluster set up but not answering ({ping.stderr.strip()}): "
                     f"run {SETUP} again")
     return LocalCluster(_read_env(env_file))
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A folder the cluster user can write (jobs run as that user over SSH): job state, work
+    folders, the test module's log."""
+    folder = Path(tempfile.mkdtemp(prefix="dasscod-cluster-test-", dir="/tmp"))
+    folder.chmod(0o777)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -5,12 +5,9 @@ the system Python (the runner needs only the standard library), calling back ove
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +26,6 @@ pytestmark = pytest.mark.e2e
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
-@pytest.fixture
-def shared() -> Iterator[Path]:
-    """A folder the cluster user can write: job state, work folders, the test module's log."""
-    folder = Path(tempfile.mkdtemp(prefix="dasscod-slurm-e2e-", dir="/tmp"))
-    folder.chmod(0o777)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(),

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +33,6 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 AGENT_TOKEN = "pull-agent-credential-0123456789"
 
 
-@pytest.fixture
-def shared() -> Iterator[Path]:
-    folder = Path(tempfile.mkdtemp(prefix="dasscod-pull-e2e-", dir="/tmp"))
-    folder.chmod(0o777)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def agent(url: str, token_file: Path, state: Path) -> subprocess.CompletedProcess[str]:

@@ -5,10 +5,8 @@ the job being adopted, and never in two live jobs for one attempt (checked with 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 
@@ -31,14 +29,6 @@ pytestmark = pytest.mark.e2e
 SECRET = "slurm-fault-secret-0123456789abcdefgh"
 
 
-@pytest.fixture
-def shared() -> Iterator[Path]:
-    folder = Path(tempfile.mkdtemp(prefix="dasscod-slurm-faults-", dir="/tmp"))
-    folder.chmod(0o777)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
