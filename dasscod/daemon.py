@@ -33,7 +33,7 @@ from dasscod.model import Track
 from dasscod.pipeline import Pipeline, RetryPolicy, load_pipelines
 from dasscod.settings import Settings
 from dasscod.store import Stores
-from dasscod.supervisors.ars_sync import ArsSync, require_files_in_ars
+from dasscod.supervisors.ars_sync import ArsSync, SyncOptions, require_files_in_ars
 from dasscod.supervisors.coordination import Throttle, Wakeups
 from dasscod.supervisors.dispatch import Dispatcher
 from dasscod.supervisors.housekeeping import Housekeeping
@@ -264,7 +264,10 @@ class Daemon:
         if self.settings.ars is not None:
             if self.ars_sync is None:
                 self.ars_sync = ArsSync(
-                    self.stores, ArsClient(self.settings.ars), stopping=self.stopping
+                    self.stores,
+                    ArsClient(self.settings.ars),
+                    stopping=self.stopping,
+                    options=SyncOptions(**self.settings.ars_sync.model_dump()),
                 )
             supervisors["ars_sync"] = self.ars_sync.run
         self._running.update(supervisors)

@@ -207,6 +207,27 @@ class SecuritySettings(_Section):
         return self.token_secret.get_secret_value()
 
 
+class ArsSyncSettings(_Section):
+    """How the ARS sync supervisor paces itself (used only when [ars] is set)."""
+
+    #: Every step looks for work at least this often even without a wake-up.
+    sweep_s: float = Field(default=30.0, gt=0)
+    #: How often assets awaiting the (asynchronous) ERDA sync are asked about.
+    confirm_poll_s: float = Field(default=2.0, gt=0)
+    batch: int = Field(default=50, ge=1)
+    #: ARS calls in flight at once, over all steps.
+    concurrency: int = Field(default=16, ge=1)
+    #: Share allocation = the asset's files in MB (rounded up) plus this.
+    allocation_headroom_mb: int = Field(default=1, ge=0)
+    #: An asset whose ARS call failed as unavailable is left alone this long.
+    unavailable_backoff_s: float = Field(default=10.0, ge=0)
+    max_erda_failures: int = Field(default=3, ge=1)
+    #: Failures in a row that open the circuit breaker, and its probe interval while open.
+    breaker_threshold: int = Field(default=3, ge=1)
+    breaker_cooldown_s: float = Field(default=2.0, gt=0)
+    breaker_max_cooldown_s: float = Field(default=5.0, gt=0)
+
+
 #: HS256 keys must be at least as long as the hash (RFC 7518, section 3.2).
 MIN_SECRET_LENGTH = 32
 
@@ -245,6 +266,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = SecuritySettings()
     #: ARS connection; None (the default) runs without ARS sync.
     ars: ArsSettings | None = None
+    ars_sync: ArsSyncSettings = ArsSyncSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: "auto": JSON when stderr is not a terminal (systemd, files), readable lines otherwise.
     log_format: Literal["auto", "json", "console"] = "auto"
