@@ -302,6 +302,10 @@ class CallbackService:
         log.info("derivative registered", asset_guid=metadata.asset_guid, parent_guid=parent.id)
         return Ack(applied=True, status=str(derivative.jobs_status))
 
+    async def track_for(self, claims: JobClaims, guid: str) -> Track:
+        """The asset `guid` if the token's job may act on it (its own, or a derivative)."""
+        return await self._own_or_derivative(claims, guid)
+
     async def _own_or_derivative(self, claims: JobClaims, guid: str) -> Track:
         track = await self._track(guid)
         if guid != claims.asset_guid and track.parent_guid != claims.asset_guid:

@@ -131,6 +131,7 @@ class Daemon:
                         intake.api_token.get_secret_value() if intake.api_token else None
                     ),
                     intake_max_mb=intake.api_max_mb,
+                    files_root=intake.work_area.absolute(),
                     launcher=self.launcher,
                 ),
                 host=self.settings.listener.host,

@@ -285,10 +285,12 @@ def check(outcome: Outcome) -> list[str]:
             problems.append(f"{p.guid}: ARS {ars_state(track)}, expected ERDA"
                             + (f" ({track['ars_error']})" if track.get("ars_error") else ""))
     for guid, child in outcome.children.items():
-        # What really happens to a derivative (see the module docstring): created in ARS under
-        # its parent; its file stays behind, the upload failing as the daemon cannot read it.
-        if child.get("is_in_ars") != "YES":
-            problems.append(f"derivative {guid}: is_in_ars {child.get('is_in_ars')}, expected YES")
+        # A derivative is made on the cluster, handed to the daemon by the upload job, created
+        # in ARS under its parent and archived in ERDA like an original.
+        if ars_state(child) != "ERDA" or not all(f.get("ars_link") for f in child["file_list"]):
+            problems.append(f"derivative {guid}: ARS {ars_state(child)}, expected ERDA with "
+                            "its file" + (f" ({child['ars_error']})"
+                                          if child.get("ars_error") else ""))
     pair = [p.guid for p in outcome.planned if p.kind.startswith("mos_")]
     if len(pair) == 2:
         for guid, other in (pair, pair[::-1]):
@@ -317,10 +319,10 @@ def table(outcome: Outcome) -> None:
         states: dict[str, int] = {}
         for c in children:
             states[str(c.get("has_new_file"))] = states.get(str(c.get("has_new_file")), 0) + 1
+        in_erda = sum(ars_state(c) == "ERDA" for c in children)
         say(f"derivatives: {len(children)} registered, {created} created in ARS under their "
-            f"parent, {with_file} with their file in ARS; has_new_file "
-            + ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
-            + " (the daemon cannot read derivative files yet: hpc/dassco_hpc/modules/upload.py)")
+            f"parent, {with_file} with their file in ARS, {in_erda} in ERDA; has_new_file "
+            + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
 
 
 def check_in_ars(ars: dict[str, Any], outcome: Outcome) -> list[str]:

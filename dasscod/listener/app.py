@@ -8,6 +8,7 @@ No `from __future__ import annotations` here: FastAPI reads the route annotation
 and the `Claims` alias defined inside `create_app` cannot be resolved from a string.
 """
 
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request
@@ -17,6 +18,7 @@ from pymongo.errors import ConnectionFailure
 
 from dasscod.callbacks import CallbackRejected, CallbackService
 from dasscod.listener.agent_api import agent_router
+from dasscod.listener.files import FileName, receive_file
 from dasscod.listener.intake_api import intake_router
 from dasscod.listener.schemas import (
     Ack,
@@ -55,6 +57,7 @@ def create_app(
     intake_token: str | None = None,
     intake_max_mb: float = 2000.0,
     launcher: Launcher | None = None,
+    files_root: FilePath | None = None,
 ) -> FastAPI:
     service = CallbackService(stores)
     app = FastAPI(
@@ -182,6 +185,15 @@ def create_app(
     async def add_file(guid: GuidPath, body: FileInfo, who: Claims) -> Ack:
         """A file of the asset or of one of its derivatives (name, type, CRC-32, size MB)."""
         return await service.add_file(who, guid, body)
+
+    @api.put("/assets/{guid}/files/{name}", tags=["derivatives"])
+    async def put_file(guid: GuidPath, name: FileName, request: Request, who: Claims) -> Ack:
+        """The bytes of a file reported with `POST /assets/{guid}/files` (a derivative made on
+        the cluster): kept in the daemon's work area, whose ARS sync uploads it like an
+        original's files. The body's CRC-32 must match the reported one (422 otherwise)."""
+        if files_root is None:
+            raise HTTPException(503, "this daemon keeps no files (no work area configured)")
+        return await receive_file(service, who, guid, name, request.stream(), files_root)
 
     @api.post("/assets/{guid}/derivative-uploaded", tags=["derivatives"])
     async def derivative_uploaded(guid: GuidPath, who: Claims) -> Ack:

@@ -406,6 +406,10 @@ class ArsSync:
     # ------------------------------------------------------------------ upload
 
     async def _upload(self, track: Track) -> None:
+        if not track.temporary_path_local:
+            # A derivative whose files are still on the cluster: its upload job sends them to
+            # the listener, which sets the path (and so wakes this step).
+            return
         if track.has_new_file is YES:
             claim = await self.stores.track.apply(
                 track.id,

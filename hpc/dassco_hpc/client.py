@@ -176,9 +176,15 @@ class CallbackClient:
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, {} if body is None else body)
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        """Send until acknowledged; return the decoded JSON answer (None if empty)."""
-        data = None if body is None else json.dumps(body, allow_nan=False).encode()
+    def request(
+        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None
+    ) -> Any:
+        """Send until acknowledged; return the decoded JSON answer (None if empty). `raw` sends
+        bytes (a file) instead of a JSON body."""
+        data = raw if raw is not None else (
+            None if body is None else json.dumps(body, allow_nan=False).encode()
+        )
+        content_type = "application/octet-stream" if raw is not None else "application/json"
         started = self.clock()
         deadline = started + self.deadline_s
         attempt = 0
@@ -188,7 +194,7 @@ class CallbackClient:
             # tiny deadline gets one real try.
             timeout = min(self.timeout_s, max(deadline - self.clock(), 1.0))
             try:
-                return self._once(method, path, data, timeout)
+                return self._once(method, path, data, timeout, content_type)
             except _Transient as exc:
                 problem = exc
             remaining = deadline - self.clock()
@@ -203,21 +209,30 @@ class CallbackClient:
                     f"{method} {path}: not acknowledged ({problem.why}); giving up after "
                     f"{attempt} attempt(s) in {self.clock() - started:.1f} s"
                 )
-                raise CallbackUndelivered(method, path, body, problem.why)
+                raise CallbackUndelivered(
+                    method, path, body if raw is None else f"<{len(raw)} bytes>", problem.why
+                )
             self.log(
                 f"{method} {path}: not acknowledged ({problem.why}); retry {attempt} in "
                 f"{delay:.2f} s" + (" (Retry-After)" if problem.retry_after is not None else "")
             )
             self.sleep(delay)
 
-    def _once(self, method: str, path: str, data: bytes | None, timeout: float) -> Any:
+    def _once(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None,
+        timeout: float,
+        content_type: str = "application/json",
+    ) -> Any:
         headers = {
             "Authorization": f"Bearer {self.token}",
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
         }
         if data is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         request = urllib.request.Request(self.url(path), data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -326,6 +341,11 @@ class CallbackClient:
         """`{asset_guid, files: [{name, type, check_sum, file_size, ars_link, local_path}]}`."""
         data = self.get(self._asset(guid, "links"))
         return dict(data) if isinstance(data, Mapping) else {}
+
+    def put_file(self, asset_guid: str, name: str, data: bytes) -> Ack:
+        """Hand a reported file's bytes to the daemon, which keeps it for its ARS sync."""
+        path = f"/assets/{quote(asset_guid, safe='')}/files/{quote(name, safe='')}"
+        return Ack.parse(self.request("PUT", path, raw=data))
 
     def register_derivative(self, metadata: Mapping[str, Any]) -> Ack:
         """A new derivative asset (full metadata document with `parent_guid`)."""

@@ -88,6 +88,9 @@ class StubListener:
             def do_POST(self) -> None:
                 stub._handle(self)
 
+            def do_PUT(self) -> None:
+                stub._handle(self)
+
         server = _Server(("127.0.0.1", self.port), Handler)
         self.port = int(server.server_address[1])
         self._server = server
@@ -162,7 +165,7 @@ class StubListener:
             method=h.command,
             path=path,
             authorization=h.headers.get("Authorization"),
-            body=json.loads(raw) if raw else None,
+            body=_decoded(raw, h.headers.get("Content-Type")),
             at=time.monotonic(),
         )
         if self.on_request is not None:
@@ -207,3 +210,12 @@ class StubListener:
             h.send_header(name, value)
         h.end_headers()
         h.wfile.write(data)
+
+
+def _decoded(raw: bytes, content_type: str | None) -> Any:
+    """JSON bodies decoded; files (application/octet-stream) kept as bytes."""
+    if not raw:
+        return None
+    if content_type == "application/octet-stream":
+        return raw
+    return json.loads(raw)

@@ -30,7 +30,7 @@ def registered(stub: StubListener, path: Path, **changes: Any) -> None:
     }
 
 
-def test_registered_derivatives_are_verified_and_not_claimed_as_uploaded(
+def test_registered_derivatives_are_verified_and_handed_to_the_daemon(
     stub: StubListener, tmp_path: Path
 ) -> None:
     logs: list[str] = []
@@ -38,13 +38,17 @@ def test_registered_derivatives_are_verified_and_not_claimed_as_uploaded(
     jpeg = derivative(ctx.workdir, "jpeg", b"J" * 5000)
     thumb = derivative(ctx.workdir, "thumb", b"T" * 300)
     registered(stub, jpeg)
-    registered(stub, thumb, ars_link="http://ars/file_proxy/api/assetfiles/x")
+    registered(stub, thumb)
     out = upload.run(ctx)
     assert normalise(out)["derivatives"] == out["derivatives"]  # the listener takes it
     assert out == {"derivatives": [f"{GUID}-jpeg", f"{GUID}-thumb"]}
-    assert [("not uploaded" in line, "in ARS" in line) for line in logs] == [
-        (True, False), (False, True)]
-    # Nothing is reported that did not happen: no derivative-uploaded callback.
+    puts = [(r.path, r.body) for r in stub.requests if r.method == "PUT"]
+    assert puts == [
+        (f"/assets/{GUID}-jpeg/files/{jpeg.name}", b"J" * 5000),
+        (f"/assets/{GUID}-thumb/files/{thumb.name}", b"T" * 300),
+    ]
+    assert all("handed to the daemon" in line for line in logs)
+    # The daemon's sync takes it from there: no derivative-uploaded callback.
     assert not [r for r in stub.requests if r.method == "POST"]
 
 

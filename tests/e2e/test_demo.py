@@ -44,11 +44,13 @@ def test_demo_takes_a_small_batch_through_herb0001() -> None:
     # Every original went through ARS into ERDA (the demo checks this in ARS itself).
     assert all(r["ars"] == "ERDA" for r in lines), out
     derivatives = re.search(r"^derivatives: (\d+) registered, (\d+) created in ARS under their "
-                            r"parent, (\d+) with their file in ARS", out, re.MULTILINE)
+                            r"parent, (\d+) with their file in ARS, (\d+) in ERDA", out,
+                            re.MULTILINE)
     assert derivatives is not None, out
-    registered, created, with_file = (int(g) for g in derivatives.groups())
-    assert registered == created == sum(int(r["derivatives"]) for r in lines)
-    assert with_file == 0  # not uploaded yet: hpc/dassco_hpc/modules/upload.py says why
+    registered, created, with_file, in_erda = (int(g) for g in derivatives.groups())
+    # Each derivative's file went cluster -> daemon -> ARS -> ERDA.
+    assert registered == created == with_file == in_erda == sum(int(r["derivatives"])
+                                                                 for r in lines)
     assert "all assets reached their expected end state" in out
     # It cleans up after itself: no daemon, job or ARS simulator left running.
     for pattern in ("dasscod-demo-", "dasscod.devstack.ars"):

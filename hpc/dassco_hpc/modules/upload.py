@@ -1,4 +1,5 @@
-"""HERB0001 `upload`: hand the asset's derivative files over for ARS, checked byte for byte.
+"""HERB0001 `upload`: hand the asset's derivative files to the daemon, checked byte for byte;
+the daemon's ARS sync uploads them into ARS like an original's files.
 
 Which derivatives: the ones the `derivatives` module writes, by its convention (a coupling:
 change one, change both): guids `derivative_guid(<guid>, "jpeg" | "thumb")`, files
@@ -6,22 +7,15 @@ change one, change both): guids `derivative_guid(<guid>, "jpeg" | "thumb")`, fil
 asset" read; `GET /assets/{d}/links` of each derivative gives the file's registered name and
 CRC-32. An asset without derivatives (a colour target, say) has nothing to upload.
 
-What it does, and what it does not (yet): jobs hold no ARS credentials, and the daemon's ARS
-sync is the one component that uploads files (it reads them from the asset's
-`temporary_path_local`). So this module
+Why through the daemon: jobs hold no ARS credentials, and the daemon's sync is the one
+component that talks to ARS. For each derivative this module
 
-1. checks that each registered derivative file is in the work folder with the registered
-   CRC-32 and size, failing the job otherwise (retryable: the derivatives job may be re-run);
-2. logs, per derivative, whether the file is already in ARS (`ars_link` set by the sync), and
-   returns the verified guids as `derivatives` (the listener's result field);
-3. never calls `derivative-uploaded` for a file that is not in ARS: that callback moves the
-   derivative to ERDA synchronisation, which would then record as archived a file ARS never
-   received.
-
-The missing piece is on the daemon's side: `register_derivative` (dasscod/callbacks.py) gives
-the derivative no `temporary_path_local`, so the sync cannot read its file. With one (a folder
-the daemon reads, filled by this module before it reports the file) the sync uploads
-derivatives like originals; until then derivatives reach ARS as assets without files.
+1. checks that the registered file is in the work folder with the registered CRC-32 and size
+   (a retryable failure otherwise: the derivatives job may be re-run);
+2. sends it with `PUT /assets/{d}/files/{name}`; the listener checks the CRC-32 again on
+   arrival, keeps the file in the daemon's work area and lets the sync upload it (create the
+   derivative in ARS, upload, ERDA sync) — `derivative-uploaded` is not needed;
+3. returns the handed-over guids as `derivatives`.
 """
 
 from __future__ import annotations
@@ -75,10 +69,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
             raise ModuleFailed(
                 f"{path.name}: {size} bytes, registered as {registered_mb} MB", retryable=True
             )
-        in_ars = bool(entry.get("ars_link"))
-        ctx.log(
-            f"derivative {guid}: {path.name} verified (CRC-32 {crc}, {size} bytes); "
-            + ("in ARS" if in_ars else "not uploaded: the daemon cannot read derivative files yet")
-        )
+        ctx.client.put_file(guid, path.name, path.read_bytes())
+        ctx.log(f"derivative {guid}: {path.name} verified (CRC-32 {crc}, {size} bytes) and "
+                "handed to the daemon for ARS")
         verified.append(guid)
     return {"derivatives": verified}

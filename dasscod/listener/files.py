@@ -1,0 +1,63 @@
+"""Receiving a derivative's file from the cluster.
+
+A derivative is made on the cluster, but only the daemon talks to ARS (jobs hold no ARS
+credentials). So the `upload` job sends each derivative file to the listener, which checks it
+against the CRC-32 reported for it, keeps it in the daemon's work area and points the
+derivative's `temporary_path_local` there; the ARS sync then uploads it like an original's
+files. The write is atomic (a temporary name, then a rename): a file is either complete and
+checked, or absent.
+"""
+
+import re
+import zlib
+from collections.abc import AsyncIterator
+from pathlib import Path as FilePath
+from typing import Annotated
+
+import anyio
+from fastapi import HTTPException, Path
+
+from dasscod.callbacks import CallbackService
+from dasscod.listener.schemas import Ack
+from dasscod.model import Flag
+from dasscod.tokens import JobClaims
+
+FILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$"
+FileName = Annotated[str, Path(pattern=FILE_NAME)]
+
+
+async def receive_file(
+    service: CallbackService,
+    who: JobClaims,
+    guid: str,
+    name: str,
+    body: AsyncIterator[bytes],
+    files_root: FilePath,
+) -> Ack:
+    track = await service.track_for(who, guid)
+    entry = next((f for f in track.file_list if f.name == name and not f.deleted), None)
+    if entry is None:
+        raise HTTPException(
+            409, f"asset {guid} has no file {name}: report it first (POST /assets/{guid}/files)"
+        )
+    if not re.fullmatch(FILE_NAME, name):  # the route's pattern already says so; be sure
+        raise HTTPException(422, f"bad file name {name!r}")
+    folder = files_root / guid
+    await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
+    part = folder / f".{name}.part"
+    crc = 0
+    async with await anyio.open_file(part, "wb") as out:
+        async for chunk in body:
+            crc = zlib.crc32(chunk, crc)
+            await out.write(chunk)
+    if crc != entry.check_sum:
+        await anyio.Path(part).unlink(missing_ok=True)
+        raise HTTPException(
+            422, f"{name}: CRC-32 of the body is {crc}, the reported one is {entry.check_sum}"
+        )
+    await anyio.Path(part).rename(folder / name)
+    fields = {"temporary_path_local": str(folder), "temporary_files_local": Flag.YES}
+    if track.temporary_path_local == str(folder):
+        return Ack(applied=True, status=str(track.jobs_status), detail=f"{name} stored again")
+    result = await service.stores.track.set_fields(guid, fields, cause=f"file {name} received")
+    return Ack(applied=True, status=str(result.track.jobs_status), detail=f"{name} stored")
