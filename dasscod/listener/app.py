@@ -12,13 +12,13 @@ from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pymongo.errors import ConnectionFailure
 
 from dasscod.callbacks import CallbackRejected, CallbackService
 from dasscod.listener.agent_api import agent_router
-from dasscod.listener.files import FileName, receive_file
+from dasscod.listener.files import FileName, receive_file, send_file
 from dasscod.listener.intake_api import intake_router
 from dasscod.listener.schemas import (
     Ack,
@@ -185,6 +185,14 @@ def create_app(
     async def add_file(guid: GuidPath, body: FileInfo, who: Claims) -> Ack:
         """A file of the asset or of one of its derivatives (name, type, CRC-32, size MB)."""
         return await service.add_file(who, guid, body)
+
+    @api.get("/assets/{guid}/files/{name}", tags=["reads"],
+             response_class=FileResponse, responses={200: {"content": {
+                 "application/octet-stream": {}}}})
+    async def get_file(guid: GuidPath, name: FileName, who: Claims) -> FileResponse:
+        """The bytes of one of the asset's files, for a cluster that does not share the
+        daemon's disk (the `load` job); the header X-Check-Sum carries its CRC-32."""
+        return await send_file(service, who, guid, name)
 
     @api.put("/assets/{guid}/files/{name}", tags=["derivatives"])
     async def put_file(guid: GuidPath, name: FileName, request: Request, who: Claims) -> Ack:

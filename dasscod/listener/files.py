@@ -16,6 +16,7 @@ from typing import Annotated
 
 import anyio
 from fastapi import HTTPException, Path
+from fastapi.responses import FileResponse
 
 from dasscod.callbacks import CallbackService
 from dasscod.listener.schemas import Ack
@@ -61,3 +62,16 @@ async def receive_file(
         return Ack(applied=True, status=str(track.jobs_status), detail=f"{name} stored again")
     result = await service.stores.track.set_fields(guid, fields, cause=f"file {name} received")
     return Ack(applied=True, status=str(result.track.jobs_status), detail=f"{name} stored")
+
+
+async def send_file(service: CallbackService, who: JobClaims, guid: str, name: str) -> FileResponse:
+    """An asset's file, for a cluster that does not see the daemon's disk (`load`)."""
+    track = await service.track_for(who, guid)
+    entry = next((f for f in track.file_list if f.name == name and not f.deleted), None)
+    if entry is None or not track.temporary_path_local:
+        raise HTTPException(404, f"asset {guid} has no file {name} here")
+    path = FilePath(track.temporary_path_local) / name
+    if not await anyio.Path(path).is_file():
+        raise HTTPException(404, f"{name} of asset {guid} is no longer on the daemon's disk")
+    return FileResponse(path, media_type="application/octet-stream",
+                        headers={"X-Check-Sum": str(entry.check_sum)})

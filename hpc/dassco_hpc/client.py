@@ -177,10 +177,16 @@ class CallbackClient:
         return self.request("POST", path, {} if body is None else body)
 
     def request(
-        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        raw_answer: bool = False,
     ) -> Any:
         """Send until acknowledged; return the decoded JSON answer (None if empty). `raw` sends
-        bytes (a file) instead of a JSON body."""
+        bytes (a file) instead of a JSON body; `raw_answer` returns the answer's bytes."""
         data = raw if raw is not None else (
             None if body is None else json.dumps(body, allow_nan=False).encode()
         )
@@ -194,7 +200,7 @@ class CallbackClient:
             # tiny deadline gets one real try.
             timeout = min(self.timeout_s, max(deadline - self.clock(), 1.0))
             try:
-                return self._once(method, path, data, timeout, content_type)
+                return self._once(method, path, data, timeout, content_type, raw_answer)
             except _Transient as exc:
                 problem = exc
             remaining = deadline - self.clock()
@@ -225,6 +231,7 @@ class CallbackClient:
         data: bytes | None,
         timeout: float,
         content_type: str = "application/json",
+        raw_answer: bool = False,
     ) -> Any:
         headers = {
             "Authorization": f"Bearer {self.token}",
@@ -246,6 +253,8 @@ class CallbackClient:
             raise _Transient(_describe(exc)) from None
         except (OSError, http.client.HTTPException) as exc:
             raise _Transient(_describe(exc)) from None
+        if raw_answer:
+            return raw
         if not raw.strip():
             return None
         try:
@@ -341,6 +350,12 @@ class CallbackClient:
         """`{asset_guid, files: [{name, type, check_sum, file_size, ars_link, local_path}]}`."""
         data = self.get(self._asset(guid, "links"))
         return dict(data) if isinstance(data, Mapping) else {}
+
+    def get_file(self, asset_guid: str, name: str) -> bytes:
+        """One of the asset's files from the daemon (for a cluster without its disk)."""
+        path = f"/assets/{quote(asset_guid, safe='')}/files/{quote(name, safe='')}"
+        data = self.request("GET", path, raw_answer=True)
+        return data if isinstance(data, bytes) else b""
 
     def put_file(self, asset_guid: str, name: str, data: bytes) -> Ack:
         """Hand a reported file's bytes to the daemon, which keeps it for its ARS sync."""

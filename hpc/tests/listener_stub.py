@@ -202,9 +202,11 @@ class StubListener:
 
     @staticmethod
     def _send(h: BaseHTTPRequestHandler, status: int, body: Any, headers: dict[str, str]) -> None:
-        data = json.dumps(body).encode()
+        # Bytes are a file (GET /assets/{guid}/files/{name}); everything else is JSON.
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
         h.send_response(status)
-        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Type", "application/octet-stream" if isinstance(body, bytes)
+                      else "application/json")
         h.send_header("Content-Length", str(len(data)))
         for name, value in headers.items():
             h.send_header(name, value)

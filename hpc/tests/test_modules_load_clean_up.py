@@ -63,6 +63,35 @@ def test_a_checksum_or_size_mismatch_is_retryable_and_leaves_nothing(
     assert list(ctx.workdir.iterdir()) == []
 
 
+def test_without_a_shared_disk_the_file_is_downloaded_from_the_daemon(
+    stub: StubListener, tmp_path: Path
+) -> None:
+    files = _files(tmp_path)
+    links = [link_for(p, local=False) for p in files]
+    stub.gets[LINKS] = {"asset_guid": GUID, "files": links}
+    for path in files:
+        stub.gets[f"/assets/{GUID}/files/{path.name}"] = path.read_bytes()
+    ctx = context(stub, tmp_path / "work", job="load")  # no DASSCO_ASSET_FILES
+    assert ctx.asset_files is None
+    assert load.run(ctx) == {"asset_ready": True}
+    for path in files:
+        assert (ctx.workdir / path.name).read_bytes() == path.read_bytes()
+    assert not list(ctx.workdir.glob(".*.download"))
+
+
+def test_a_corrupt_download_is_retryable_and_leaves_nothing(
+    stub: StubListener, tmp_path: Path
+) -> None:
+    files = _files(tmp_path)
+    stub.gets[LINKS] = {"asset_guid": GUID, "files": [link_for(files[0], local=False)]}
+    stub.gets[f"/assets/{GUID}/files/{files[0].name}"] = b"not the image"
+    ctx = context(stub, tmp_path / "work", job="load")
+    with pytest.raises(ModuleFailed, match="CRC-32") as caught:
+        load.run(ctx)
+    assert caught.value.retryable is True
+    assert list(ctx.workdir.iterdir()) == []
+
+
 def test_a_missing_source_is_retryable(stub: StubListener, tmp_path: Path) -> None:
     files = _files(tmp_path)
     link = link_for(files[0])
@@ -78,7 +107,6 @@ def test_a_missing_source_is_retryable(stub: StubListener, tmp_path: Path) -> No
     [
         ([], "no files"),
         ([{"name": "../evil.tif", "check_sum": 1, "file_size": 1, "local_path": "/x"}], "bad"),
-        ([{"name": "a.tif", "check_sum": 1, "file_size": 1, "ars_link": "h"}], "ARS"),
         ([{"name": "a.tif", "local_path": "/x"}], "check_sum"),
     ],
 )

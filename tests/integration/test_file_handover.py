@@ -75,3 +75,17 @@ async def test_an_unreported_file_or_a_foreign_asset_is_refused(
     assert foreign.status_code == 403
     bad_name = await client.put(f"/api/v1/assets/{CHILD}/files/..%2Fescape", content=DATA)
     assert bad_name.status_code in (404, 422)
+
+
+async def test_a_job_downloads_its_assets_files_from_the_daemon(
+    client: httpx.AsyncClient, stores: Stores, tmp_path: Path
+) -> None:
+    # The file handed over above is now on the daemon's disk: any job of the parent may read it.
+    assert (await client.put(f"/api/v1/assets/{CHILD}/files/d.jpg", content=DATA)).is_success
+    answer = await client.get(f"/api/v1/assets/{CHILD}/files/d.jpg")
+    assert answer.status_code == 200
+    assert answer.content == DATA
+    assert answer.headers["X-Check-Sum"] == str(zlib.crc32(DATA))
+    assert (await client.get(f"/api/v1/assets/{CHILD}/files/nope.jpg")).status_code == 404
+    await stores.track.insert(make_track("ho-foreign"))
+    assert (await client.get("/api/v1/assets/ho-foreign/files/d.jpg")).status_code == 403

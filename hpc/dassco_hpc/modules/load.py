@@ -1,9 +1,10 @@
 """HERB0001 `load`: put the asset's files into its work folder, verified.
 
-Only the local case for now: each file listed by the listener (`GET /assets/{guid}/links`)
-is taken from its `local_path`, else from DASSCO_ASSET_FILES/<name> (a shared disk the
-cluster sees). Downloading from the ARS file proxy (`ars_link`) is not implemented yet and
-fails non-retryably naming it.
+Each file listed by the listener (`GET /assets/{guid}/links`) is taken from its `local_path`
+or from DASSCO_ASSET_FILES/<name> when the cluster shares that disk; otherwise it is
+downloaded from the daemon (`GET /assets/{guid}/files/{name}`), which keeps the asset's files
+until clean-up. Jobs hold no ARS credentials, so the daemon, not the ARS file proxy, serves
+them.
 
 Each file is copied to a hidden partial file while its CRC-32 is computed over the copied
 bytes, and only renamed into place when the CRC-32 and the size match the links: a later job
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dassco_hpc.context import JobContext
-from dassco_hpc.errors import ModuleFailed
+from dassco_hpc.errors import CallbackRejected, ModuleFailed
 from dassco_hpc.imaging import CHUNK
 
 BYTES_PER_MB = 1_000_000
@@ -35,17 +36,30 @@ def _name(entry: Mapping[str, Any]) -> str:
     return name
 
 
-def source_of(ctx: JobContext, entry: Mapping[str, Any], name: str) -> Path:
+def source_of(ctx: JobContext, entry: Mapping[str, Any], name: str) -> Path | None:
+    """The file on a disk this node sees, or None: it must come from the daemon."""
     local = entry.get("local_path")
-    if local:
-        return Path(str(local))
+    candidates = [Path(str(local))] if local else []
     if ctx.asset_files is not None:
-        return ctx.asset_files / name
-    raise ModuleFailed(
-        f"{name}: no local_path and no DASSCO_ASSET_FILES; fetching from ARS "
-        f"({entry.get('ars_link') or 'no link'}) is not implemented yet",
-        retryable=False,
-    )
+        candidates.append(ctx.asset_files / name)
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def download_verified(ctx: JobContext, name: str, target: Path, check_sum: int,
+                      size_mb: float) -> None:
+    """Fetch the file from the daemon into a partial file, then check it like a copy."""
+    partial = target.with_name(f".{target.name}.download")
+    try:
+        data = ctx.client.get_file(ctx.guid, name)
+    except CallbackRejected as exc:
+        # Not on this node's disks and not on the daemon's (yet): a copy may still be on its
+        # way, so another attempt can help.
+        raise ModuleFailed(f"{name}: not found here nor on the daemon ({exc})", True) from None
+    partial.write_bytes(data)
+    try:
+        copy_verified(partial, target, check_sum, size_mb)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def copy_verified(source: Path, target: Path, check_sum: int, size_mb: float) -> None:
@@ -91,6 +105,10 @@ def run(ctx: JobContext) -> dict[str, Any]:
                 f"{name}: no usable check_sum/file_size in the links", retryable=False
             ) from None
         source = source_of(ctx, entry, name)
-        copy_verified(source, ctx.workdir / name, check_sum, size_mb)
-        ctx.log(f"{name}: copied from {source}, CRC-32 and size verified")
+        if source is None:
+            download_verified(ctx, name, ctx.workdir / name, check_sum, size_mb)
+            ctx.log(f"{name}: downloaded from the daemon, CRC-32 and size verified")
+        else:
+            copy_verified(source, ctx.workdir / name, check_sum, size_mb)
+            ctx.log(f"{name}: copied from {source}, CRC-32 and size verified")
     return {"asset_ready": True}
