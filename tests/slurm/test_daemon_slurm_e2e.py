@@ -1,13 +1,17 @@
 """The daemon with a Slurm cluster reached over SSH: assets from the intake folder go through
 every HERB0001 job as real batch jobs on the local test cluster, run as the cluster user with
-the system Python (the runner needs only the standard library), calling back over HTTP."""
+the system Python (the runner needs only the standard library), calling back over HTTP. Then
+the same with the cluster's sshd restarted mid-run."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,26 +23,21 @@ from dasscod.daemon import Daemon
 from dasscod.devstack.stack import REPO_ROOT, LocalStack, deliver
 from dasscod.pipeline import load_pipelines
 from dasscod.settings import Settings
-from tests.slurm.conftest import LocalCluster
+from tests.slurm.conftest import SETUP, LocalCluster
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not Path("/usr/bin/python3").exists(),
+                       reason="/usr/bin/python3 missing: the cluster user has no Python for jobs"),
+]
 
 SYSTEM_PYTHON = "/usr/bin/python3"
+HERB_JOBS = [j.name for j in load_pipelines()["PIPEHERB0001"].jobs]
 
 
-
-
-@pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(),
-                    reason=f"{SYSTEM_PYTHON} missing: the cluster user has no Python for jobs")
-async def test_assets_run_through_herb0001_as_slurm_jobs_over_ssh(
-    slurm_cluster: LocalCluster, shared: Path, tmp_path: Path, mongo_uri: str
-) -> None:
-    env = slurm_cluster.env
-    runs = shared / "runs.jsonl"
-    runs.touch(mode=0o666)
-    runs.chmod(0o666)  # touch's mode is filtered by the umask
-    stack = LocalStack(tmp_path / "stack", mongo_uri, database=f"slurm_{uuid.uuid4().hex[:8]}")
-    stack.write_config()
+def settings_for(cluster: LocalCluster, stack: LocalStack, shared: Path, runs: Path,
+                 **job_env: str) -> Settings:
+    env = cluster.env
     data = stack.settings_data()
     data["clusters"] = {
         "local": {  # the name HERB0001's jobs ask for
@@ -47,7 +46,7 @@ async def test_assets_run_through_herb0001_as_slurm_jobs_over_ssh(
             "ssh": {"host": env["SSH_HOST"], "port": int(env["SSH_PORT"]),
                     "user": env["SSH_USER"], "key_file": env["SSH_KEY"],
                     "known_hosts": env["SSH_KNOWN_HOSTS"]},
-            "partition": slurm_cluster.partition,
+            "partition": cluster.partition,
             "work_root": str(shared / "work"),
             "state_dir": str(shared / "jobs"),
             "python": SYSTEM_PYTHON,
@@ -57,40 +56,99 @@ async def test_assets_run_through_herb0001_as_slurm_jobs_over_ssh(
                 "DASSCO_HPC_MODULES": "tests.hpc_test_module",
                 "DASSCO_TEST_LOG": str(runs),
                 "DASSCO_CALLBACK_BACKOFF_MAX_S": "2",
+                **job_env,
             },
         }
     }
+    data["timing"]["watch_s"] = 1.0
     data["log_level"] = "WARNING"
-    settings = Settings.model_validate(data)
-    guids = [f"slurm-{i}-{uuid.uuid4().hex[:6]}" for i in range(2)]
+    return Settings.model_validate(data)
+
+
+async def run_assets(
+    settings: Settings, stack: LocalStack, mongo_uri: str, n: int,
+    meanwhile: Callable[[Any], Awaitable[None]] | None = None,
+) -> list[dict[str, Any]]:
+    """Deliver `n` assets, run the daemon until they settle (or 240 s), return their tracks."""
+    guids = [f"slurm-{i}-{uuid.uuid4().hex[:6]}" for i in range(n)]
     for guid in guids:
         deliver(stack.intake, guid)
     daemon = Daemon(settings)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
     coll = client[stack.database]["track"]
+    docs: list[dict[str, Any]] = []
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(daemon.run)
+            if meanwhile is not None:
+                await meanwhile(coll)
             deadline = time.monotonic() + 240
-            docs: list[dict[str, Any]] = []
             while time.monotonic() < deadline:
                 docs = await coll.find({"_id": {"$in": guids}}).to_list()
-                if len(docs) == 2 and all(d["jobs_status"] in ("DONE", "ERROR") for d in docs):
+                if len(docs) == n and all(d["jobs_status"] in ("DONE", "ERROR") for d in docs):
                     break
                 await anyio.sleep(0.5)
             daemon.stop()
     finally:
         await client.drop_database(stack.database)
         await client.close()
-    jobs = [j.name for j in load_pipelines()["PIPEHERB0001"].jobs]
+    return docs
+
+
+def assert_all_done_once(docs: list[dict[str, Any]], runs: Path) -> None:
     states = {d["_id"]: [(j["name"], j["status"], j.get("last_error")) for j in d["job_list"]]
               for d in docs}
-    assert len(docs) == 2 and all(d["jobs_status"] == "DONE" for d in docs), states
+    assert docs and all(d["jobs_status"] == "DONE" for d in docs), states
     for doc in docs:
         for job in doc["job_list"]:
             assert job["status"] == "DONE" and job["attempt"] == 1, job
             assert str(job["hpc_job_id"]).isdigit(), "Slurm's job id was recorded"
     executions = [json.loads(line) for line in runs.read_text().splitlines() if line]
     counts = Counter((r["guid"], r["job"], r["attempt"]) for r in executions)
-    assert set(counts) == {(g, j, 1) for g in guids for j in jobs}
+    assert set(counts) == {(d["_id"], j, 1) for d in docs for j in HERB_JOBS}
     assert max(counts.values()) == 1, "a job attempt ran twice"
+
+
+def job_log(shared: Path) -> Path:
+    runs = shared / "runs.jsonl"
+    runs.touch(mode=0o666)
+    runs.chmod(0o666)  # touch's mode is filtered by the umask; jobs run as the cluster user
+    return runs
+
+
+async def test_assets_run_through_herb0001_as_slurm_jobs_over_ssh(
+    slurm_cluster: LocalCluster, shared: Path, tmp_path: Path, mongo_uri: str
+) -> None:
+    runs = job_log(shared)
+    stack = LocalStack(tmp_path / "stack", mongo_uri, database=f"slurm_{uuid.uuid4().hex[:8]}")
+    stack.write_config()
+    docs = await run_assets(settings_for(slurm_cluster, stack, shared, runs), stack,
+                            mongo_uri, 2)
+    assert len(docs) == 2
+    assert_all_done_once(docs, runs)
+
+
+async def test_sshd_restarted_mid_run_loses_nothing(
+    slurm_cluster: LocalCluster, shared: Path, tmp_path: Path, mongo_uri: str
+) -> None:
+    runs = job_log(shared)
+    stack = LocalStack(tmp_path / "stack", mongo_uri, database=f"slurm_{uuid.uuid4().hex[:8]}")
+    stack.write_config()
+    settings = settings_for(slurm_cluster, stack, shared, runs, DASSCO_TEST_SLEEP_S="1")
+    pid_file = Path(slurm_cluster.env["DASSCOD_TEST_CLUSTER_DIR"]) / "run" / "sshd.pid"
+
+    async def restart_sshd(coll: Any) -> None:
+        deadline = time.monotonic() + 120
+        while await coll.count_documents({"job_list.1.status": "DONE"}) < 1:
+            assert time.monotonic() < deadline, "no asset got past its first job"
+            await anyio.sleep(0.2)
+        # sshd goes away with every session on it: the daemon's connection drops.
+        os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        await anyio.run_process(["pkill", "-u", slurm_cluster.env["SSH_USER"], "-x", "sshd"],
+                                check=False)
+        await anyio.sleep(3)  # an outage of a few seconds, not a race being waited out
+        await anyio.run_process([str(SETUP)], check=True)
+
+    docs = await run_assets(settings, stack, mongo_uri, 2, meanwhile=restart_sshd)
+    assert len(docs) == 2
+    assert_all_done_once(docs, runs)
