@@ -15,7 +15,10 @@ from pathlib import PurePosixPath
 
 from dasscod.cluster.base import CommandResult, JobSpec, SchedulerError, Transport
 
+#: Environment variable names that can be exported from a shell script.
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Partitions, queues and accounts: words no scheduler or shell reads anything into.
+WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 #: `sh -c WRITE_SCRIPT + "exec <submit command>" tool STATE_DIR NAME`: the script from stdin
 #: to STATE_DIR/NAME.sh, mode 0600 (only the write gets umask 077: the batch system passes
@@ -49,6 +52,13 @@ def check_spec(spec: JobSpec, system: str, name: re.Pattern[str]) -> None:
         raise SchedulerError(f"{spec.name}: bad environment names {bad}", retryable=False)
     if any("\0" in s for s in (*spec.argv, *spec.env.values(), str(spec.workdir))):
         raise SchedulerError(f"{spec.name}: NUL byte in the command", retryable=False)
+
+
+def check_words(spec: JobSpec, words: dict[str, str | None]) -> None:
+    """A partition, queue or account that is not a plain word never reaches a script."""
+    for what, value in words.items():
+        if value is not None and not WORD.fullmatch(value):
+            raise SchedulerError(f"{spec.name}: bad {what} {value!r}", retryable=False)
 
 
 def script(directive: str, directives: list[str], spec: JobSpec) -> str:

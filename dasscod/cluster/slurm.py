@@ -85,7 +85,7 @@ class SlurmScheduler:
         are extra ``#SBATCH`` lines (e.g. ``--qos=short``), set by the operator, not by
         input; they go into the script, not onto a command line."""
         for value in (partition, account):
-            if value is not None and not parse.WORD.fullmatch(value):
+            if value is not None and not batch.WORD.fullmatch(value):
                 raise ValueError(f"not a Slurm partition or account name: {value!r}")
         for option in sbatch_options:
             if not option.startswith("--") or "\n" in option:
@@ -112,9 +112,7 @@ class SlurmScheduler:
         batch.check_spec(spec, "Slurm", parse.NAME)
         partition = spec.partition or self.partition
         account = spec.account or self.account
-        for what, value in (("partition", partition), ("account", account)):
-            if value is not None and not parse.WORD.fullmatch(value):
-                raise SchedulerError(f"{spec.name}: bad {what} {value!r}", retryable=False)
+        batch.check_words(spec, {"partition": partition, "account": account})
         output = self.state_dir / spec.name
         directives = [
             f"--job-name={spec.name}",

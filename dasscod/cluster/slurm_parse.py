@@ -31,12 +31,8 @@ from dasscod.cluster.base import JobInfo, SchedulerState
 #: Our job names (``dassco.{guid}.{job}.{attempt}``) and anything else we put on a command line
 #: as a name: no separators Slurm or the shell would read (``,`` splits lists), no options.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
-#: Partitions and accounts.
-WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 #: A job id as Slurm prints it: plain, array task (``123_4``) or heterogeneous component.
 JOB_ID = re.compile(r"[0-9]+(?:_[0-9]+|\+[0-9]+)?")
-#: Environment variable names that can be exported from a shell script.
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 #: The format the adapter asks squeue for; parse_squeue reads exactly this.
 SQUEUE_FORMAT = "JobID:0|,State:0|,exit_code:0|,Reason:0|,Name:0|"

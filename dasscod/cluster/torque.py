@@ -80,7 +80,7 @@ class TorqueScheduler:
         is the queue). `pbs_options` are extra ``#PBS`` lines set by the operator (e.g.
         ``-W group_list=proj``, which Computerome wants next to ``-A proj``)."""
         for value in (queue, account):
-            if value is not None and not parse.WORD.fullmatch(value):
+            if value is not None and not batch.WORD.fullmatch(value):
                 raise ValueError(f"not a Torque queue or account name: {value!r}")
         if not parse.PATH.fullmatch(str(state_dir)) or str(state_dir).startswith("-"):
             raise ValueError(
@@ -111,9 +111,7 @@ class TorqueScheduler:
         batch.check_spec(spec, "Torque", parse.NAME)
         queue = spec.partition or self.queue
         account = spec.account or self.account
-        for what, value in (("queue", queue), ("account", account)):
-            if value is not None and not parse.WORD.fullmatch(value):
-                raise SchedulerError(f"{spec.name}: bad {what} {value!r}", retryable=False)
+        batch.check_words(spec, {"queue": queue, "account": account})
         output = self.state_dir / spec.name
         directives = [
             "-S /bin/sh",

@@ -44,15 +44,11 @@ from dasscod.cluster.slurm_parse import PERMANENT_SUBMIT_ERRORS as SLURM_PERMANE
 #: Our job names (``dassco.{guid}.{job}.{attempt}``) and anything else we put into a directive
 #: as a name: no whitespace, no ``,`` or ``:`` (Torque list and host separators), no option.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,229}")
-#: Queues and accounts.
-WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 #: A job id as Torque prints it: ``123``, ``123.server.domain``, array task ``123[4].server``
 #: (and ``123[]`` for an array as a whole). The Slurm wrappers print the bare number.
 JOB_ID = re.compile(r"[0-9]+(?:\[[0-9]*\])?(?:\.[A-Za-z0-9][A-Za-z0-9.-]*)?")
 #: The part of a job id that identifies the job on its server: sequence number and array index.
 JOB_KEY = re.compile(r"[0-9]+(?:\[[0-9]*\])?")
-#: Environment variable names that can be exported from a shell script.
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: A path that survives every command line it is put on, including the Slurm wrapper's qsub,
 #: which pastes -o/-e and the script path unquoted into a shell command: no spaces, quotes or
 #: shell characters, no ``:`` (Torque reads ``host:path``), no ``%`` (Slurm file patterns).
