@@ -89,6 +89,14 @@ def assert_finished(docs: list[dict[str, Any]]) -> None:
             assert steps and steps[-1]["to"] == "DONE", (doc["_id"], job, steps)
 
 
+def deliver_batch(stack: LocalStack, prefix: str, n: int) -> list[str]:
+    """Deliver `n` assets to the stack's intake folder; their guids."""
+    guids = [f"{prefix}-{i}-{uuid.uuid4().hex[:6]}" for i in range(n)]
+    for guid in guids:
+        deliver(stack.intake, guid)
+    return guids
+
+
 def make_stack(tmp_path: Path, mongo_uri: str, database: str, **job_env: str) -> LocalStack:
     stack = LocalStack(
         tmp_path / "stack",
@@ -105,9 +113,7 @@ async def test_assets_go_through_every_herb0001_job(
 ) -> None:
     client, database = db
     stack = make_stack(tmp_path, mongo_uri, database)
-    guids = [f"e2e-{i}-{uuid.uuid4().hex[:6]}" for i in range(3)]
-    for guid in guids:
-        deliver(stack.intake, guid)
+    guids = deliver_batch(stack, "e2e", 3)
     proc = stack.start_daemon()
     try:
         docs = await wait_for(client, database, guids, timeout_s=120)
@@ -130,9 +136,7 @@ async def test_sigkill_mid_run_loses_nothing_and_runs_nothing_twice(
     client, database = db
     # Slow jobs, so that the kill lands while jobs are running and callbacks are due.
     stack = make_stack(tmp_path, mongo_uri, database, DASSCO_TEST_SLEEP_S="0.6")
-    guids = [f"kill-{i}-{uuid.uuid4().hex[:6]}" for i in range(4)]
-    for guid in guids:
-        deliver(stack.intake, guid)
+    guids = deliver_batch(stack, "kill", 4)
     proc = stack.start_daemon()
     try:
         # Kill once some assets are past their first job and others are mid-pipeline.
@@ -187,9 +191,7 @@ async def test_a_failed_attempt_is_retried_and_the_asset_finishes(
 ) -> None:
     client, database = db
     stack = make_stack(tmp_path, mongo_uri, database, DASSCO_TEST_FAIL_JOBS="barcode:1")
-    guids = [f"retry-{i}-{uuid.uuid4().hex[:6]}" for i in range(2)]
-    for guid in guids:
-        deliver(stack.intake, guid)
+    guids = deliver_batch(stack, "retry", 2)
     proc = stack.start_daemon()
     try:
         docs = await wait_for(client, database, guids, timeout_s=120)
