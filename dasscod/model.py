@@ -156,6 +156,10 @@ class Track(BaseModel):
     ars_error: str | None = None
     #: ERDA synchronisations of the current files that ended in ERDA_ERROR.
     erda_failures: int = 0
+    #: When the current ERDA synchronisation was requested (`erda_sync` → AWAIT).
+    erda_sync_since: datetime | None = None
+    #: How often the current synchronisation was found stuck past `erda_timeout_s`.
+    erda_timeouts: int = 0
     history: list[HistoryEntry] = Field(default_factory=list)
     #: Incremented by every write: the compare-and-set guard of the whole document.
     version: int = 0

@@ -226,6 +226,16 @@ class ArsSyncSettings(_Section):
     breaker_threshold: int = Field(default=3, ge=1)
     breaker_cooldown_s: float = Field(default=2.0, gt=0)
     breaker_max_cooldown_s: float = Field(default=5.0, gt=0)
+    #: An ERDA sync still not finished after this long is requested once more; after a second
+    #: wait the files in ERDA are checked (all there: the share is closed and the asset
+    #: completed in ARS; some missing: ERROR).
+    erda_timeout_s: float = Field(default=900.0, gt=0)
+    #: Assets whose ERDA sync is requested and not yet confirmed, at most.
+    max_awaiting_erda: int = Field(default=12, ge=1)
+    #: Open shares, at most this many MB in all, of originals, of derivatives.
+    max_open_mb: int = Field(default=60_000, ge=1)
+    max_open_original_mb: int = Field(default=20_000, ge=1)
+    max_open_derivative_mb: int = Field(default=30_000, ge=1)
 
 
 #: HS256 keys must be at least as long as the hash (RFC 7518, section 3.2).

@@ -40,6 +40,8 @@ TRACK_INDEXES = [
     IndexModel([("has_new_file", ASCENDING)], name="has_new_file"),
     IndexModel([("erda_sync", ASCENDING)], name="erda_sync"),
     IndexModel([("update_metadata", ASCENDING)], name="update_metadata"),
+    # The share-size caps sum the assets with a share open (YES) or opening (AWAIT).
+    IndexModel([("has_open_share", ASCENDING)], name="has_open_share"),
 ]
 
 #: Conflicts in a row before a transition gives up; each one means another writer made
@@ -50,6 +52,14 @@ MAX_CONFLICTS = 20
 #: read; if another writer got there first the version guard fails and the store re-reads, so
 #: a stale entry costs one round trip and is never written over anything.
 RECENT_TRACKS = 1024
+
+
+def files_mb(doc: Mapping[str, Any]) -> float:
+    """An asset's size in MB: its files, or the size estimated before they were reported."""
+    listed = sum(
+        float(f.get("file_size") or 0.0) for f in doc.get("file_list", []) if not f.get("deleted")
+    )
+    return max(listed, float(doc.get("asset_size") or 0.0), 0.0)
 
 
 class AssetNotFound(LookupError):
@@ -246,6 +256,20 @@ class TrackStore:
         query.update({k: str(v) for k, v in also.items()})
         cursor = self.collection.find(query).limit(limit)
         return [Track.model_validate(doc) async for doc in cursor]
+
+    async def open_shares(self) -> list[tuple[float, bool]]:
+        """(size in MB, is a derivative) of every asset whose share is open or opening."""
+        cursor = self.collection.find(
+            {"has_open_share": {"$in": [Flag.YES.value, Flag.AWAIT.value]}},
+            {"asset_size": 1, "parent_guid": 1, "file_list.file_size": 1, "file_list.deleted": 1},
+        )
+        return [
+            (files_mb(doc), doc.get("parent_guid") is not None) async for doc in cursor
+        ]
+
+    async def count_flag(self, flag: str, value: Flag) -> int:
+        """How many assets hold `flag` = `value` (an indexed count)."""
+        return await self.collection.count_documents({flag: value.value})
 
     async def due_retries(self, now: datetime, limit: int = 500) -> list[Track]:
         cursor = self.collection.find({"retry_due": {"$lte": now}}).limit(limit)

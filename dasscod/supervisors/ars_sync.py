@@ -1,20 +1,30 @@
 """The ARS sync: keeps ARS in step with the track flags, one guarded transition at a time.
 
-Five steps, each a loop over an indexed flag query, woken by `offer` (the daemon's `_on_change`)
+Six steps, each a loop over an indexed flag query, woken by `offer` (the daemon's `_on_change`)
 and by a slow sweep:
 
 - **create**  `is_in_ars` NO → AWAIT (claim) → `create_asset` → YES, `has_open_share` YES,
   `has_new_file` YES (when the asset has files). An AWAIT nobody in this process works on
   (a crash, a lost answer) and a create answered "already exists" are resolved by asking ARS:
   the asset exists → YES (no second create, so no second share), absent → NO.
+- **reopen**  `has_new_file` YES after the share was closed (a file reported after the ERDA
+  sync): `has_open_share` NO → AWAIT (claim) → `create_share` → YES, `erda_sync` NO; the
+  files then go through upload, synchronise and confirm again.
 - **upload**  `has_new_file` YES → UPLOADING (claim) → every file not yet in ERDA, with its
   CRC-32 → AWAIT.
 - **synchronise**  `has_new_file` AWAIT, `erda_sync` NO → AWAIT (claim) → `synchronize`.
 - **confirm**  `erda_sync` AWAIT → `asset_status`: COMPLETED → `erda_sync` YES, `has_new_file`
   NO, `has_open_share` NO (ARS closes the share); ERDA_ERROR → NO again, ERROR after
-  `max_erda_failures`.
+  `max_erda_failures`. Still not finished after `erda_timeout_s`: requested once more; after a
+  second wait the files in ERDA are listed: all there → the share is closed and the asset
+  marked complete in ARS (the one case the contract gives `complete` for: the files are in,
+  the status lags); some missing → ERROR naming them.
 - **metadata**  `update_metadata` YES, `is_in_ars` YES → full-body update → NO, written only if
   `metadata_seq` is still the one read before the push (a change meanwhile → one more push).
+
+Throttles (DOMAIN.md's production values by default): create and reopen open a share only
+while the MB in open shares stay under their caps, and synchronise requests only while fewer
+than `max_awaiting_erda` assets await their ERDA sync; a confirmed sync wakes them again.
 
 ARS unavailable (after the client's retries): the claim is given back with an `ars_not_before`
 backoff, never ERROR, and the shared circuit breaker counts it. ARS refused (4xx): the flag
@@ -23,6 +33,7 @@ goes to ERROR with `ars_error` = what ARS said, and the queue moves on.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -38,21 +49,27 @@ from dasscod.ars import (
     ArsNotFound,
     ArsRejected,
     ArsUnavailable,
+    AssetUpdateRequest,
     MinimalAsset,
     size_mb,
 )
 from dasscod.ars.health import BreakerState, CircuitBreaker
 from dasscod.ars.mapping import to_ars_asset
+from dasscod.ars.models import AssetStatusInfo
 from dasscod.log import get_logger
 from dasscod.model import Flag, Track, utcnow
 from dasscod.pipeline import Pipeline
 from dasscod.store import Stores
+from dasscod.store.track import files_mb
+from dasscod.supervisors.ars_throttle import ShareBudget
 
 log = get_logger(__name__)
 
 T = TypeVar("T")
 
-STEPS = ("create", "upload", "synchronise", "confirm", "metadata")
+STEPS = ("create", "reopen", "upload", "synchronise", "confirm", "metadata")
+#: Steps that open shares (size caps) and the one that requests ERDA syncs (count cap).
+OPENING = ("create", "reopen")
 BYTES_PER_MB = 1_000_000
 YES, NO, AWAIT, UPLOADING, ERROR = Flag.YES, Flag.NO, Flag.AWAIT, Flag.UPLOADING, Flag.ERROR
 
@@ -76,6 +93,12 @@ class SyncOptions:
     #: request, and the cooldown is how late the sync notices that ARS is back.
     breaker_cooldown_s: float = 2.0
     breaker_max_cooldown_s: float = 5.0
+    #: An ERDA sync not finished after this long is requested again, then checked.
+    erda_timeout_s: float = 900.0
+    max_awaiting_erda: int = 12
+    max_open_mb: int = 60_000
+    max_open_original_mb: int = 20_000
+    max_open_derivative_mb: int = 30_000
 
 
 def require_files_in_ars(
@@ -99,6 +122,8 @@ def wanted_steps(track: Track) -> list[str]:
     steps = []
     if track.is_in_ars in (NO, AWAIT) or track.has_new_file is AWAIT:
         steps.append("create")  # AWAIT: a parent's files arrived, its derivatives may go
+    if track.is_in_ars is YES and track.has_new_file is YES and track.has_open_share in (NO, AWAIT):
+        steps.append("reopen")
     if track.is_in_ars is YES and track.has_new_file in (YES, UPLOADING):
         steps.append("upload")
     if track.has_new_file is AWAIT and track.erda_sync is NO:
@@ -141,6 +166,8 @@ class ArsSync:
         #: Work in progress in this process: guid (file side) or "meta:" + guid.
         self._busy: set[str] = set()
         self._limiter = anyio.CapacityLimiter(options.concurrency)
+        #: Steps held back by a throttle now (logged once when it starts and when it ends).
+        self._throttled: set[str] = set()
         self.update_user = client.settings.update_user
 
     # ------------------------------------------------------------------ wake-ups
@@ -191,10 +218,11 @@ class ArsSync:
                     wait = min(wait, max(0.001, (min(later) - now).total_seconds()))
                 keys = {f"meta:{t.id}" if step == "metadata" else t.id for t in due}
                 idle = keys - self._busy  # work another step holds is not ours to retry now
+                admitted = await self._admit(step, due)
                 async with anyio.create_task_group() as tg:
-                    for track in due:
+                    for track in admitted:
                         tg.start_soon(self._one, step, handler, track)
-                if len(candidates) >= self.options.batch and idle:
+                if len(candidates) >= self.options.batch and idle and step not in self._throttled:
                     continue  # a full batch: there may be more
             if self.stopping.is_set():
                 return
@@ -206,6 +234,9 @@ class ArsSync:
         afs = {"available_for_services": YES.value}
         if step == "create":
             return await q("is_in_ars", [NO, AWAIT], n, **afs)
+        if step == "reopen":
+            waiting = await q("has_new_file", [YES], n, is_in_ars=YES, **afs)
+            return [t for t in waiting if t.has_open_share in (NO, AWAIT)]
         if step == "upload":
             return await q(
                 "has_new_file", [YES, UPLOADING], n, is_in_ars=YES, has_open_share=YES, **afs
@@ -238,6 +269,45 @@ class ArsSync:
                 self._busy.discard(key)
                 if probe:
                     self.breaker.release()
+
+    async def _admit(self, step: str, due: list[Track]) -> list[Track]:
+        """The part of `due` the throttles let through in this pass."""
+        o = self.options
+        if step == "synchronise" and due:
+            awaiting = await self.stores.track.count_flag("erda_sync", AWAIT)
+            admitted = due[: max(0, o.max_awaiting_erda - awaiting)]
+            self._note_throttle(step, len(admitted) < len(due), awaiting=awaiting)
+            return admitted
+        if step not in OPENING or not due:
+            return due
+        budget = ShareBudget.from_open(
+            [(self._allocation_for(mb), d) for mb, d in await self.stores.track.open_shares()],
+            max_total_mb=o.max_open_mb,
+            max_original_mb=o.max_open_original_mb,
+            max_derivative_mb=o.max_open_derivative_mb,
+        )
+        admitted = [
+            t
+            for t in due
+            # An AWAIT being resolved opens nothing new.
+            if (step == "create" and t.is_in_ars is AWAIT)
+            or budget.admit(self._allocation_mb(t), derivative=t.parent_guid is not None)
+        ]
+        self._note_throttle(step, len(admitted) < len(due), open_mb=round(budget.used_mb))
+        return admitted
+
+    def _note_throttle(self, step: str, held: bool, **state: int) -> None:
+        if held and step not in self._throttled:
+            self._throttled.add(step)
+            log.info("ars sync throttled", step=step, **state)
+        elif not held and step in self._throttled:
+            self._throttled.discard(step)
+            log.info("ars sync throttle released", step=step, **state)
+
+    def _wake_throttled(self) -> None:
+        """A share closed or a sync left AWAIT: room for the steps that were held back."""
+        for step in (*OPENING, "synchronise"):
+            self._events[step].set()
 
     def _due(self, track: Track, now: datetime) -> bool:
         """Not parked, or parked only because ARS was down and it has answered since."""
@@ -304,8 +374,9 @@ class ArsSync:
         )
 
     def _allocation_mb(self, track: Track) -> int:
-        files_mb = sum(f.file_size for f in track.file_list if not f.deleted)
-        total_mb = max(files_mb, track.asset_size, 0.0)
+        return self._allocation_for(files_mb(track.model_dump(include={"asset_size", "file_list"})))
+
+    def _allocation_for(self, total_mb: float) -> int:
         return size_mb(int(total_mb * BYTES_PER_MB)) + self.options.allocation_headroom_mb
 
     # ------------------------------------------------------------------ create
@@ -403,6 +474,58 @@ class ArsSync:
                 cause=f"create {why}: found in ARS",
             )
 
+    # ------------------------------------------------------------------ reopen
+
+    async def _reopen(self, track: Track) -> None:
+        """A file reported after the asset's share was closed: open a share again (never a
+        second one: ARS answers 409 while one is open, which means an earlier try got through)."""
+        if not track.temporary_path_local:
+            return  # nothing to upload yet; the file's arrival wakes this step again
+        if track.has_open_share is NO:
+            claim = await self.stores.track.apply(
+                track.id,
+                asset_fields={"has_open_share": AWAIT},
+                expect={"has_open_share": NO, "has_new_file": YES},
+                known=track,
+                cause="ars reopen: claimed",
+            )
+            if not claim.applied:
+                return
+            track = claim.track
+        # else AWAIT with nobody here opening it: a crash mid-call; asking again is safe.
+        expect = {"has_open_share": AWAIT}
+        md = await self._metadata_doc(track)
+        if md is None:
+            await self._fail(track, "has_open_share", expect, "no metadata", "reopen")
+            return
+        proxy_path = ""
+        try:
+            info = await self._call(
+                self.client.create_share(
+                    self._minimal(track, md), allocation_mb=self._allocation_mb(track)
+                )
+            )
+            proxy_path = info.share_url or ""
+        except ArsUnavailable as exc:
+            await self._give_back(track, "has_open_share", AWAIT, NO, exc, "reopen")
+            return
+        except ArsConflict:
+            pass  # already open: our earlier call got through before its answer was lost
+        except ArsRejected as exc:
+            await self._fail(track, "has_open_share", expect, str(exc), "reopen")
+            return
+        fields: dict[str, Any] = {
+            "has_open_share": YES,
+            "erda_sync": NO,
+            "erda_failures": 0,
+            "erda_timeouts": 0,
+            "ars_not_before": None,
+            "ars_error": None,
+        }
+        if proxy_path:
+            fields["proxy_path"] = proxy_path
+        await self._set(track, fields, expect=expect, cause="reopen: share open for new files")
+
     # ------------------------------------------------------------------ upload
 
     async def _upload(self, track: Track) -> None:
@@ -467,7 +590,7 @@ class ArsSync:
         expect = {"erda_sync": AWAIT}
         claim = await self.stores.track.apply(
             track.id,
-            asset_fields={"erda_sync": AWAIT},
+            asset_fields={"erda_sync": AWAIT, "erda_sync_since": utcnow()},
             expect={"erda_sync": NO, "has_new_file": AWAIT},
             known=track,
             cause="ars synchronise: claimed",
@@ -515,24 +638,7 @@ class ArsSync:
             await self._fail(track, "erda_sync", expect, str(exc), "confirm")
             return
         if status.status == "COMPLETED" and status.share_allocation_mb is None:
-            files = [
-                f if f.deleted else f.model_copy(update={"erda_sync": YES})
-                for f in track.file_list
-            ]
-            await self._set(
-                track,
-                {
-                    "erda_sync": YES,
-                    "has_new_file": NO,
-                    "has_open_share": NO,
-                    "proxy_path": "",
-                    "file_list": files,
-                    "erda_failures": 0,
-                    "ars_error": None,
-                },
-                expect=expect,
-                cause="confirm: in ERDA",
-            )
+            await self._synced(track, cause="confirm: in ERDA")
         elif status.status in ("ERDA_ERROR", "ERDA_FAILED"):
             failures = track.erda_failures + 1
             message = f"ERDA sync failed ({status.status}): {status.error_message or 'no message'}"
@@ -547,12 +653,110 @@ class ArsSync:
                     expect=expect,
                     cause=f"confirm: {message}; synchronising again",
                 )
+            self._wake_throttled()
         elif status.status == "METADATA_RECEIVED":
             # The synchronisation never started (claimed, then a crash): synchronise again.
             await self._set(
                 track, {"erda_sync": NO}, expect=expect, cause="confirm: sync never started"
             )
-        # ASSET_RECEIVED (or COMPLETED with the share still open): ERDA is working on it.
+            self._wake_throttled()
+        elif self._waited_s(track) >= self.options.erda_timeout_s:
+            await self._stuck(track, status)
+        # Otherwise (ASSET_RECEIVED, or COMPLETED with the share still open): ERDA is on it.
+
+    def _waited_s(self, track: Track) -> float:
+        if track.erda_sync_since is None:
+            return 0.0
+        return (utcnow() - track.erda_sync_since).total_seconds()
+
+    async def _synced(self, track: Track, *, cause: str) -> None:
+        """The share's files are in ERDA and the share is closed. A file reported during the
+        sync (no `ars_link`: never uploaded) keeps `has_new_file` YES for the reopen step."""
+        files, pending = [], False
+        for entry in track.file_list:
+            if not entry.deleted and entry.erda_sync is NO:
+                if entry.ars_link:
+                    entry = entry.model_copy(update={"erda_sync": YES})
+                else:
+                    pending = True
+            files.append(entry)
+        done = await self._set(
+            track,
+            {
+                "erda_sync": YES,
+                "has_new_file": YES if pending else NO,
+                "has_open_share": NO,
+                "proxy_path": "",
+                "file_list": files,
+                "erda_failures": 0,
+                "erda_timeouts": 0,
+                "erda_sync_since": None,
+                "ars_error": None,
+            },
+            # The file list is written whole: only over the list it was computed from.
+            expect={"erda_sync": AWAIT, "file_list": track.file_list},
+            cause=cause,
+        )
+        if done:
+            self._wake_throttled()
+        else:
+            self._events["confirm"].set()  # a file was reported meanwhile: look again
+
+    async def _stuck(self, track: Track, status: AssetStatusInfo) -> None:
+        """ERDA has not finished within `erda_timeout_s`: request once more; the second time,
+        believe what is in ERDA rather than the status."""
+        expect = {"erda_sync": AWAIT}
+        waited = f"{status.status} for {self._waited_s(track):.0f} s"
+        if track.erda_timeouts == 0:
+            await self._set(
+                track,
+                {"erda_sync": NO, "erda_timeouts": 1, "ars_error": f"ERDA sync still {waited}"},
+                expect=expect,
+                cause=f"confirm: ERDA sync still {waited}; requesting it again",
+            )
+            self._wake_throttled()
+            return
+        md = await self._metadata_doc(track)
+        if md is None:
+            await self._fail(track, "erda_sync", expect, "no metadata", "confirm")
+            return
+        try:
+            in_erda = {
+                path.split(f"/{track.id}/", 1)[-1]
+                for path in await self._call(self.client.list_files(track.id))
+            }
+            uploaded = [f.name for f in track.file_list if not f.deleted and f.ars_link]
+            missing = sorted(set(uploaded) - in_erda)
+            if missing:
+                await self._fail(
+                    track,
+                    "erda_sync",
+                    expect,
+                    f"ERDA sync stuck in {waited} after {track.erda_timeouts + 1} requests; "
+                    f"not in ERDA: {', '.join(missing)}",
+                    "confirm",
+                )
+                self._wake_throttled()
+                return
+            if status.share_allocation_mb is not None:
+                with contextlib.suppress(ArsNotFound):  # closed meanwhile: as good
+                    await self._call(self.client.delete_share(track.id))
+            if status.status != "COMPLETED":
+                request = AssetUpdateRequest(
+                    minimal_asset=self._minimal(track, md),
+                    workstation=str(md.get("workstation_name", "")),
+                    pipeline=str(md.get("pipeline_name", "")),
+                    digitiser=md.get("digitiser") or None,
+                )
+                await self._call(self.client.complete_asset(request))
+        except ArsUnavailable:
+            return  # checked again at the next poll
+        except ArsRejected as exc:
+            await self._fail(track, "erda_sync", expect, str(exc), "confirm")
+            return
+        await self._synced(
+            track, cause=f"confirm: ERDA sync {waited}, files found in ERDA; completed in ARS"
+        )
 
     # ------------------------------------------------------------------ metadata
 

@@ -4,6 +4,7 @@ lifecycle, crash recovery, outages, refusals and metadata coalescing."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -295,3 +296,127 @@ async def test_a_file_reported_while_the_asset_is_created_is_not_forgotten(
     assert after is not None
     assert after.is_in_ars is Flag.YES
     assert after.has_new_file is Flag.YES, "the late file must still be uploaded"
+
+
+def with_options(**changes: Any) -> SyncOptions:
+    return dataclasses.replace(FAST, **changes)
+
+
+async def test_a_sync_whose_status_lags_is_completed_in_ars_after_checking_erda(
+    sim: ArsSimulator, stores: Stores, tmp_path: Path
+) -> None:
+    g = guid("lag")
+    await add_asset(stores, tmp_path, g, files={"a.tif": b"A" * 100, "b.tif": b"B" * 10})
+    sim.state.erda.lag_guids.add(g)  # the files reach ERDA, the status stays ASSET_RECEIVED
+    async with running(sim, stores, with_options(erda_timeout_s=0.3)):
+        [track] = await wait_flags(stores, [g], DONE)
+    assert sim.count(f"/{g}/complete", "POST") == 1
+    assert sim.state.assets[g]["internal_status"] == "COMPLETED"
+    assert sim.count(f"/{g}/synchronize") == 2  # requested once more after the first wait
+    assert [h.cause for h in track.history if "completed in ARS" in h.cause]
+    assert track.ars_error is None and track.erda_timeouts == 0
+
+
+async def test_a_stalled_sync_with_files_missing_in_erda_is_an_error_naming_them(
+    sim: ArsSimulator, stores: Stores, tmp_path: Path
+) -> None:
+    stalled, fine = guid("stall"), guid("fine")
+    await add_asset(stores, tmp_path, stalled, files={"missing.tif": b"M" * 100})
+    await add_asset(stores, tmp_path, fine)
+    sim.state.erda.stall_guids.add(stalled)
+    async with running(sim, stores, with_options(erda_timeout_s=0.3)):
+        await wait_flags(stores, [fine], DONE)
+        [track] = await wait_flags(stores, [stalled], {"erda_sync": Flag.ERROR})
+    assert track.ars_error and "missing.tif" in track.ars_error
+    assert "ASSET_RECEIVED" in track.ars_error
+    assert sim.count(f"/{stalled}/complete") == 0  # never completed what ERDA does not hold
+    assert sim.state.assets[stalled]["internal_status"] == "ASSET_RECEIVED"
+
+
+async def test_a_file_reported_after_the_sync_reopens_the_share_once(
+    sim: ArsSimulator, stores: Stores, tmp_path: Path
+) -> None:
+    g = guid("later")
+    track = await add_asset(stores, tmp_path, g, files={"a.tif": b"A" * 100})
+    async with running(sim, stores):
+        await wait_flags(stores, [g], DONE)
+        late = Path(track.temporary_path_local) / "late.jpg"
+        late.write_bytes(b"L" * 40)
+        assert await stores.track.add_file(g, file_entry(late), cause="test")
+        [done] = await wait_flags(stores, [g], {**DONE, "has_new_file": Flag.NO})
+    assert sim.count(f"/{g}/createShare", "POST") == 1
+    assert creates(sim) == 1
+    assert sorted(sim.state.files[g]) == ["a.tif", "late.jpg"]
+    assert all(f.synced for f in sim.state.files[g].values())
+    assert all(f.erda_sync is Flag.YES for f in done.file_list)
+    assert no_error_history(done)
+
+
+async def test_a_file_reported_during_the_sync_is_uploaded_after_it(
+    sim: ArsSimulator, stores: Stores, tmp_path: Path
+) -> None:
+    g = guid("during")
+    track = await add_asset(stores, tmp_path, g, files={"a.tif": b"A" * 100})
+    sim.state.erda.delay_s = 0.5
+    async with running(sim, stores):
+        await wait_flags(stores, [g], {"erda_sync": Flag.AWAIT})
+        late = Path(track.temporary_path_local) / "late.jpg"
+        late.write_bytes(b"L" * 40)
+        assert await stores.track.add_file(g, file_entry(late), cause="test")
+        [done] = await wait_flags(stores, [g], {**DONE, "has_new_file": Flag.NO})
+    assert all(f.synced for f in sim.state.files[g].values())
+    assert sorted(sim.state.files[g]) == ["a.tif", "late.jpg"]
+    assert [f.erda_sync for f in done.file_list] == [Flag.YES, Flag.YES]
+
+
+async def test_no_more_erda_syncs_await_at_once_than_the_limit(
+    sim: ArsSimulator, stores: Stores, tmp_path: Path
+) -> None:
+    guids = [guid("queue") for _ in range(5)]
+    for g in guids:
+        await add_asset(stores, tmp_path, g)
+    sim.state.erda.delay_s = 0.2
+    async with running(sim, stores, with_options(max_awaiting_erda=2)):
+        await wait_flags(stores, guids, DONE, timeout_s=15)
+    assert sim.state.peak_syncing == 2
+
+
+async def test_shares_stay_under_the_size_caps(
+    sim: ArsSimulator, stores: Stores, tmp_path: Path
+) -> None:
+    # Each asset asks for 2 MB (its 1 MB, rounded up, plus 1 MB headroom).
+    guids = [guid("cap") for _ in range(5)]
+    for g in guids:
+        await add_asset(stores, tmp_path, g, files={"a.tif": b"x" * 500_000})
+    sim.state.erda.delay_s = 0.1
+    options = with_options(max_open_mb=100, max_open_original_mb=4)
+    async with running(sim, stores, options):
+        await wait_flags(stores, guids, DONE, timeout_s=15)
+    assert sim.state.peak_allocated_mb == 4
+    assert creates(sim) == 5
+
+
+async def test_a_reopen_whose_answer_was_lost_does_not_open_a_second_share(
+    sim: ArsSimulator, stores: Stores, tmp_path: Path
+) -> None:
+    g = guid("lost-reopen")
+    track = await add_asset(stores, tmp_path, g, files={"a.tif": b"A" * 100})
+    async with running(sim, stores):
+        await wait_flags(stores, [g], DONE)
+    # A later file, and a reopen that reached ARS before the daemon died (AWAIT, share open).
+    late = Path(track.temporary_path_local) / "late.jpg"
+    late.write_bytes(b"L" * 40)
+    assert await stores.track.add_file(g, file_entry(late), cause="test")
+    await stores.track.set_fields(g, {"has_open_share": Flag.AWAIT}, cause="test: crashed")
+    md = await stores.metadata.get(g)
+    assert md is not None
+    async with ArsClient(sim.settings()) as client:
+        minimal = ArsSync._minimal(track, md)
+        await client.create_share(minimal, allocation_mb=2)
+    async with running(sim, stores):
+        [done] = await wait_flags(stores, [g], {**DONE, "has_new_file": Flag.NO})
+    assert sim.state.files[g]["late.jpg"].synced
+    # Ours and the daemon's, which ARS refused (409) as the share was open: the daemon took
+    # that as "open" and uploaded into it.
+    assert sim.count(f"/{g}/createShare", "POST") == 2
+    assert no_error_history(done)

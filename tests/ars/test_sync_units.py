@@ -10,6 +10,7 @@ from dasscod.ars.mapping import to_ars_asset
 from dasscod.model import Flag
 from dasscod.pipeline import load_pipelines, plan
 from dasscod.supervisors.ars_sync import require_files_in_ars, wanted_steps
+from dasscod.supervisors.ars_throttle import ShareBudget
 from tests.conftest import make_metadata, make_track
 
 
@@ -97,8 +98,10 @@ def test_wake_ups_follow_the_flags() -> None:
     track = make_track("g-3")
     assert wanted_steps(track) == ["create"]
     track = track.model_copy(update={"is_in_ars": Flag.YES, "has_new_file": Flag.YES,
-                                     "update_metadata": Flag.YES})
+                                     "has_open_share": Flag.YES, "update_metadata": Flag.YES})
     assert wanted_steps(track) == ["upload", "metadata"]
+    closed = track.model_copy(update={"has_open_share": Flag.NO, "erda_sync": Flag.YES})
+    assert wanted_steps(closed) == ["reopen", "upload", "metadata"]
     track = track.model_copy(update={"has_new_file": Flag.AWAIT, "update_metadata": Flag.NO})
     assert wanted_steps(track) == ["create", "synchronise"]
     track = track.model_copy(update={"erda_sync": Flag.AWAIT})
@@ -111,3 +114,23 @@ def test_with_ars_the_load_job_waits_for_the_files_in_ars() -> None:
     assert load.requires == {"is_in_ars": Flag.YES, "erda_sync": Flag.YES}
     assert pipelines["PIPEHERB0001"].spec("barcode").requires == {}
     assert load_pipelines()["PIPEHERB0001"].spec("load").requires == {}  # not mutated
+
+
+def budget(*open_shares: tuple[float, bool]) -> ShareBudget:
+    return ShareBudget.from_open(
+        open_shares, max_total_mb=10, max_original_mb=6, max_derivative_mb=5
+    )
+
+
+def test_shares_are_admitted_while_they_fit_under_every_cap() -> None:
+    b = budget((4, False), (1, True))
+    assert b.admit(2, derivative=False)  # originals 6 of 6
+    assert not b.admit(1, derivative=False)  # the originals' cap
+    assert b.admit(3, derivative=True)  # derivatives 4 of 5, total 10 of 10
+    assert not b.admit(1, derivative=True)  # the total cap
+    assert b.used_mb == 10
+
+
+def test_an_asset_larger_than_a_cap_goes_alone_and_only_alone() -> None:
+    assert budget().admit(50, derivative=False)
+    assert not budget((1, True)).admit(50, derivative=False)

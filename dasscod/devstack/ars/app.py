@@ -178,6 +178,9 @@ def build_app(state: SimState, faults: Faults, requests: list[RequestRecord]) ->
         body = await _json(request)
         state.erda.delay_s = float(body.get("delay_s", state.erda.delay_s))
         state.erda.fail_next = int(body.get("fail_next", state.erda.fail_next))
+        for knob in ("fail_guids", "stall_guids", "lag_guids"):
+            if knob in body:
+                setattr(state.erda, knob, {str(g) for g in body[knob]})
         return JSONResponse({"ok": True})
 
     @app.post(f"{ADMIN_PREFIX}/revoke_tokens")

@@ -60,6 +60,11 @@ class ErdaSettings:
     fail_next: int = 0
     #: Synchronisations of these guids always fail.
     fail_guids: set[str] = field(default_factory=set)
+    #: Synchronisations of these guids never finish (status stays ASSET_RECEIVED).
+    stall_guids: set[str] = field(default_factory=set)
+    #: Synchronisations of these guids copy the files to ERDA and close the share, but the
+    #: status is never updated (stays ASSET_RECEIVED): what `complete` exists for.
+    lag_guids: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -80,17 +85,25 @@ class SimState:
     files: dict[str, dict[str, SimFile]] = field(default_factory=dict)  # guid -> path -> file
     tokens: dict[str, float] = field(default_factory=dict)  # token -> expiry (monotonic)
     tokens_issued: int = 0
+    #: High-water marks, for tests of the daemon's throttles: ERDA syncs under way at once,
+    #: MB allocated to open shares at once.
+    peak_syncing: int = 0
+    peak_allocated_mb: int = 0
     _pending: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    _stalled: set[str] = field(default_factory=set)  # syncs that will never finish
 
     def clear(self, *, token_ttl_s: float, erda_delay_s: float) -> None:
         """Forget every asset, share, file and token; restore the knobs (tests reuse one
         running simulator rather than paying a server start and stop each)."""
         self.cancel_pending()
+        self._stalled.clear()
         self.assets.clear()
         self.shares.clear()
         self.files.clear()
         self.tokens.clear()
         self.tokens_issued = 0
+        self.peak_syncing = 0
+        self.peak_allocated_mb = 0
         self.forbidden_guids.clear()
         self.token_ttl_s = token_ttl_s
         self.erda = ErdaSettings(delay_s=erda_delay_s)
@@ -285,6 +298,7 @@ class SimState:
         if allocation_mb > remaining:
             raise SimError(400, "BAD_REQUEST", "Allocation failed, no more disk space")
         self.shares[guid] = SimShare(allocation_mb)
+        self.peak_allocated_mb = max(self.peak_allocated_mb, self._allocated_mb())
 
     def create_share(self, guid: str, body: dict[str, Any]) -> dict[str, Any]:
         assets = body.get("assets") or []
@@ -394,8 +408,14 @@ class SimState:
         fail = guid in self.erda.fail_guids or self.erda.fail_next > 0
         if self.erda.fail_next > 0:
             self.erda.fail_next -= 1
-        loop = asyncio.get_running_loop()
-        self._pending[guid] = loop.call_later(self.erda.delay_s, self._finish_sync, guid, fail)
+        if guid in self.erda.stall_guids:
+            self._stalled.add(guid)
+        else:
+            loop = asyncio.get_running_loop()
+            self._pending[guid] = loop.call_later(
+                self.erda.delay_s, self._finish_sync, guid, fail
+            )
+        self.peak_syncing = max(self.peak_syncing, len(self._pending) + len(self._stalled))
 
     def _finish_sync(self, guid: str, fail: bool) -> None:
         self._pending.pop(guid, None)
@@ -412,7 +432,8 @@ class SimState:
         for f in self.files[guid].values():
             f.synced = True
         del self.shares[guid]
-        asset["internal_status"] = "COMPLETED"
+        if guid not in self.erda.lag_guids:
+            asset["internal_status"] = "COMPLETED"
 
     def cancel_pending(self) -> None:
         for handle in self._pending.values():
