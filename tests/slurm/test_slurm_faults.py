@@ -1,11 +1,13 @@
 """Faults on the real Slurm cluster, seen through the watcher over SSH: a job cancelled behind
-the daemon's back, a job that exits without calling back, and the daemon killed between
-sbatch returning and the job id being stored. Every case ends in a retry with the reason or in
-the job being adopted, and never in two live jobs for one attempt (checked with squeue)."""
+the daemon's back, a job that exits without calling back, a job that overruns its time limit,
+and the daemon killed between sbatch returning and the job id being stored. Every case ends in
+a retry or an ERROR with the reason, or in the job being adopted, and never in two live jobs
+for one attempt (checked with squeue and sacct)."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
@@ -27,8 +29,6 @@ from tests.slurm.conftest import LocalCluster
 pytestmark = pytest.mark.e2e
 
 SECRET = "slurm-fault-secret-0123456789abcdefgh"
-
-
 
 
 @pytest.fixture
@@ -74,8 +74,20 @@ async def live_jobs_named(name: str) -> list[str]:
     return done.stdout.decode().split()
 
 
-async def until(stores: Stores, watcher: Watcher, guid: str, status: JobStatus) -> Track:
-    deadline = time.monotonic() + 90
+async def accounted_jobs_named(name: str) -> list[tuple[str, str]]:
+    """(job id, state) of every job of this name in Slurm's accounting. The test cluster has
+    no slurmdbd, so this is the completion log (`sacct --completion`), which ignores --name."""
+    done = await anyio.run_process(
+        ["sacct", "--completion", "--noheader", "--parsable2",
+         "--format=JobID,State,JobName", f"--name={name}"]
+    )  # fmt: skip
+    rows = [line.split("|") for line in done.stdout.decode().splitlines()]
+    return [(row[0], row[1]) for row in rows if len(row) == 3 and row[2] == name]
+
+
+async def until(stores: Stores, watcher: Watcher, guid: str, status: JobStatus,
+                within_s: float = 90) -> Track:
+    deadline = time.monotonic() + within_s
     while True:
         await watcher.check_once()
         track = await stores.track.get(guid)
@@ -124,3 +136,44 @@ async def test_killed_after_sbatch_before_the_id_was_stored_the_job_is_adopted(
         assert await live_jobs_named(scheduler_job_name("f-3", "load", 1)) == [job_id]
     finally:
         await cluster.scheduler.cancel(job_id)
+
+
+async def test_jobs_over_their_time_limit_are_retried_or_in_error_with_timeout(
+    stores: Stores, cluster: Cluster, watcher: Watcher
+) -> None:
+    """SLOW (60-90 s): Slurm's smallest time limit is one minute and slurmctld enforces limits
+    every 30 s. Two jobs overrun at once: one with attempts left (RETRY), one on its
+    last attempt (ERROR). Neither calls back: the watcher learns TIMEOUT from Slurm."""
+    run = uuid.uuid4().hex[:8]  # sacct's log outlives the test: names must be new
+    retried, failed = f"to-{run}-a", f"to-{run}-b"
+    names = {guid: scheduler_job_name(guid, "load", 1) for guid in (retried, failed)}
+    track = make_track(failed)
+    track.job_list[0].max_attempts = 1
+    await stores.track.insert(track)
+    await stores.track.apply(failed, [JobEvent("load", Event.CLAIM, cluster="local")],
+                             cause="test")
+    await claimed(stores, retried)
+    for guid, name in names.items():
+        spec = JobSpec(name=name, argv=("sleep", "600"), time_limit_s=60,
+                       workdir=PurePosixPath(str(cluster.workdir(guid))))
+        job_id = await cluster.scheduler.submit(spec)
+        await stores.track.apply(guid, [JobEvent("load", Event.SUBMITTED, attempt=1,
+                                                 hpc_job_id=job_id)], cause="test")
+
+    again = (await until(stores, watcher, retried, JobStatus.RETRY, within_s=150)).job("load")
+    given_up = (await until(stores, watcher, failed, JobStatus.ERROR, within_s=30)).job("load")
+    for job in (again, given_up):
+        assert job.exit_state == "TIMEOUT", job
+        assert "job ended (TIMEOUT" in (job.last_error or ""), job
+        assert job.attempt == 1
+    assert again.not_before is not None, "a retry is scheduled"
+    final = await stores.track.get(failed)
+    assert final is not None and final.jobs_status is JobStatus.ERROR
+    for guid, name in names.items():
+        track_now = await stores.track.get(guid)
+        assert track_now is not None
+        recorded = str(track_now.job("load").hpc_job_id)
+        assert await live_jobs_named(name) == []
+        assert await accounted_jobs_named(name) == [(recorded, "TIMEOUT")], (
+            "exactly one Slurm job for the attempt, and it ran into its time limit"
+        )
