@@ -420,3 +420,46 @@ async def test_a_reopen_whose_answer_was_lost_does_not_open_a_second_share(
     # that as "open" and uploaded into it.
     assert sim.count(f"/{g}/createShare", "POST") == 2
     assert no_error_history(done)
+
+
+async def test_answers_lost_after_ars_acted_neither_duplicate_nor_lose_anything(
+    sim: ArsSimulator, stores: Stores, tmp_path: Path
+) -> None:
+    parent, child = guid("lose-parent"), guid("lose-child")
+    others = [guid("lose") for _ in range(4)]
+    await add_asset(stores, tmp_path, parent)
+    await add_asset(stores, tmp_path, child, parent=parent, files={"c.jpg": b"C" * 50})
+    for g in others:
+        await add_asset(stores, tmp_path, g)
+    everything = [parent, child, *others]
+    # A quarter of ARS's answers are lost after it did the work: each retry meets its own
+    # first attempt (a create "already exists", a share already open, a sync under way).
+    sim.faults.update({"lose_rate": 0.25, "seed": 3})
+    async with running(sim, stores):
+        await wait_flags(stores, everything, DONE, timeout_s=20)
+        for g in everything:
+            await stores.metadata.merge(g, {"funding": f"grant for {g}"}, updated_by="test")
+            await stores.track.set_fields(g, {"update_metadata": Flag.YES}, cause="test")
+        tracks = await wait_flags(stores, everything, {"update_metadata": Flag.NO}, timeout_s=20)
+    assert sum(r.outcome == "lose" for r in sim.requests) >= 5  # the fault really happened
+    assert sorted(sim.state.assets) == sorted(everything)
+    assert all(f.synced for g in everything for f in sim.state.files[g].values())
+    assert sim.count("/createShare") == 0  # every share came with its create, once
+    assert all(no_error_history(t) for t in tracks)
+    for g in everything:
+        await assert_ars_metadata_is_local(sim, stores, g)
+
+
+async def test_a_slow_ars_is_waited_for_not_treated_as_down(
+    sim: ArsSimulator, stores: Stores, tmp_path: Path
+) -> None:
+    guids = [guid("slow") for _ in range(4)]
+    for g in guids:
+        await add_asset(stores, tmp_path, g)
+    sim.faults.latency_s = 0.2  # every call takes a while, none fails
+    async with running(sim, stores) as sync:
+        tracks = await wait_flags(stores, guids, DONE, timeout_s=20)
+        transitions = list(sync.breaker.transitions)
+    assert transitions == []  # the breaker never opened
+    assert all(no_error_history(t) for t in tracks)
+    assert creates(sim) == 4

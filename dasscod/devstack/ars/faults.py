@@ -3,7 +3,7 @@
 `Faults` is plain data a test sets (directly, or through `POST /_admin/faults`); `FaultMiddleware`
 applies it to every request except the admin API, before routing, so the token endpoint, the
 asset service and the file proxy all suffer alike. Counted faults (`fail_next`, `drop_next`,
-`throttle_next`, `slow_next`) make retry tests exact; rates make soak tests realistic.
+`lose_next`, `throttle_next`, `slow_next`) make retry tests exact; rates make soak tests realistic.
 A dropped connection is real: response headers promise a body that never comes and uvicorn
 closes the socket, so the client sees a protocol error, as after a reset proxy.
 """
@@ -37,6 +37,10 @@ class Faults:
     #: Fraction of requests whose connection is dropped mid-response.
     drop_rate: float = 0.0
     drop_next: int = 0
+    #: Fraction of requests ARS carries out but whose answer is lost (the connection drops
+    #: after the work is done): what makes a retried call meet its own first attempt.
+    lose_rate: float = 0.0
+    lose_next: int = 0
     #: The next N requests get 429 with this Retry-After (seconds; None: no header).
     throttle_next: int = 0
     retry_after_s: float | None = 1.0
@@ -69,12 +73,15 @@ class Faults:
         return False
 
     def decide(self) -> tuple[float, str | None]:
-        """(delay, outcome) for one request; outcome is None, "drop", "throttle" or "error"."""
+        """(delay, outcome) for one request; outcome is None, "drop", "lose", "throttle" or
+        "error"."""
         delay = self.latency_s + (self.slow_s if self._take("slow_next") else 0.0)
         if time.monotonic() < self.down_until:
             return delay, "error"
         if self._take("drop_next") or (self.drop_rate and self._rng.random() < self.drop_rate):
             return delay, "drop"
+        if self._take("lose_next") or (self.lose_rate and self._rng.random() < self.lose_rate):
+            return delay, "lose"
         if self._take("throttle_next"):
             return delay, "throttle"
         if self._take("fail_next") or (self.error_rate and self._rng.random() < self.error_rate):
@@ -86,7 +93,7 @@ class Faults:
 class RequestRecord:
     method: str
     path: str
-    outcome: str  # "ok" (passed to the app), "drop", "throttle" or "error"
+    outcome: str  # "ok" (passed to the app), "drop", "lose" (passed, answer lost), ...
 
 
 class FaultMiddleware:
@@ -105,7 +112,13 @@ class FaultMiddleware:
             await asyncio.sleep(delay)
         if outcome is None:
             await self.app(scope, receive, send)
-        elif outcome == "drop":
+        elif outcome in ("drop", "lose"):
+            if outcome == "lose":
+
+                async def swallow(message: Any) -> None:
+                    """ARS has done the work; its answer never reaches the client."""
+
+                await self.app(scope, receive, swallow)
             await send(
                 {
                     "type": "http.response.start",
