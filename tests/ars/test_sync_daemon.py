@@ -3,13 +3,20 @@ their writes, and the load job waits until the asset's files are in ARS."""
 
 from __future__ import annotations
 
+import signal
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import anyio
+import pytest
+from pymongo import AsyncMongoClient
 
 from dasscod.daemon import Daemon
 from dasscod.devstack.ars import ArsSimulator
+from dasscod.devstack.ars.server import DEFAULT_CLIENT_SECRET
+from dasscod.devstack.stack import LocalStack, deliver, stop_daemon
 from dasscod.model import Flag, Track
 from dasscod.settings import Settings
 from tests.ars.conftest import eventually
@@ -44,3 +51,66 @@ async def test_the_daemon_syncs_to_ars_before_the_load_job_becomes_ready(
     in_erda = next(i for i, h in enumerate(track.history) if "in ERDA" in h.cause)
     first_job = next(i for i, h in enumerate(track.history) if h.job == "load")
     assert first_job > in_erda
+
+
+@pytest.mark.e2e
+async def test_a_daemon_killed_while_ars_creates_an_asset_asks_ars_after_the_restart(
+    sim: ArsSimulator, tmp_path: Path, mongo_uri: str
+) -> None:
+    """SIGKILL lands after the create claim is written and while ARS is creating the asset:
+    ARS finishes the create for a client that is gone. The restarted daemon must find the asset
+    in ARS, not create it again or open a second share, and carry every asset to the end."""
+    database = f"ars_kill_{uuid.uuid4().hex[:8]}"
+    secret_file = tmp_path / "ars-secret"
+    secret_file.write_text(DEFAULT_CLIENT_SECRET, encoding="utf-8")
+    table = sim.settings().model_dump(mode="json", exclude={"client_secret"})
+    stack = LocalStack(tmp_path / "stack", mongo_uri, database=database,
+                       ars={**table, "client_secret_file": str(secret_file)})
+    stack.write_config()
+    guids = [f"arskill-{i}-{uuid.uuid4().hex[:6]}" for i in range(3)]
+    sim.faults.latency_s = 1.0  # every ARS call is in flight for a second
+    for g in guids:
+        deliver(stack.intake, g)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    track = client[database]["track"]
+    proc = stack.start_daemon()
+    try:
+        async def create_sent() -> bool | None:
+            return any(r.method == "POST" and r.path.endswith("/v1/assetmetadata")
+                       for r in sim.requests) or None
+
+        await eventually(create_sent, timeout_s=60)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        claimed = await track.find({"is_in_ars": "AWAIT"}).to_list()
+        states = [(d["_id"], d["is_in_ars"]) for d in await track.find().to_list()]
+        assert claimed, f"the kill should land between a create claim and its answer: {states}"
+        lost = claimed[0]["_id"]
+
+        async def created_by_ars() -> bool | None:
+            return lost in sim.state.assets or None
+
+        await eventually(created_by_ars, timeout_s=10)  # for a client that is gone
+        sim.faults.latency_s = 0.0
+        proc = stack.start_daemon()
+
+        async def all_done() -> list[dict[str, Any]] | None:
+            docs = await track.find({"_id": {"$in": guids}}).to_list()
+            finished = len(docs) == len(guids) and all(
+                d["jobs_status"] == "DONE" and d["erda_sync"] == "YES" for d in docs)
+            return docs if finished else None
+
+        docs = await eventually(all_done, timeout_s=120, interval_s=0.2)
+    finally:
+        status = stop_daemon(proc)
+        await client.drop_database(database)
+        await client.close()
+    assert status == 0
+    [recovered] = [d for d in docs if d["_id"] == lost]
+    assert any("found in ARS" in h["cause"] for h in recovered["history"]), (
+        "the restarted daemon asks ARS about the create whose answer it lost")
+    assert sim.count("/createShare") == 0  # the one share came with the one create
+    for d in docs:
+        assert not [h for h in d["history"] if h["to"] == "ERROR"], d["history"]
+        assert all(f.synced for f in sim.state.files[d["_id"]].values())
+

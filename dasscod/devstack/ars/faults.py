@@ -24,9 +24,11 @@ ADMIN_PREFIX = "/_admin"
 
 @dataclass
 class Faults:
-    #: Added to every request (seconds).
+    #: Added to every request (seconds). A request that reaches ARS is carried out at once and
+    #: its answer is late, as with a slow server: a client that gives up meanwhile leaves the
+    #: work done behind it.
     latency_s: float = 0.0
-    #: The next N requests wait `slow_s` first (to trip client timeouts).
+    #: The next N requests' answers are `slow_s` late (to trip client timeouts).
     slow_next: int = 0
     slow_s: float = 1.0
     #: Fraction of requests answered with `error_status`.
@@ -108,17 +110,24 @@ class FaultMiddleware:
             return
         delay, outcome = self.faults.decide()
         self.log.append(RequestRecord(scope["method"], scope["path"], outcome or "ok"))
+        if outcome is None:
+
+            async def late(message: Any) -> None:
+                if message["type"] == "http.response.start" and delay:
+                    await asyncio.sleep(delay)
+                await send(message)
+
+            await self.app(scope, receive, late)
+            return
+        if outcome == "lose":
+
+            async def swallow(message: Any) -> None:
+                """ARS has done the work; its answer never reaches the client."""
+
+            await self.app(scope, receive, swallow)
         if delay:
             await asyncio.sleep(delay)
-        if outcome is None:
-            await self.app(scope, receive, send)
-        elif outcome in ("drop", "lose"):
-            if outcome == "lose":
-
-                async def swallow(message: Any) -> None:
-                    """ARS has done the work; its answer never reaches the client."""
-
-                await self.app(scope, receive, swallow)
+        if outcome in ("drop", "lose"):
             await send(
                 {
                     "type": "http.response.start",
