@@ -90,3 +90,38 @@ def test_an_unreadable_image_fails_for_good(
     with pytest.raises(ModuleFailed, match="unreadable") as caught:
         _ocr(stub, tmp_path, sheets["corrupt"])
     assert caught.value.retryable is False
+
+
+def _capture_tesseract_call(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Replace tesseract with a recorder of what it would have been given."""
+    seen: dict[str, Any] = {}
+
+    def image_to_data(image: Any, **kwargs: Any) -> dict[str, list[Any]]:
+        seen["image"] = image
+        seen["threads"] = ocr.os.environ.get("OMP_THREAD_LIMIT")
+        if isinstance(image, str):
+            seen["header"] = Path(image).read_bytes()[:2]
+        return {"text": [], "conf": [], "block_num": [], "par_num": [], "line_num": []}
+
+    monkeypatch.setattr(pytesseract, "image_to_data", image_to_data)
+    return seen
+
+
+def test_tesseract_reads_an_uncompressed_page_with_one_thread(
+    stub: StubListener, tmp_path: Path, sheets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMP_THREAD_LIMIT", "unset below")  # so that teardown restores it
+    monkeypatch.delenv("OMP_THREAD_LIMIT")
+    seen = _capture_tesseract_call(monkeypatch)
+    _ocr(stub, tmp_path, sheets["specimen"])
+    assert seen["threads"] == "1"
+    assert isinstance(seen["image"], str) and seen["header"] == b"P5"  # a binary PGM file
+
+
+def test_an_operators_tesseract_thread_limit_is_kept(
+    stub: StubListener, tmp_path: Path, sheets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMP_THREAD_LIMIT", "4")
+    seen = _capture_tesseract_call(monkeypatch)
+    _ocr(stub, tmp_path, sheets["specimen"])
+    assert seen["threads"] == "4"
