@@ -20,7 +20,7 @@ from dasscod.devstack.stack import LocalStack, deliver, stop_daemon
 from dasscod.model import Flag, Track
 from dasscod.settings import Settings
 from tests.ars.conftest import eventually
-from tests.ars.test_sync import DONE, add_asset, wait_flags
+from tests.ars.test_sync import DONE, add_asset, assert_ars_metadata_is_local, wait_flags
 from tests.integration.test_daemon import settings_for
 
 
@@ -114,3 +114,39 @@ async def test_a_daemon_killed_while_ars_creates_an_asset_asks_ars_after_the_res
         assert not [h for h in d["history"] if h["to"] == "ERROR"], d["history"]
         assert all(f.synced for f in sim.state.files[d["_id"]].values())
 
+
+
+async def test_jobs_that_do_not_need_ars_run_through_an_outage(
+    sim: ArsSimulator, tmp_path: Path, mongo_uri: str
+) -> None:
+    base = settings_for(tmp_path, mongo_uri)
+    settings = Settings.model_validate({**base.model_dump(), "ars": sim.settings(),
+                                        "security": base.security})
+    daemon = Daemon(settings)
+    stores = daemon.stores
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(daemon.run)
+        with anyio.fail_after(30):
+            await daemon.ready.wait()
+        track = await add_asset(stores, tmp_path / "files", f"outage-{uuid.uuid4().hex[:6]}")
+
+        async def loaded() -> Track | None:
+            t = await stores.track.get(track.id)
+            return t if t and t.job("load").status == "DONE" else None
+
+        await eventually(loaded, timeout_s=30)
+        sim.faults.down_for(3600)  # ARS goes down once the files are on the cluster
+
+        async def finished() -> Track | None:
+            t = await stores.track.get(track.id)
+            return t if t and t.jobs_status == "DONE" else None
+
+        during = await eventually(finished, timeout_s=60)
+        assert during.update_metadata is Flag.YES  # the jobs' results wait for ARS ...
+        assert any(r.outcome == "error" for r in sim.requests)  # ... which really is down
+        sim.faults.down_until = 0.0
+        [after] = await wait_flags(stores, [track.id], {"update_metadata": Flag.NO},
+                                   timeout_s=30)
+        await assert_ars_metadata_is_local(sim, stores, track.id)  # pushed once ARS is back
+        daemon.stop()
+    assert after.jobs_status == "DONE"
