@@ -71,6 +71,8 @@ STEPS = ("create", "reopen", "upload", "synchronise", "confirm", "metadata")
 #: Steps that open shares (size caps) and the one that requests ERDA syncs (count cap).
 OPENING = ("create", "reopen")
 BYTES_PER_MB = 1_000_000
+#: The shortest gap between two status questions about one asset awaiting ERDA.
+MIN_CONFIRM_GAP_S = 0.05
 YES, NO, AWAIT, UPLOADING, ERROR = Flag.YES, Flag.NO, Flag.AWAIT, Flag.UPLOADING, Flag.ERROR
 
 
@@ -166,6 +168,8 @@ class ArsSync:
         #: Work in progress in this process: guid (file side) or "meta:" + guid.
         self._busy: set[str] = set()
         self._limiter = anyio.CapacityLimiter(options.concurrency)
+        #: When each asset awaiting ERDA was last asked about (see `_confirm_polls`).
+        self._polled: dict[str, datetime] = {}
         #: Steps held back by a throttle now (logged once when it starts and when it ends).
         self._throttled: set[str] = set()
         self.update_user = client.settings.update_user
@@ -214,6 +218,10 @@ class ArsSync:
                     due = [min(candidates, key=lambda t: t.ars_not_before or now)]
                 parked = [t.ars_not_before for t in candidates if t.ars_not_before is not None]
                 later = [p for p in parked if p > now]
+                if step == "confirm":
+                    polls = self._confirm_polls(candidates, now)
+                    due = [t for t in due if polls[t.id] <= now]
+                    later.extend(p for p in polls.values() if p > now)
                 if later:
                     wait = min(wait, max(0.001, (min(later) - now).total_seconds()))
                 keys = {f"meta:{t.id}" if step == "metadata" else t.id for t in due}
@@ -308,6 +316,23 @@ class ArsSync:
         """A share closed or a sync left AWAIT: room for the steps that were held back."""
         for step in (*OPENING, "synchronise"):
             self._events[step].set()
+
+    def _confirm_polls(self, awaiting: list[Track], now: datetime) -> dict[str, datetime]:
+        """When to ask next about each asset awaiting ERDA: at once, then at gaps growing with
+        the sync's age up to `confirm_poll_s`, so that a quick sync is confirmed quickly (and
+        frees its place under `max_awaiting_erda`) while a slow one costs few calls."""
+        self._polled = {t.id: self._polled[t.id] for t in awaiting if t.id in self._polled}
+        polls = {}
+        for track in awaiting:
+            last = self._polled.get(track.id)
+            since = track.erda_sync_since
+            if last is None or since is None:
+                polls[track.id] = now  # not asked yet (in this process): ask now
+                continue
+            age_s = (last - since).total_seconds()
+            gap_s = min(self.options.confirm_poll_s, max(MIN_CONFIRM_GAP_S, age_s / 2))
+            polls[track.id] = last + timedelta(seconds=gap_s)
+        return polls
 
     def _due(self, track: Track, now: datetime) -> bool:
         """Not parked, or parked only because ARS was down and it has answered since."""
@@ -630,6 +655,7 @@ class ArsSync:
 
     async def _confirm(self, track: Track) -> None:
         expect = {"erda_sync": AWAIT}
+        self._polled[track.id] = utcnow()
         try:
             status = await self._call(self.client.asset_status(track.id))
         except ArsUnavailable:

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -463,3 +464,24 @@ async def test_a_slow_ars_is_waited_for_not_treated_as_down(
     assert transitions == []  # the breaker never opened
     assert all(no_error_history(t) for t in tracks)
     assert creates(sim) == 4
+
+
+async def test_confirm_asks_soon_after_a_sync_and_less_often_as_it_ages(
+    sim: ArsSimulator, stores: Stores
+) -> None:
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    young, old, new = (
+        make_track(g).model_copy(update={"erda_sync": Flag.AWAIT, "erda_sync_since": since})
+        for g in ("young", "old", "new")
+    )
+    async with ArsClient(sim.settings()) as client:
+        sync = ArsSync(stores, client, stopping=anyio.Event(),
+                       options=with_options(confirm_poll_s=2.0))
+        sync._polled = {"young": since + timedelta(seconds=0.2),
+                        "old": since + timedelta(seconds=60), "gone": since}
+        now = since + timedelta(seconds=61)
+        polls = sync._confirm_polls([young, old, new], now)
+    assert polls["young"] == since + timedelta(seconds=0.3)  # half its age later
+    assert polls["old"] == since + timedelta(seconds=62)  # at most confirm_poll_s apart
+    assert polls["new"] == now  # never asked: at once
+    assert "gone" not in sync._polled  # no longer awaiting: forgotten
