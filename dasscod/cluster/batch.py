@@ -61,19 +61,60 @@ def check_words(spec: JobSpec, words: dict[str, str | None]) -> None:
             raise SchedulerError(f"{spec.name}: bad {what} {value!r}", retryable=False)
 
 
-def script(directive: str, directives: list[str], spec: JobSpec) -> str:
+def script(
+    directive: str,
+    directives: list[str],
+    spec: JobSpec,
+    *,
+    exit_file: PurePosixPath | None = None,
+    limit_s: int | None = None,
+) -> str:
     """The job script: the scheduler's directives, the environment (the token among it, so
-    it never appears on a command line), then the command in its work folder."""
+    it never appears on a command line), then the command in its work folder.
+
+    With `exit_file` the command is not exec'd: the shell waits for it and writes one line
+    into that file before it exits (see EXIT_RECORD), for batch systems whose queries do not
+    say how a job ended (the Slurm wrappers' qstat; Torque once keep_completed is over). A
+    SIGTERM or SIGINT (qdel, the walltime limit) is trapped so that the line is still written
+    once the command is gone; a SIGKILL leaves no line."""
     workdir = shlex.quote(str(spec.workdir))
     lines = [
         "#!/bin/sh",
         *(f"{directive} {d}" for d in directives),
         *(f"export {key}={shlex.quote(value)}" for key, value in sorted(spec.env.items())),
+    ]
+    if exit_file is None:
+        give_up, run = "exit 125", f"exec {shlex.join(spec.argv)}"
+    else:
+        lines += EXIT_RECORD.format(
+            exit_file=shlex.quote(str(exit_file)),
+            limit=int(limit_s if limit_s is not None else spec.time_limit_s),
+        ).splitlines()
+        give_up, run = "dasscod_exit 125", f"{shlex.join(spec.argv)}\ndasscod_exit $?"
+    lines += [
         f"mkdir -p -- {workdir} && cd -- {workdir} || "
-        f"{{ echo 'dasscod: cannot create or enter the workdir' {workdir} >&2; exit 125; }}",
-        f"exec {shlex.join(spec.argv)}",
+        f"{{ echo 'dasscod: cannot create or enter the workdir' {workdir} >&2; {give_up}; }}",
+        run,
     ]
     return "\n".join(lines) + "\n"
+
+
+#: Shell lines for a script with an exit file: `dasscod_exit STATUS` writes
+#: ``status=N signal=TERM|INT|none elapsed=SECONDS limit=SECONDS job=ID`` (atomically: a
+#: reader never sees half a line) and exits with STATUS. `limit` is the walltime asked for,
+#: so that a reader can tell a job stopped at its walltime from one deleted earlier.
+EXIT_RECORD = """\
+dasscod_start=$(date +%s)
+dasscod_signal=none
+trap 'dasscod_signal=TERM' TERM
+trap 'dasscod_signal=INT' INT
+dasscod_exit() {{
+    dasscod_line="status=$1 signal=$dasscod_signal elapsed=$(($(date +%s) - dasscod_start))"
+    dasscod_line="$dasscod_line limit={limit} job=${{PBS_JOBID:-${{SLURM_JOB_ID:-}}}}"
+    printf '%s\\n' "$dasscod_line" >{exit_file}.tmp && mv -f -- {exit_file}.tmp {exit_file}
+    exit "$1"
+}}
+"""
 
 
 def message(result: CommandResult) -> str:

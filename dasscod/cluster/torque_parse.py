@@ -28,8 +28,18 @@ RUNNING; C completed (ended, however it ended). For C, how it ended is in ``exit
   started or was aborted (FAILED, no exit code).
 
 The Slurm wrappers never print ``exit_status`` (qstat builds its output from slurmctld's job
-table and prints C for every ended job, completed, failed, cancelled or timed out alike), so
-there a C job is reported UNKNOWN with the reason saying it ended: the truth, and all of it.
+table and prints C for every ended job, completed, failed, cancelled or timed out alike), and
+real Torque forgets a job ``keep_completed`` seconds after it ended. So every job script also
+writes an *exit file* as its last act (``<state_dir>/<name>.exit``, one line, see
+batch.EXIT_RECORD)::
+
+    status=143 signal=TERM elapsed=61 limit=60 job=4117
+
+and the adapter's status query reads the exit files of the jobs it asks about in the same
+command as qstat (see parse_query). qstat's ``exit_status``, when there is one, wins (only
+Torque itself knows a walltime kill for certain); else the exit file says how the job ended;
+a job with neither (killed with SIGKILL, or the file not written) stays UNKNOWN with the
+reason.
 """
 
 from __future__ import annotations
@@ -130,8 +140,9 @@ class Record:
     def ended(self) -> bool:
         return self.raw_state in ENDED
 
-    def info(self, job_id: str | None = None) -> JobInfo:
-        """Our view of the job, under `job_id` (the id as the caller knows it) if given."""
+    def info(self, job_id: str | None = None, exit_record: ExitRecord | None = None) -> JobInfo:
+        """Our view of the job, under `job_id` (the id as the caller knows it) if given; an
+        ended job without ``exit_status`` takes its outcome from `exit_record` if given."""
         job_id = job_id or self.job_id
         if not self.ended:
             state = STATES.get(self.raw_state, SchedulerState.UNKNOWN)
@@ -143,7 +154,10 @@ class Record:
             # A running job's comment only says where and when it started.
             comment = None if state is SchedulerState.RUNNING else self.comment
             return JobInfo(job_id, self.name, state, None, _with_comment(reason, comment))
-        state, code, reason = exit_outcome(self.exit_status)
+        if self.exit_status is None and exit_record is not None:
+            state, code, reason = exit_record.outcome()
+        else:
+            state, code, reason = exit_outcome(self.exit_status)
         return JobInfo(job_id, self.name, state, code, _with_comment(reason, self.comment))
 
 
@@ -164,6 +178,93 @@ def exit_outcome(exit_status: int | None) -> tuple[SchedulerState, int | None, s
                    if signal == 15 else "") + ")")
     state, meaning = EXEC_CODES.get(exit_status, (SchedulerState.FAILED, "Torque error"))
     return state, None, f"{meaning} (exit_status {exit_status})"
+
+
+#: Signals the job script traps (batch.EXIT_RECORD) and their shell exit statuses.
+STOP_SIGNALS = {"TERM": 15, "INT": 2}
+#: A job stopped by a signal this close to its walltime (seconds) was stopped for it: the
+#: script's clock starts a moment after the scheduler's.
+WALLTIME_SLACK_S = 2
+#: The line before qstat's output in the status query's stdout (see parse_query).
+QUERY_MARK = "dasscod-qstat"
+#: The start of each exit-file line in the status query's stdout.
+EXIT_LINE = "dasscod-exit"
+
+
+@dataclass(frozen=True)
+class ExitRecord:
+    """A job's exit file: the exit status of its command and what the script saw."""
+
+    status: int
+    signal: str | None = None  # TERM or INT if the script itself received one
+    elapsed_s: int | None = None
+    limit_s: int | None = None
+    job_id: str | None = None
+
+    def outcome(self) -> tuple[SchedulerState, int | None, str | None]:
+        """State, exit code and reason. A command stopped by SIGTERM/SIGINT (the script
+        trapped it, or the status says so) at its walltime timed out; earlier, it was
+        deleted (qdel), preempted or its node shut down, which the file cannot tell apart."""
+        if self.status == 0:
+            return SchedulerState.COMPLETED, 0, None
+        signal = self.signal or next(
+            (name for name, number in STOP_SIGNALS.items() if self.status == 128 + number), None
+        )
+        after = f" after {self.elapsed_s} s" if self.elapsed_s is not None else ""
+        if signal is not None:
+            if (self.elapsed_s is not None and self.limit_s is not None
+                    and self.elapsed_s + WALLTIME_SLACK_S >= self.limit_s):
+                return (SchedulerState.TIMEOUT, self.status,
+                        f"stopped by SIG{signal}{after}, at its walltime of {self.limit_s} s "
+                        "(the job's exit file)")
+            return (SchedulerState.FAILED, self.status,
+                    f"stopped by SIG{signal}{after}, before its walltime (qdel, preemption or "
+                    "a node shutdown; the job's exit file)")
+        if self.status > 128:
+            return (SchedulerState.FAILED, self.status,
+                    f"its command was killed by signal {self.status - 128}{after} "
+                    "(the job's exit file)")
+        return SchedulerState.FAILED, self.status, None
+
+
+def parse_exit_record(text: str) -> ExitRecord | None:
+    """An exit file's ``key=value`` line; None if it has no usable ``status``."""
+    fields = dict(word.partition("=")[::2] for word in text.split() if "=" in word)
+
+    def number(key: str) -> int | None:
+        value = fields.get(key, "")
+        return int(value) if re.fullmatch(r"-?[0-9]{1,9}", value) else None
+
+    status = number("status")
+    if status is None:
+        return None
+    signal = fields.get("signal")
+    job_id = fields.get("job", "")
+    return ExitRecord(
+        status=status,
+        signal=signal if signal in STOP_SIGNALS else None,
+        elapsed_s=number("elapsed"),
+        limit_s=number("limit"),
+        job_id=job_id if JOB_ID.fullmatch(job_id) else None,
+    )
+
+
+def parse_query(stdout: str) -> tuple[dict[str, ExitRecord], str] | None:
+    """The adapter's status query prints one ``dasscod-exit NAME LINE`` per exit file found,
+    then QUERY_MARK, then qstat's output: the exit records by job name and qstat's text.
+    None when the mark is missing (the query's shell failed before qstat)."""
+    lines = stdout.split("\n")
+    if QUERY_MARK not in lines:
+        return None
+    at = lines.index(QUERY_MARK)
+    records: dict[str, ExitRecord] = {}
+    for line in lines[:at]:
+        tag, _, rest = line.partition(" ")
+        name, _, text = rest.partition(" ")
+        record = parse_exit_record(text) if tag == EXIT_LINE and NAME.fullmatch(name) else None
+        if record is not None:
+            records[name] = record
+    return records, "\n".join(lines[at + 1 :])
 
 
 def job_key(job_id: str) -> str | None:

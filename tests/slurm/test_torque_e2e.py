@@ -3,10 +3,10 @@ through Debian's Torque wrappers over Slurm (slurm-wlm-torque: /usr/bin/qsub, qs
 and the local transport.
 
 What the wrappers allow: qsub reads the script's #PBS lines (sbatch does), qstat -f shows Q, R
-and C, and C for every ended job with no exit_status -- so an ended job is UNKNOWN here with a
-reason saying it ended, whether it succeeded, failed or was deleted (the exit status mapping
-of real Torque is covered by the recorded outputs in test_torque_parse.py). The job's own
-files show that it really ran and how."""
+and C, and C for every ended job with no exit_status. How a job ended comes from the exit file
+its script writes (the exit status mapping of real Torque's exit_status is covered by the
+recorded outputs in test_torque_parse.py); a job that leaves none is UNKNOWN with a reason
+saying it ended. The job's own files show that it really ran and how."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ async def test_submit_run_end(torque: TorqueScheduler, transport: Recording,
     await wait_for_file(workdir / "token")
     await anyio.Path(workdir / "release").touch()
     done = await wait_until(torque, job_id, spec.name, ended)
-    assert done == JobInfo(job_id, spec.name, SchedulerState.UNKNOWN, None, ENDED)
+    assert done == JobInfo(job_id, spec.name, SchedulerState.COMPLETED, 0)
     assert await anyio.Path(workdir / "result").read_text() == "done\n"
     assert await anyio.Path(workdir / "token").read_text() == TOKEN
     assert not any(TOKEN in arg for argv in transport.argvs for arg in argv)
@@ -108,14 +108,14 @@ async def test_submit_run_end(torque: TorqueScheduler, transport: Recording,
     assert await anyio.Path(folder / f"{spec.name}.err").read_text() == "to-err\n"
 
 
-async def test_non_zero_exit_ends_without_an_exit_code(
+async def test_non_zero_exit_comes_from_the_exit_file(
     torque: TorqueScheduler, state_dir: PurePosixPath, tmp_path: Path
 ) -> None:
     spec = job(tmp_path, "echo oops >&2; exit 3")
     job_id = await torque.submit(spec)
     info = await wait_until(torque, job_id, spec.name, ended)
-    assert (info.state, info.exit_code, info.reason) == (SchedulerState.UNKNOWN, None, ENDED)
-    # Slurm itself knows (this is what the wrapper's qstat leaves out).
+    assert (info.state, info.exit_code, info.reason) == (SchedulerState.FAILED, 3, None)
+    # Slurm agrees (this is what the wrapper's qstat leaves out).
     assert "ExitCode=3:0" in slurm_job(job_id)
     err = Path(str(state_dir)) / f"{spec.name}.err"
     assert await anyio.Path(err).read_text() == "oops\n"
@@ -127,7 +127,9 @@ async def test_qdel_a_running_job(torque: TorqueScheduler, tmp_path: Path) -> No
     await wait_until(torque, job_id, spec.name, lambda i: i.state is SchedulerState.RUNNING)
     await torque.cancel(job_id)
     info = await wait_until(torque, job_id, spec.name, ended)
-    assert (info.state, info.reason) == (SchedulerState.UNKNOWN, ENDED)
+    assert (info.state, info.exit_code) == (SchedulerState.FAILED, 143)
+    assert "stopped by SIGTERM" in (info.reason or "") and "before its walltime" in (
+        info.reason or "")
     assert "JobState=CANCELLED" in slurm_job(job_id)
     await torque.cancel(job_id)  # deleting an ended job is no error
     await torque.cancel("99999999")  # nor an unknown one
@@ -157,6 +159,37 @@ async def test_lookup_by_name_from_a_fresh_instance(
         assert found[running.name].job_id == running_id
         assert found[running.name].state in (SchedulerState.PENDING, SchedulerState.RUNNING)
         assert found[finished.name] == JobInfo(finished_id, finished.name,
-                                               SchedulerState.UNKNOWN, None, ENDED)
+                                               SchedulerState.COMPLETED, 0)
     finally:
         await torque.cancel(running_id)
+
+
+async def test_a_job_killed_outright_leaves_no_exit_file(
+    slurm_cluster: LocalCluster, state_dir: PurePosixPath, tmp_path: Path
+) -> None:
+    # The script's own shell killed with SIGKILL (the scheduler's last resort): nothing is
+    # written, and after the wait for the file the job is UNKNOWN with the reason rather than
+    # guessed at.
+    torque = TorqueScheduler(Recording("test-torque"), state_dir=state_dir,
+                             queue=slurm_cluster.partition, exit_file_wait_s=2)
+    spec = job(tmp_path, "kill -KILL $PPID; sleep 5")
+    job_id = await torque.submit(spec)
+    info = await wait_until(torque, job_id, spec.name, ended)
+    assert (info.state, info.exit_code, info.reason) == (SchedulerState.UNKNOWN, None, ENDED)
+    assert not await anyio.Path(Path(str(state_dir)) / f"{spec.name}.exit").exists()
+
+
+async def test_over_its_walltime_is_a_timeout(
+    torque: TorqueScheduler, state_dir: PurePosixPath, tmp_path: Path
+) -> None:
+    """SLOW (60-90 s): the smallest walltime is one minute (Slurm under the wrappers), and
+    slurmctld enforces limits every 30 s."""
+    spec = job(tmp_path, "sleep 600", time_limit_s=60)
+    job_id = await torque.submit(spec)
+    with anyio.fail_after(150):
+        while not (info := (await torque.status({job_id: spec.name}))[job_id]).state.finished:
+            assert info.state is not SchedulerState.UNKNOWN, info
+            await anyio.sleep(1)
+    assert (info.state, info.exit_code) == (SchedulerState.TIMEOUT, 143)
+    assert "at its walltime of 60 s" in (info.reason or "")
+    assert "JobState=TIMEOUT" in slurm_job(job_id)
