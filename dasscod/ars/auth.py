@@ -11,6 +11,7 @@ Tokens and the client secret are never logged or put into exception messages.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import anyio
 import httpx
 
-from dasscod.ars.errors import ArsAuthError, ArsUnavailable, error_from_response
+from dasscod.ars.errors import ArsAuthError, ArsError, ArsUnavailable, error_from_response
 from dasscod.log import get_logger
 
 log = get_logger(__name__)
@@ -51,16 +52,30 @@ class ClientCredentials:
         self._clock = clock
         self._token: _Token | None = None
         self._lock = anyio.Lock()
+        #: Fetches begun so far, and the last one's failure with its number: callers that
+        #: waited for a fetch which then failed share its answer instead of asking again at
+        #: once (an unreachable token endpoint gets one request per wave of callers).
+        self._fetches = 0
+        self._failure: tuple[int, ArsError] | None = None
         #: Tokens fetched so far (metrics and tests).
         self.fetched = 0
 
     async def token(self) -> str:
         """A token valid for a while yet; fetched at most once by concurrent callers."""
+        arrived = self._fetches
         async with self._lock:
             current = self._token
             if current is not None and self._clock() < current.renew_at:
                 return current.value
-            self._token = await self._fetch()
+            if self._failure is not None and self._failure[0] > arrived:
+                raise copy.copy(self._failure[1])  # failed while we waited for it
+            self._fetches += 1
+            try:
+                self._token = await self._fetch()
+            except ArsError as exc:
+                self._failure = (self._fetches, exc)
+                raise
+            self._failure = None
             return self._token.value
 
     async def invalidate(self, value: str) -> None:

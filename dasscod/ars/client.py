@@ -383,7 +383,10 @@ class ArsClient:
 
     @staticmethod
     def _log_failure(method: str, url: str, attempt: int, error: ArsError) -> None:
-        log.warning(
+        # A refusal is news; an unavailable ARS is retried here and, if it lasts, reported once
+        # by the circuit breaker's state change rather than once per attempt.
+        log_fn = log.debug if isinstance(error, ArsUnavailable) else log.warning
+        log_fn(
             "ars call failed",
             method=method,
             path=httpx.URL(url).path,

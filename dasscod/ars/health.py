@@ -48,14 +48,23 @@ class CircuitBreaker:
         self.cooldown_s = cooldown_s
         self.open_until = 0.0
         self._probing = False
+        self._opened_at = 0.0
         #: State changes so far, for tests and metrics: (state, cooldown_s).
         self.transitions: list[tuple[BreakerState, float]] = []
 
     def _move(self, state: BreakerState, **info: object) -> None:
-        self.state = state
+        previous, self.state = self.state, state
         self.transitions.append((state, self.cooldown_s))
-        log_fn = log.info if state is BreakerState.CLOSED else log.warning
-        log_fn("ars circuit breaker", breaker=self.name, state=str(state), **info)
+        # One line when ARS goes away and one when it is back; the probes in between (half-open,
+        # open again) are debug, so a long outage does not flood the operators' logs.
+        if previous is BreakerState.CLOSED:
+            log.warning("ars unavailable: circuit breaker open", breaker=self.name, **info)
+            self._opened_at = self.clock()
+        elif state is BreakerState.CLOSED:
+            log.info("ars available again: circuit breaker closed", breaker=self.name,
+                     outage_s=round(self.clock() - self._opened_at, 1))
+        else:
+            log.debug("ars circuit breaker", breaker=self.name, state=str(state), **info)
 
     def allow(self) -> bool:
         """May a caller start ARS work now? In half-open state only one probe at a time."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from dasscod.ars import ArsAuthError, ArsClient, ArsNotFound
+from dasscod.ars import ArsAuthError, ArsClient, ArsNotFound, ArsUnavailable
 from dasscod.devstack.ars import ArsSimulator
 from dasscod.devstack.ars.app import TOKEN_PATH
 
@@ -93,3 +93,23 @@ def test_secret_from_a_file(sim: ArsSimulator, tmp_path: object) -> None:
     assert settings.secret() == "from-file"
     with pytest.raises(ValueError, match="client_secret is not set"):
         sim.settings(client_secret=None)
+
+
+async def test_callers_waiting_on_a_failing_token_fetch_share_its_failure(
+    sim: ArsSimulator,
+) -> None:
+    settings = sim.settings(retry_attempts=1)  # one try per call: count the fetches exactly
+    sim.faults.down_for(3600)
+    async with ArsClient(settings) as ars:
+        async def read() -> None:
+            with pytest.raises(ArsUnavailable):
+                await ars.get_asset("unknown")
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(read)
+        assert sim.count(TOKEN_PATH) == 1  # one request for twenty callers, not twenty
+        sim.faults.down_until = 0.0
+        with pytest.raises(ArsNotFound):  # a later call asks again, and gets through
+            await ars.get_asset("unknown")
+    assert sim.state.tokens_issued == 1

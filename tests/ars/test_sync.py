@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
+import structlog
 
 from dasscod.ars import ArsClient
 from dasscod.ars.health import BreakerState
@@ -196,11 +197,18 @@ async def test_an_outage_opens_the_breaker_and_nothing_is_lost(
     for g in guids:
         await add_asset(stores, tmp_path, g)
     sim.faults.down_for(1.0)
-    async with running(sim, stores) as sync:
-        tracks = await wait_flags(stores, guids, DONE, timeout_s=15)
-        states = [s for s, _ in sync.breaker.transitions]
+    with structlog.testing.capture_logs() as logs:
+        async with running(sim, stores) as sync:
+            tracks = await wait_flags(stores, guids, DONE, timeout_s=15)
+            states = [s for s, _ in sync.breaker.transitions]
     assert BreakerState.OPEN in states and states[-1] is BreakerState.CLOSED
-    assert BreakerState.HALF_OPEN in states
+    assert states.count(BreakerState.HALF_OPEN) >= 2  # probed more than once while down ...
+    ars_lines = [(e["log_level"], e["event"]) for e in logs
+                 if e["event"].startswith("ars ") and e["log_level"] != "debug"]
+    assert ars_lines == [  # ... and told the operators twice: when it went, when it came back
+        ("warning", "ars unavailable: circuit breaker open"),
+        ("info", "ars available again: circuit breaker closed"),
+    ]
     assert all(no_error_history(t) for t in tracks)
     assert creates(sim) == 3  # each delivered once
     assert any(r.outcome == "error" for r in sim.requests)  # ARS really was down
