@@ -357,6 +357,16 @@ class ArsSync:
         self.breaker.success()
         return result
 
+    async def _claim(
+        self, track: Track, fields: Mapping[str, Any], expect: Mapping[str, Any], step: str
+    ) -> Track | None:
+        """Write the claim before the ARS call, guarded by `expect`: the claimed document, or
+        None when another writer moved the asset first."""
+        claim = await self.stores.track.apply(
+            track.id, asset_fields=fields, expect=expect, known=track, cause=f"ars {step}: claimed"
+        )
+        return claim.track if claim.applied else None
+
     async def _set(
         self, track: Track, fields: Mapping[str, Any], *, expect: Mapping[str, Any], cause: str
     ) -> bool:
@@ -412,16 +422,10 @@ class ArsSync:
             return
         if track.parent_guid and not await self._parent_ready(track.parent_guid):
             return
-        claim = await self.stores.track.apply(
-            track.id,
-            asset_fields={"is_in_ars": AWAIT},
-            expect={"is_in_ars": NO},
-            known=track,
-            cause="ars create: claimed",
-        )
-        if not claim.applied:
+        claimed = await self._claim(track, {"is_in_ars": AWAIT}, {"is_in_ars": NO}, "create")
+        if claimed is None:
             return
-        track = claim.track
+        track = claimed
         md = await self._metadata_doc(track)
         if md is None:
             await self._fail(track, "is_in_ars", {"is_in_ars": AWAIT}, "no metadata", "create")
@@ -507,16 +511,13 @@ class ArsSync:
         if not track.temporary_path_local:
             return  # nothing to upload yet; the file's arrival wakes this step again
         if track.has_open_share is NO:
-            claim = await self.stores.track.apply(
-                track.id,
-                asset_fields={"has_open_share": AWAIT},
-                expect={"has_open_share": NO, "has_new_file": YES},
-                known=track,
-                cause="ars reopen: claimed",
+            claimed = await self._claim(
+                track, {"has_open_share": AWAIT}, {"has_open_share": NO, "has_new_file": YES},
+                "reopen",
             )
-            if not claim.applied:
+            if claimed is None:
                 return
-            track = claim.track
+            track = claimed
         # else AWAIT with nobody here opening it: a crash mid-call; asking again is safe.
         expect = {"has_open_share": AWAIT}
         md = await self._metadata_doc(track)
@@ -559,16 +560,12 @@ class ArsSync:
             # the listener, which sets the path (and so wakes this step).
             return
         if track.has_new_file is YES:
-            claim = await self.stores.track.apply(
-                track.id,
-                asset_fields={"has_new_file": UPLOADING},
-                expect={"has_new_file": YES},
-                known=track,
-                cause="ars upload: claimed",
+            claimed = await self._claim(
+                track, {"has_new_file": UPLOADING}, {"has_new_file": YES}, "upload"
             )
-            if not claim.applied:
+            if claimed is None:
                 return
-            track = claim.track
+            track = claimed
         # else UPLOADING with nobody here uploading: a crash mid-upload; uploads are repeatable.
         expect = {"has_new_file": UPLOADING}
         md = await self._metadata_doc(track)
@@ -613,16 +610,15 @@ class ArsSync:
     async def _synchronise(self, track: Track) -> None:
         md = await self._metadata_doc(track)
         expect = {"erda_sync": AWAIT}
-        claim = await self.stores.track.apply(
-            track.id,
-            asset_fields={"erda_sync": AWAIT, "erda_sync_since": utcnow()},
-            expect={"erda_sync": NO, "has_new_file": AWAIT},
-            known=track,
-            cause="ars synchronise: claimed",
+        claimed = await self._claim(
+            track,
+            {"erda_sync": AWAIT, "erda_sync_since": utcnow()},
+            {"erda_sync": NO, "has_new_file": AWAIT},
+            "synchronise",
         )
-        if not claim.applied:
+        if claimed is None:
             return
-        track = claim.track
+        track = claimed
         if md is None:
             await self._fail(track, "erda_sync", expect, "no metadata", "synchronise")
             return

@@ -311,6 +311,13 @@ def with_options(**changes: Any) -> SyncOptions:
     return dataclasses.replace(FAST, **changes)
 
 
+async def report_late_file(stores: Stores, track: Track) -> None:
+    """A job reports one more file, late.jpg, for an asset already in ARS."""
+    late = Path(track.temporary_path_local) / "late.jpg"
+    late.write_bytes(b"L" * 40)
+    assert await stores.track.add_file(track.id, file_entry(late), cause="test")
+
+
 async def test_a_sync_whose_status_lags_is_completed_in_ars_after_checking_erda(
     sim: ArsSimulator, stores: Stores, tmp_path: Path
 ) -> None:
@@ -349,9 +356,7 @@ async def test_a_file_reported_after_the_sync_reopens_the_share_once(
     track = await add_asset(stores, tmp_path, g, files={"a.tif": b"A" * 100})
     async with running(sim, stores):
         await wait_flags(stores, [g], DONE)
-        late = Path(track.temporary_path_local) / "late.jpg"
-        late.write_bytes(b"L" * 40)
-        assert await stores.track.add_file(g, file_entry(late), cause="test")
+        await report_late_file(stores, track)
         [done] = await wait_flags(stores, [g], {**DONE, "has_new_file": Flag.NO})
     assert sim.count(f"/{g}/createShare", "POST") == 1
     assert creates(sim) == 1
@@ -369,9 +374,7 @@ async def test_a_file_reported_during_the_sync_is_uploaded_after_it(
     sim.state.erda.delay_s = 0.5
     async with running(sim, stores):
         await wait_flags(stores, [g], {"erda_sync": Flag.AWAIT})
-        late = Path(track.temporary_path_local) / "late.jpg"
-        late.write_bytes(b"L" * 40)
-        assert await stores.track.add_file(g, file_entry(late), cause="test")
+        await report_late_file(stores, track)
         [done] = await wait_flags(stores, [g], {**DONE, "has_new_file": Flag.NO})
     assert all(f.synced for f in sim.state.files[g].values())
     assert sorted(sim.state.files[g]) == ["a.tif", "late.jpg"]
@@ -413,9 +416,7 @@ async def test_a_reopen_whose_answer_was_lost_does_not_open_a_second_share(
     async with running(sim, stores):
         await wait_flags(stores, [g], DONE)
     # A later file, and a reopen that reached ARS before the daemon died (AWAIT, share open).
-    late = Path(track.temporary_path_local) / "late.jpg"
-    late.write_bytes(b"L" * 40)
-    assert await stores.track.add_file(g, file_entry(late), cause="test")
+    await report_late_file(stores, track)
     await stores.track.set_fields(g, {"has_open_share": Flag.AWAIT}, cause="test: crashed")
     md = await stores.metadata.get(g)
     assert md is not None
