@@ -24,12 +24,17 @@ from tests.ars.test_sync import DONE, add_asset, assert_ars_metadata_is_local, w
 from tests.integration.test_daemon import settings_for
 
 
+def settings_with_ars(sim: ArsSimulator, tmp_path: Path, mongo_uri: str) -> Settings:
+    """An in-process daemon's settings with `[ars]` pointing at the simulator."""
+    base = settings_for(tmp_path, mongo_uri)
+    return Settings.model_validate({**base.model_dump(), "ars": sim.settings(),
+                                    "security": base.security})
+
+
 async def test_the_daemon_syncs_to_ars_before_the_load_job_becomes_ready(
     sim: ArsSimulator, tmp_path: Path, mongo_uri: str
 ) -> None:
-    base = settings_for(tmp_path, mongo_uri)
-    settings = Settings.model_validate({**base.model_dump(), "ars": sim.settings(),
-                                        "security": base.security})
+    settings = settings_with_ars(sim, tmp_path, mongo_uri)
     daemon = Daemon(settings)
     assert daemon.pipelines["PIPEHERB0001"].spec("load").requires["is_in_ars"] is Flag.YES
     async with anyio.create_task_group() as tg:
@@ -115,13 +120,10 @@ async def test_a_daemon_killed_while_ars_creates_an_asset_asks_ars_after_the_res
         assert all(f.synced for f in sim.state.files[d["_id"]].values())
 
 
-
 async def test_jobs_that_do_not_need_ars_run_through_an_outage(
     sim: ArsSimulator, tmp_path: Path, mongo_uri: str
 ) -> None:
-    base = settings_for(tmp_path, mongo_uri)
-    settings = Settings.model_validate({**base.model_dump(), "ars": sim.settings(),
-                                        "security": base.security})
+    settings = settings_with_ars(sim, tmp_path, mongo_uri)
     daemon = Daemon(settings)
     stores = daemon.stores
     async with anyio.create_task_group() as tg:
