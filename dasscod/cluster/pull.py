@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from dasscod.cluster import slurm_parse, torque_parse
 from dasscod.cluster.base import (
     CommandResult,
     JobInfo,
@@ -20,6 +21,9 @@ from dasscod.cluster.base import (
 )
 from dasscod.cluster.slurm import SlurmScheduler
 from dasscod.cluster.torque import TorqueScheduler
+
+#: The command the agent submits with, by `submit_with`.
+SUBMIT_TOOLS = {"torque": "qsub", "slurm": "sbatch"}
 
 
 class NoTransport:
@@ -54,6 +58,18 @@ class PullScheduler:
         """The batch script the agent submits. Raises a non-retryable SchedulerError for a
         spec that cannot go into a script safely."""
         return self.renderer.render(spec)
+
+    def refusal(self, message: str, exit_status: int | None) -> SchedulerError:
+        """The error for a submission the agent reports refused, with the scheduler's own
+        message; retryable unless the message says the request itself is wrong (an unknown
+        queue, an impossible resource request), as when the daemon submits itself."""
+        permanent = (torque_parse.submit_error_is_permanent if self.submit_with == "torque"
+                     else slurm_parse.submit_error_is_permanent)
+        tool = SUBMIT_TOOLS.get(self.submit_with, self.submit_with)
+        status = f" (exit status {exit_status})" if exit_status is not None else ""
+        text = message.strip()[-1000:] or "no message"
+        return SchedulerError(f"{tool} refused the job on the cluster{status}: {text}",
+                              retryable=not permanent(message))
 
     def _refuse(self) -> SchedulerError:
         return SchedulerError("a pull cluster's agent submits and queries its jobs",

@@ -9,7 +9,10 @@ The daemon never reaches a pull cluster. The dispatcher claims jobs for it as fo
   handed out with its batch script (which carries the job's token);
 - looks each one up by its deterministic name before submitting it, and reports the job id
   (`submitted`): a crash between the submission and the report is repaired by the next run,
-  which finds the job by name when the lease has expired;
+  which finds the job by name when the lease has expired; a submission the scheduler refused
+  (qsub/sbatch exited non-zero) is reported with its message (`refused`), and the retry
+  policy applies (RETRY, or ERROR with the message once the attempts are used up or the
+  message says retrying cannot help);
 - reads the daemon's live jobs (`jobs`), asks the scheduler about them in one query and
   `report`s what it saw: a job that ended without its final callback is LOST (retry policy),
   as the watcher decides for other clusters; the answer names the scheduler jobs to cancel
@@ -63,6 +66,13 @@ class AttemptRef(BaseModel):
 
 class SubmittedReport(AttemptRef):
     hpc_job_id: str = Field(pattern=JOB_ID)
+
+
+class RefusedReport(AttemptRef):
+    message: str = Field(min_length=1, max_length=4000,
+                         description="the submit command's complaint (stderr, else stdout)")
+    exit_status: int | None = Field(default=None,
+                                    description="the submit command's exit status")
 
 
 class LiveJob(BaseModel):
@@ -202,6 +212,34 @@ def agent_router(launcher: Launcher | None) -> APIRouter:
             track.id,
             [JobEvent(body.job, Event.SUBMITTED, attempt=body.attempt,
                       hpc_job_id=body.hpc_job_id)],
+            cause=f"agent {cluster.name}", known=track,
+        )
+        job = result.track.job(body.job)
+        return Ack(applied=result.applied, status=str(job.status),
+                   detail="; ".join(result.ignored) or None)
+
+    @router.post("/{cluster}/refused")
+    async def refused(cluster: Agent, body: RefusedReport) -> Ack:
+        """The scheduler refused to take the attempt (qsub/sbatch exited non-zero; only when
+        the command ran and answered -- an unknown outcome is left to the lease and the next
+        run's lookup by name). The retry policy applies: RETRY, or ERROR with the message once
+        the attempts are used up or the message says the request itself is wrong. Idempotent;
+        a stale attempt or one that already has a job id is left alone."""
+        store = owner().stores.track
+        track = await store.get(body.asset_guid)
+        if track is None:
+            raise HTTPException(404, f"no asset {body.asset_guid}")
+        mine(cluster, track, body.job)
+        scheduler = cluster.scheduler
+        assert isinstance(scheduler, PullScheduler)
+        error = scheduler.refusal(body.message, body.exit_status)
+        log.warning("agent reports a refused submission", cluster=cluster.name,
+                    asset_guid=track.id, job=body.job, attempt=body.attempt, error=str(error),
+                    retryable=error.retryable)
+        result = await store.apply(
+            track.id,
+            [JobEvent(body.job, Event.SUBMIT_FAILED, attempt=body.attempt, error=str(error),
+                      retryable=error.retryable)],
             cause=f"agent {cluster.name}", known=track,
         )
         job = result.track.job(body.job)

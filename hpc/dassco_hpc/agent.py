@@ -8,6 +8,10 @@ One run (`--once`, e.g. from cron; `--loop SECONDS` repeats it):
    look for it by its name in that listing first: found, it was submitted by a run that died
    before reporting it, so only its id is reported; else its script is written 0600 (it holds
    the job's token) into the state folder and submitted (qsub or sbatch), and the id reported;
+   a submission the scheduler refuses (the command exits non-zero) is reported with its
+   message, and the daemon applies its retry policy; a command that does not answer ends the
+   run (whether it submitted is unknown: the lease runs out and a later run looks the job up
+   by name);
 3. read the daemon's live jobs, list the scheduler's jobs again (one call), report the state of
    each live job and of every other ``dassco.*`` job still in the scheduler, and cancel the
    jobs the daemon names in its answer (attempts that are no longer live).
@@ -50,6 +54,15 @@ SLURM_ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "
 
 class SchedulerFailed(Exception):
     """A scheduler command failed; the next run tries again."""
+
+
+class SubmitRefused(SchedulerFailed):
+    """qsub/sbatch ran and refused the job (non-zero exit status): nothing was submitted."""
+
+    def __init__(self, tool: str, name: str, exit_status: int, complaint: str) -> None:
+        super().__init__(f"{tool} {name} refused ({exit_status}): {complaint}")
+        self.exit_status = exit_status
+        self.complaint = complaint
 
 
 @dataclass(frozen=True)
@@ -105,10 +118,7 @@ class Torque:
     def submit(self, script: Path, folder: Path, name: str) -> str:
         done = _run(["qsub", "-o", str(folder / f"{name}.out"), "-e",
                      str(folder / f"{name}.err"), str(script)])
-        job_id = done.stdout.strip().splitlines()[0].strip() if done.stdout.strip() else ""
-        if done.returncode != 0 or not JOB_ID.fullmatch(job_id):
-            raise SchedulerFailed(f"qsub {name} failed ({done.returncode}): {_complaint(done)}")
-        return job_id
+        return _submitted("qsub", name, done, parse_qsub(done.stdout))
 
     def cancel(self, job_id: str) -> None:
         _run(["qdel", job_id])  # an ended or unknown job is no error
@@ -158,36 +168,70 @@ class Slurm:
     kind = "slurm"
 
     def list_jobs(self) -> list[Seen]:
-        done = _run(["squeue", "--noheader", "--states=all", "--format=%i|%j|%T"])
+        done = _run(["squeue", "--noheader", "--states=all", f"--format={SQUEUE_FORMAT}"])
         if done.returncode != 0:
             raise SchedulerFailed(f"squeue failed ({done.returncode}): {_complaint(done)}")
-        jobs = []
-        for line in done.stdout.splitlines():
-            parts = line.strip().split("|")
-            if len(parts) != 3:
-                continue
-            job_id, name, state = parts
-            state = state.split()[0] if state.strip() else "UNKNOWN"
-            if state in SLURM_PENDING:
-                mapped = "PENDING"
-            elif state in SLURM_RUNNING:
-                mapped = "RUNNING"
-            elif state in SLURM_ENDED:
-                mapped = state
-            else:
-                mapped = "FAILED"
-            jobs.append(Seen(job_id, name, mapped, reason=None if mapped == state else state))
-        return jobs
+        return parse_squeue(done.stdout)
 
     def submit(self, script: Path, folder: Path, name: str) -> str:
         done = _run(["sbatch", "--parsable", "--", str(script)])
-        job_id = done.stdout.strip().split(";")[0] if done.stdout.strip() else ""
-        if done.returncode != 0 or not JOB_ID.fullmatch(job_id):
-            raise SchedulerFailed(f"sbatch {name} failed ({done.returncode}): {_complaint(done)}")
-        return job_id
+        return _submitted("sbatch", name, done, parse_sbatch(done.stdout))
 
     def cancel(self, job_id: str) -> None:
         _run(["scancel", job_id])
+
+
+#: squeue's output format the agent asks for; parse_squeue reads exactly this.
+SQUEUE_FORMAT = "%i|%j|%T"
+
+
+def parse_squeue(text: str) -> list[Seen]:
+    """``squeue --noheader --format=%i|%j|%T`` lines: id, name, state. A state we do not
+    know counts as FAILED (ended), with the state as the reason."""
+    jobs = []
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) != 3 or not parts[0]:
+            continue
+        job_id, name, state = parts
+        state = state.split()[0] if state.strip() else "UNKNOWN"
+        if state in SLURM_PENDING:
+            mapped = "PENDING"
+        elif state in SLURM_RUNNING:
+            mapped = "RUNNING"
+        elif state in SLURM_ENDED:
+            mapped = state
+        else:
+            mapped = "FAILED"
+        jobs.append(Seen(job_id, name, mapped, reason=None if mapped == state else state))
+    return jobs
+
+
+def parse_qsub(stdout: str) -> str | None:
+    """The job id qsub prints: ``123.server`` (Torque) or ``123`` (the Slurm wrappers), on
+    its first non-empty line; None if that is not a job id."""
+    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    return lines[0] if lines and JOB_ID.fullmatch(lines[0]) else None
+
+
+def parse_sbatch(stdout: str) -> str | None:
+    """The job id ``sbatch --parsable`` prints: ``123`` or ``123;cluster``, on its last
+    non-empty line (warnings may come first); None if that is not a job id."""
+    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    job_id = lines[-1].split(";", 1)[0] if lines else ""
+    return job_id if JOB_ID.fullmatch(job_id) else None
+
+
+def _submitted(tool: str, name: str, done: subprocess.CompletedProcess[str],
+               job_id: str | None) -> str:
+    """The job id, or why not: a non-zero exit status is a refusal (nothing was submitted);
+    a zero one without a job id leaves it unknown whether the job went in."""
+    if done.returncode != 0:
+        raise SubmitRefused(tool, name, done.returncode, _complaint(done))
+    if job_id is None:
+        raise SchedulerFailed(f"{tool} {name} printed no job id (exit status 0): "
+                              f"{_complaint(done)}; a later run looks for it by name")
+    return job_id
 
 
 Scheduler = Torque | Slurm
@@ -207,7 +251,7 @@ class Agent:
 
     def run_once(self) -> dict[str, int]:
         """One cycle; returns counts (submitted, found, reported, cancelled)."""
-        counts = {"submitted": 0, "found": 0, "reported": 0, "cancelled": 0}
+        counts = {"submitted": 0, "found": 0, "refused": 0, "reported": 0, "cancelled": 0}
         listing = self.scheduler.list_jobs()
         by_name: dict[str, Seen] = {}
         for seen in listing:
@@ -227,7 +271,17 @@ class Agent:
                 self.log(f"{name}: already in the scheduler as {job_id}; reporting it")
             else:
                 script = self._write_script(name, str(item["script"]))
-                job_id = self.scheduler.submit(script, self.state_dir, name)
+                try:
+                    job_id = self.scheduler.submit(script, self.state_dir, name)
+                except SubmitRefused as refused:
+                    counts["refused"] += 1
+                    self.log(f"{name}: {refused}; reporting it")
+                    self.client.post(self._path("refused"), {
+                        "asset_guid": item["asset_guid"], "job": item["job"],
+                        "attempt": item["attempt"], "exit_status": refused.exit_status,
+                        "message": refused.complaint,
+                    })  # fmt: skip
+                    continue
                 counts["submitted"] += 1
                 self.log(f"{name}: submitted as {job_id}")
             self.client.post(self._path("submitted"), {

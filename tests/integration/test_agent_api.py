@@ -156,3 +156,76 @@ async def test_jobs_of_another_cluster_are_not_the_agents(
     body = {"asset_guid": "e1", "job": "load", "attempt": 1, "hpc_job_id": "5"}
     answer = await client.post("/api/v1/agent/local/submitted", json=body, headers=AUTH)
     assert answer.status_code == 403
+
+
+QUEUE_FULL = ("qsub: submit error (Maximum number of jobs already in queue for user MSG=total "
+              "number of current user's jobs exceeds the queue limit: user dassco@login1)")
+BAD_QUEUE = "sbatch: error: Batch job submission failed: Invalid partition name specified"
+
+
+async def refuse(client: httpx.AsyncClient, guid: str, attempt: int, message: str,
+                 cluster: str = "local") -> httpx.Response:
+    body = {"asset_guid": guid, "job": "load", "attempt": attempt, "message": message,
+            "exit_status": 1}
+    return await client.post(f"/api/v1/agent/{cluster}/refused", json=body, headers=AUTH)
+
+
+async def test_a_refused_submission_is_retried_then_an_error_with_the_message(
+    client: httpx.AsyncClient, stores: Stores
+) -> None:
+    await claimed(stores, "r1")
+    for attempt in (1, 2, 3):  # HERB0001's load: three attempts
+        [job] = await claim(client)
+        assert job["attempt"] == attempt
+        answer = await refuse(client, "r1", attempt, QUEUE_FULL)
+        assert answer.status_code == 200, answer.text
+        track = await stores.track.get("r1")
+        assert track is not None
+        load = track.job("load")
+        assert load.last_error == f"qsub refused the job on the cluster (exit status 1): " \
+                                  f"{QUEUE_FULL}"
+        if attempt < 3:
+            assert answer.json()["status"] == "RETRY" and load.not_before is not None
+            # What housekeeping and the dispatcher do once the backoff has passed.
+            await stores.track.apply("r1", [JobEvent("load", Event.RETRY_DUE),
+                                            JobEvent("load", Event.CLAIM, cluster="local")],
+                                     cause="test")
+    assert answer.json()["status"] == "ERROR"
+    assert track is not None and track.jobs_status is JobStatus.ERROR
+    assert await claim(client) == []
+    # Reported again (an agent retrying its report): nothing changes.
+    again = await refuse(client, "r1", 3, QUEUE_FULL)
+    assert again.json()["applied"] is False and again.json()["status"] == "ERROR"
+
+
+async def test_a_refusal_no_retry_can_fix_is_an_error_at_once(
+    client: httpx.AsyncClient, stores: Stores
+) -> None:
+    await claimed(stores, "r2")
+    await claim(client)
+    answer = await refuse(client, "r2", 1, BAD_QUEUE)
+    assert answer.json()["status"] == "ERROR"
+    track = await stores.track.get("r2")
+    assert track is not None and track.job("load").attempt == 1
+    assert "Invalid partition name specified" in (track.job("load").last_error or "")
+
+
+async def test_refusals_that_change_nothing(client: httpx.AsyncClient, stores: Stores) -> None:
+    await claimed(stores, "r3")
+    await claim(client)
+    # A stale attempt, then one whose job the scheduler took after all (it has an id).
+    stale = await refuse(client, "r3", 2, QUEUE_FULL)
+    assert stale.status_code == 200 and stale.json()["applied"] is False
+    body = {"asset_guid": "r3", "job": "load", "attempt": 1, "hpc_job_id": "9"}
+    await client.post("/api/v1/agent/local/submitted", json=body, headers=AUTH)
+    late = await refuse(client, "r3", 1, QUEUE_FULL)
+    assert late.json() == {"applied": False, "status": "QUEUED", "detail": late.json()["detail"]}
+    track = await stores.track.get("r3")
+    assert track is not None and track.job("load").last_error is None
+    # Not the agent's cluster, an unknown asset, an empty message.
+    await stores.track.insert(make_track("r4"))
+    await stores.track.apply("r4", [JobEvent("load", Event.CLAIM, cluster="other")],
+                             cause="test")
+    assert (await refuse(client, "r4", 1, QUEUE_FULL)).status_code == 403
+    assert (await refuse(client, "nope", 1, QUEUE_FULL)).status_code == 404
+    assert (await refuse(client, "r3", 1, "")).status_code == 422

@@ -33,6 +33,29 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 AGENT_TOKEN = "pull-agent-credential-0123456789"
 
 
+def pull_settings(stack: LocalStack, shared: Path, runs: Path, partition: str) -> Settings:
+    stack.write_config()
+    data = stack.settings_data()
+    data["clusters"] = {
+        "local": {
+            "scheduler": "pull",
+            "pull_submit": "torque",
+            "agent_token": AGENT_TOKEN,
+            "lease_s": 3,
+            "partition": partition,
+            "work_root": str(shared / "work"),
+            "state_dir": str(shared / "jobs"),
+            "python": SYSTEM_PYTHON,
+            "env": {
+                "PYTHONPATH": f"{REPO_ROOT / 'hpc'}:{REPO_ROOT}",
+                "DASSCO_HPC_MODULES": "tests.hpc_test_module",
+                "DASSCO_TEST_LOG": str(runs),
+                "DASSCO_CALLBACK_BACKOFF_MAX_S": "2",
+            },
+        }
+    }
+    data["log_level"] = "WARNING"
+    return Settings.model_validate(data)
 
 
 def agent(url: str, token_file: Path, state: Path) -> subprocess.CompletedProcess[str]:
@@ -58,28 +81,7 @@ async def test_an_agent_runs_herb0001_and_repairs_a_crash_between_qsub_and_repor
     runs = shared / "runs.jsonl"
     runs.touch()
     stack = LocalStack(tmp_path / "stack", mongo_uri, database=f"pull_{uuid.uuid4().hex[:8]}")
-    stack.write_config()
-    data = stack.settings_data()
-    data["clusters"] = {
-        "local": {
-            "scheduler": "pull",
-            "pull_submit": "torque",
-            "agent_token": AGENT_TOKEN,
-            "lease_s": 3,
-            "partition": slurm_cluster.partition,
-            "work_root": str(shared / "work"),
-            "state_dir": str(shared / "jobs"),
-            "python": SYSTEM_PYTHON,
-            "env": {
-                "PYTHONPATH": f"{REPO_ROOT / 'hpc'}:{REPO_ROOT}",
-                "DASSCO_HPC_MODULES": "tests.hpc_test_module",
-                "DASSCO_TEST_LOG": str(runs),
-                "DASSCO_CALLBACK_BACKOFF_MAX_S": "2",
-            },
-        }
-    }
-    data["log_level"] = "WARNING"
-    settings = Settings.model_validate(data)
+    settings = pull_settings(stack, shared, runs, slurm_cluster.partition)
     url = settings.listener.callback_base
     token_file = tmp_path / "agent.token"
     token_file.write_text(AGENT_TOKEN + "\n")
@@ -148,3 +150,49 @@ async def test_an_agent_runs_herb0001_and_repairs_a_crash_between_qsub_and_repor
     assert str(recovered["hpc_job_id"]) == crashed_id, "the crashed submission is used"
     assert crashed_id in jobs_named(crashed["name"])
     assert len(jobs_named(crashed["name"])) == 1, "the crashed agent's job was submitted again"
+
+
+async def test_a_submission_the_scheduler_refuses_is_an_error_with_its_message(
+    slurm_cluster: LocalCluster, shared: Path, tmp_path: Path, mongo_uri: str
+) -> None:
+    """A queue the cluster does not have: the wrappers' qsub refuses the job, the agent
+    reports sbatch's message, and the daemon puts the job in ERROR with it at once (retrying
+    cannot create the queue) instead of the job being claimed again every lease."""
+    runs = shared / "runs.jsonl"
+    stack = LocalStack(tmp_path / "stack", mongo_uri, database=f"pull_{uuid.uuid4().hex[:8]}")
+    settings = pull_settings(stack, shared, runs, "nosuchqueue")
+    url = settings.listener.callback_base
+    token_file = tmp_path / "agent.token"
+    token_file.write_text(AGENT_TOKEN + "\n")
+    guid = f"pull-refused-{uuid.uuid4().hex[:6]}"
+    deliver(stack.intake, guid)
+    daemon = Daemon(settings)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    coll = client[stack.database]["track"]
+    runs_of_agent: list[subprocess.CompletedProcess[str]] = []
+    doc: dict[str, Any] | None = None
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(daemon.run)
+            with anyio.fail_after(30):
+                await daemon.ready.wait()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                done = await anyio.to_thread.run_sync(agent, url, token_file, shared / "agent")
+                runs_of_agent.append(done)
+                doc = await coll.find_one({"_id": guid})
+                if doc is not None and doc["jobs_status"] == "ERROR":
+                    break
+                await anyio.sleep(0.5)
+            daemon.stop()
+    finally:
+        await client.drop_database(stack.database)
+        await client.close()
+    assert doc is not None and doc["jobs_status"] == "ERROR", doc
+    load = next(j for j in doc["job_list"] if j["name"] == "load")
+    assert load["status"] == "ERROR" and load["attempt"] == 1, load
+    assert load["last_error"].startswith("qsub refused the job on the cluster (exit status 1)")
+    assert "invalid partition" in load["last_error"].lower(), load["last_error"]
+    assert all(done.returncode == 0 for done in runs_of_agent), runs_of_agent[-1].stderr
+    assert any("refused" in done.stderr for done in runs_of_agent)
+    assert jobs_named(f"dassco.{guid}.load.1") == [], "nothing reached the queue"
