@@ -30,6 +30,21 @@ fresh name. Because lookup reports such folders, the store never gives their att
 and a later submit of the same name means the store and the state folders disagree (or two
 daemons share a state_dir): that submit abandons the folder and raises a non-retryable
 SchedulerError, stopping the job for an operator instead of guessing.
+
+Warm start. A pipeline job is `PYTHON -m dassco_hpc run MODULE`, and a fresh interpreter
+spends ~70 ms importing the runner and its HTTP client before the module starts -- most of a
+short job's overhead on the daemon's own machine. So a job whose command is `PYTHON -m M ...`
+for a module M in `warm` is forked from a *warm launcher*: one Python per scheduler, started
+on first use with the job's interpreter and environment, that has imported what M needs and
+forks on request. The fork (see `WARM_SERVER`) does what the shell wrapper does -- a session
+of its own, the same claim by link(2), the same state files, the time limit with a kill
+after `KILL_AFTER_S`, SIGTERM forwarded -- and then runs the module as `python -m` would, in
+a child of its own process group. Its parent exits at once, so the job belongs to no
+process of the daemon's: it survives the daemon and the launcher (which exits when the
+daemon closes its pipe, or dies). Jobs with other commands, with another interpreter or
+`PYTHON*` environment than the launcher's, or any job once the launcher failed to start,
+take the shell wrapper. A launcher imports its modules once: a changed dassco_hpc is picked
+up by the next daemon start.
 """
 
 from __future__ import annotations
@@ -39,15 +54,18 @@ import json
 import os
 import re
 import signal
+import subprocess
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Final, Literal, TypeVar, TypeVarTuple
+from typing import Any, Final, Literal, TypeVar, TypeVarTuple
 
 import anyio
 import anyio.to_thread
 import psutil
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from dasscod.cluster.base import (
     JobInfo,
@@ -57,6 +75,10 @@ from dasscod.cluster.base import (
     Transport,
     TransportError,
 )
+from dasscod.cluster.local import LocalTransport
+from dasscod.log import get_logger
+
+log = get_logger(__name__)
 
 #: How long submit waits for the wrapper to record its pid before giving the launch up.
 SUBMIT_WAIT_S = 10.0
@@ -133,6 +155,211 @@ setsid sh -c "$wrapper" {WRAPPER_NAME} "$@" </dev/null >>"$1/wrapper.log" 2>&1 &
 echo "$!"
 """
 
+#: $0 of the warm launcher, and so of every job wrapper forked from it.
+WARM_NAME = "dasscod-direct-warm"
+#: Modules whose `python -m` jobs start warm, and what the launcher imports for them
+#: (`python -m dassco_hpc` runs dassco_hpc.__main__, which imports the runner's CLI).
+WARM_MODULES: Mapping[str, Sequence[str]] = {"dassco_hpc": ("dassco_hpc.cli",)}
+#: Replies longer than this are not from our launcher.
+WARM_REPLY_MAX = 64 * 1024
+#: How long the launcher may take to import its modules and say it is ready.
+WARM_START_S = 30.0
+#: The launcher's own messages (import failures), next to the job folders.
+WARM_LOG = ".warm-launcher.log"
+
+#: The warm launcher, run as `python -c WARM_SERVER dasscod-direct-warm KILL_AFTER MODULES`.
+#: Standard library only: it runs with the jobs' interpreter, not the daemon's. It reads one
+#: JSON request per line ({state, limit, workdir, argv, env}) and answers one line per
+#: request ({"pid": wrapper pid} or {"error": ...}); end of input (the daemon closed the
+#: pipe or died) ends it. Each request forks a short-lived child that forks the wrapper and
+#: exits, so the wrapper is nobody's child here; the wrapper mirrors the shell WRAPPER.
+WARM_SERVER = r"""
+import json, os, runpy, signal, sys, time, traceback
+
+KILL_AFTER = int(sys.argv[2])
+if sys.path and sys.path[0] == "":
+    del sys.path[0]  # a job's `python -m` puts its own folder there, never ours
+ready, failed = [], {}
+for module, imports in json.loads(sys.argv[3]).items():
+    try:
+        for name in imports:
+            __import__(name)
+    except BaseException as exc:
+        failed[module] = f"cannot import {name}: {exc!r}"
+    else:
+        ready.append(module)
+print(json.dumps({"ready": ready, "failed": failed}), flush=True)
+
+
+def put(path, text, mode="w"):
+    with open(path, mode) as f:
+        f.write(text)
+
+
+def run_job(req):
+    # The job: its own process group (the wrapper signals it there, and it passes on to
+    # the module's children), stdio to the state files, the job's environment and folder.
+    os.setpgid(0, 0)
+    for sig in (signal.SIGTERM, signal.SIGALRM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for `sh`'s background job
+    code = 1
+    try:
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            opened = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(opened, fd)
+            os.close(opened)
+        os.environ.clear()
+        os.environ.update(req["env"])
+        try:
+            os.chdir(req["workdir"])
+        except OSError as exc:
+            print(f"dasscod: cannot create or enter the workdir {req['workdir']}: {exc}",
+                  file=sys.stderr)
+            code = 125
+            return
+        sys.path.insert(0, os.getcwd())  # what `python -m` puts first
+        sys.argv = [req["argv"][0], *req["argv"][3:]]
+        try:
+            runpy.run_module(req["argv"][2], run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as exc:
+            if exc.code is None or isinstance(exc.code, int):
+                code = exc.code or 0
+            else:
+                print(exc.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code & 0xFF)
+
+
+def wrapper(req):
+    os.setsid()
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # closed with the rest below
+    # The wrapper's working directory is its state folder: cancel() finds the folder there.
+    os.chdir(req["state"])
+    log = os.open("wrapper.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.closerange(3, 1 << 16)  # the launcher's pipes to the daemon among them
+    st = {"job": None, "term": False, "phase": "run", "timed_out": False, "killed": False}
+
+    def send(sig):
+        if st["job"] is not None:
+            try:
+                os.killpg(st["job"], sig)
+            except ProcessLookupError:
+                pass
+
+    def stop_job():  # SIGTERM now, SIGKILL after KILL_AFTER s, as `timeout --kill-after`
+        st["phase"] = "term"
+        send(signal.SIGTERM)
+        signal.alarm(KILL_AFTER)
+
+    def on_term(signum, frame):
+        st["term"] = True
+        if st["job"] is not None and st["phase"] == "run":
+            stop_job()
+
+    def on_alarm(signum, frame):
+        if st["phase"] == "run":
+            st["timed_out"] = True
+            stop_job()
+        else:
+            st["killed"] = True
+            send(signal.SIGKILL)
+
+    def finish(code):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a late cancel cannot lose the status
+        signal.alarm(0)
+        put("exit.tmp", f"{code}\n")
+        os.replace("exit.tmp", "exit")
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGALRM, on_alarm)
+    put("started", f"{time.time():.3f}\n")
+    put("pid.tmp", f"{os.getpid()}\n")
+    try:
+        os.link("pid.tmp", "pid")  # fails when the daemon abandoned this launch
+    except FileExistsError:
+        os.unlink("pid.tmp")
+        print(f"dasscod: could not claim {req['state']} (abandoned by the daemon?); "
+              "not running the job", flush=True)
+        os._exit(0)
+    os.unlink("pid.tmp")
+    print("dasscod: started from the warm launcher", flush=True)
+    if os.path.exists("cancelled") or st["term"]:
+        finish(143)
+    try:
+        os.makedirs(req["workdir"], exist_ok=True)
+    except OSError as exc:
+        put("stderr", f"dasscod: cannot create or enter the workdir {req['workdir']}: {exc}\n",
+            "a")
+        finish(125)
+    job = os.fork()
+    if job == 0:
+        run_job(req)
+    try:
+        os.setpgid(job, job)  # also here, so that no signal can miss the job's group
+    except OSError:
+        pass
+    st["job"] = job
+    if st["term"] and st["phase"] == "run":
+        stop_job()
+    elif st["phase"] == "run":
+        signal.alarm(int(req["limit"]))
+    _, status = os.waitpid(job, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        code = 128 - code
+    if st["timed_out"]:
+        code = 128 + signal.SIGKILL if st["killed"] else 124
+    finish(code)
+
+
+def launch(req):
+    r, w = os.pipe()
+    first = os.fork()
+    if first == 0:
+        try:
+            os.close(r)
+            second = os.fork()
+            if second == 0:
+                os.close(w)
+                try:
+                    wrapper(req)
+                finally:
+                    os._exit(0)
+            os.write(w, str(second).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 64):
+        data += chunk
+    os.close(r)
+    os.waitpid(first, 0)
+    return {"pid": int(data)} if data.isdigit() else {"error": "the launch fork died"}
+
+
+for line in sys.stdin:
+    try:
+        reply = launch(json.loads(line))
+    except Exception as exc:
+        reply = {"error": f"{type(exc).__name__}: {exc}"}
+    try:
+        print(json.dumps(reply), flush=True)
+    except BrokenPipeError:
+        break
+"""
+
 T = TypeVar("T")
 Args = TypeVarTuple("Args")
 
@@ -146,11 +373,22 @@ class DirectScheduler:
 
     kind = "direct"
 
-    def __init__(self, transport: Transport, *, state_dir: PurePosixPath) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        state_dir: PurePosixPath,
+        warm: Mapping[str, Sequence[str]] = WARM_MODULES,
+    ) -> None:
         self.transport = transport
         self.state_dir = Path(str(state_dir))
         #: Submissions under way in this instance, by name: their launches are not abandoned.
         self._launching: Counter[str] = Counter()
+        #: Only for commands on this machine, and closed with their transport.
+        self._warm: WarmLauncher | None = None
+        if warm and isinstance(transport, LocalTransport):
+            self._warm = WarmLauncher(warm, self.state_dir / WARM_LOG)
+            transport.on_close(self._warm.aclose)
 
     async def submit(self, spec: JobSpec) -> str:
         _check(spec)
@@ -181,17 +419,23 @@ class DirectScheduler:
     # -- submission
 
     async def _launch(self, folder: JobFolder, spec: JobSpec) -> str:
-        result = await self.transport.run(
-            self._launch_argv(folder, spec), env=spec.env, timeout=LAUNCH_TIMEOUT_S
-        )
         claim: Claim = None
-        if result.exit_status == 0:
-            claim = await self._await_claim(folder, _pid(result.stdout.strip()))
-            problem = f"its wrapper recorded no pid within {SUBMIT_WAIT_S:g} s"
+        problem = f"its wrapper recorded no pid within {SUBMIT_WAIT_S:g} s"
+        # A failed warm launch falls back to the shell wrapper. Should the warm wrapper have
+        # started after all (its answer lost), the shell wrapper's claim fails and it exits.
+        warm = await self._warm.launch(folder.path, spec) if self._warm is not None else None
+        if warm is not None:
+            claim = await self._await_claim(folder, warm)
         else:
-            problem = f"the launch command exited with status {result.exit_status}: " + (
-                result.stderr.strip()[-500:] or "no message"
+            result = await self.transport.run(
+                self._launch_argv(folder, spec), env=spec.env, timeout=LAUNCH_TIMEOUT_S
             )
+            if result.exit_status == 0:
+                claim = await self._await_claim(folder, _pid(result.stdout.strip()))
+            else:
+                problem = f"the launch command exited with status {result.exit_status}: " + (
+                    result.stderr.strip()[-500:] or "no message"
+                )
         if claim is None:
             claim = await self._local(folder.settle)
         if isinstance(claim, int):
@@ -278,15 +522,20 @@ class DirectScheduler:
 
     def _folder_of_wrapper(self, pid: int) -> JobFolder | None:
         """The state folder of the live wrapper with this pid, or None when no such wrapper
-        runs. The process must be one of our wrappers (its argv names its folder here) and
-        match the folder's pid and start time, so a reused pid is never signalled."""
+        runs. The process must be one of our wrappers (a shell wrapper's argv names its
+        folder, a warm one's working directory is its folder) and match the folder's pid and
+        start time, so a reused pid is never signalled."""
         try:
-            argv = psutil.Process(pid).cmdline()
+            process = psutil.Process(pid)
+            argv = process.cmdline()
+            if len(argv) >= 5 and argv[1] == "-c" and argv[3] == WRAPPER_NAME:
+                path = Path(argv[4])
+            elif len(argv) >= 4 and argv[1] == "-c" and argv[3] == WARM_NAME:
+                path = Path(process.cwd())  # a warm wrapper works in its folder
+            else:
+                return None
         except psutil.Error:
             return None
-        if len(argv) < 5 or argv[1] != "-c" or argv[3] != WRAPPER_NAME:
-            return None
-        path = Path(argv[4])
         if path.parent != self.state_dir or not NAME.fullmatch(path.name):
             return None
         folder = JobFolder(path)
@@ -299,6 +548,134 @@ class DirectScheduler:
             return await anyio.to_thread.run_sync(func, *args)
         except OSError as exc:
             raise TransportError(f"{self.transport.name}: job state folder: {exc}") from exc
+
+
+#: A launcher serves jobs of one interpreter and one PYTHON* environment.
+WarmKey = tuple[str, frozenset[tuple[str, str]]]
+
+
+class WarmLauncher:
+    """The daemon's side of the warm launcher (`WARM_SERVER`): started on first use, one
+    request at a time, stopped when anything goes wrong with it (the caller then takes the
+    shell wrapper) and restarted for a later job -- unless it could not start at all."""
+
+    def __init__(self, modules: Mapping[str, Sequence[str]], log_path: Path) -> None:
+        self.modules = {m: tuple(imports) for m, imports in modules.items()}
+        self.log_path = log_path
+        self._lock = anyio.Lock()
+        self._process: Process | None = None
+        self._replies: BufferedByteReceiveStream | None = None
+        #: What the running launcher was started with: (interpreter, PYTHON* environment).
+        self._key: WarmKey | None = None
+        self._ready: frozenset[str] = frozenset()
+        #: Launchers that could not start (an import failed, say): not tried again.
+        self._failed: set[WarmKey] = set()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    async def launch(self, folder: Path, spec: JobSpec) -> int | None:
+        """The wrapper's pid, or None: not a warm job, or the launcher failed (the caller
+        launches it the usual way)."""
+        argv = spec.argv
+        if len(argv) < 3 or argv[1] != "-m" or argv[2] not in self.modules:
+            return None
+        env = {**os.environ, **spec.env}
+        key = (argv[0], frozenset((k, v) for k, v in env.items() if k.startswith("PYTHON")))
+        if key in self._failed:
+            return None
+        request = {"state": str(folder), "limit": spec.time_limit_s,
+                   "workdir": str(spec.workdir), "argv": list(argv), "env": env}
+        async with self._lock:
+            try:
+                if self._key != key:
+                    await self._stop()
+                    await self._start(key, env)
+                if argv[2] not in self._ready:
+                    return None
+                reply = await self._ask(request)
+            except Exception as exc:
+                # The launcher's answers may be out of step with its questions now: a new
+                # launcher for the next job.
+                with anyio.CancelScope(shield=True):
+                    await self._stop()
+                log.warning("warm launcher failed; the job takes the shell wrapper",
+                            error=f"{type(exc).__name__}: {exc}")
+                return None
+            except BaseException:  # cancelled mid-question: the same, then go
+                with anyio.CancelScope(shield=True):
+                    await self._stop()
+                raise
+        pid = reply.get("pid")
+        if isinstance(pid, int) and pid > 0:
+            return pid
+        log.warning("warm launcher could not fork the job; it takes the shell wrapper",
+                    error=str(reply.get("error")))
+        return None
+
+    async def _start(self, key: WarmKey, env: dict[str, str]) -> None:
+        # The launcher keeps no job's token: DASSCO_* variables are per job.
+        base = {k: v for k, v in env.items() if not k.startswith("DASSCO_")}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log_file:
+            self._process = await anyio.open_process(
+                [key[0], "-c", WARM_SERVER, WARM_NAME, str(KILL_AFTER_S),
+                 json.dumps(self.modules)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file,
+                env=base, cwd="/", start_new_session=True,
+            )  # fmt: skip
+        assert self._process.stdout is not None
+        self._replies = BufferedByteReceiveStream(self._process.stdout)
+        self._key = key
+        try:
+            with anyio.fail_after(WARM_START_S):
+                hello = await self._line()
+        except Exception:
+            self._failed.add(key)
+            raise
+        self._ready = frozenset(m for m in hello.get("ready", ()) if m in self.modules)
+        failed = hello.get("failed") or {}
+        if failed:
+            log.warning("warm launcher cannot prepare some modules; their jobs take the shell "
+                        "wrapper", failed=failed, log=str(self.log_path))
+        if not self._ready:  # nothing to serve: not worth a process
+            self._failed.add(key)
+            await self._stop()
+
+    async def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self._process is not None and self._process.stdin is not None
+        with anyio.fail_after(LAUNCH_TIMEOUT_S):
+            await self._process.stdin.send(json.dumps(request).encode() + b"\n")
+            return await self._line()
+
+    async def _line(self) -> dict[str, Any]:
+        assert self._replies is not None
+        data = await self._replies.receive_until(b"\n", WARM_REPLY_MAX)
+        reply = json.loads(data)
+        if not isinstance(reply, dict):
+            raise ValueError(f"unexpected answer {data[:200]!r}")
+        return reply
+
+    async def _stop(self) -> None:
+        process, self._process, self._replies, self._key = self._process, None, None, None
+        self._ready = frozenset()
+        if process is None:
+            return
+        with contextlib.suppress(Exception):
+            if process.stdin is not None:
+                await process.stdin.aclose()  # end of input: the launcher exits
+        with anyio.move_on_after(2):
+            await process.wait()
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+        await process.aclose()
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            await self._stop()
 
 
 class JobFolder:

@@ -7,7 +7,7 @@ import os
 import shlex
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process
@@ -27,6 +27,12 @@ class LocalTransport:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self._on_close: list[Callable[[], Awaitable[None]]] = []
+
+    def on_close(self, release: Callable[[], Awaitable[None]]) -> None:
+        """Have `close` call `release`: for a helper process kept for this machine's jobs
+        (the direct scheduler's warm launcher)."""
+        self._on_close.append(release)
 
     async def run(
         self,
@@ -61,7 +67,10 @@ class LocalTransport:
         return CommandResult(process.returncode, _text(stdout), _text(stderr))
 
     async def close(self) -> None:
-        """Nothing to release: every command is its own process."""
+        """Every command is its own process; only the helpers given to `on_close` remain."""
+        releases, self._on_close = self._on_close, []
+        for release in releases:
+            await release()
 
 
 async def _communicate_within(
