@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +104,22 @@ def test_results_are_completed_with_defaults() -> None:
 def test_bad_results_are_refused(results: Any) -> None:
     with pytest.raises(InvalidResults):
         normalise(results)
+
+
+#: Imported by the image modules only inside `run`, when they need them: the import counts in
+#: the module's own run time, and `run load` (or the warm launcher) never pays for them.
+HEAVY = ("PIL", "zxingcpp", "pytesseract", "numpy")
+
+
+@pytest.mark.parametrize("name", ["load", "barcode", "ocr", "derivatives", "upload", "clean_up"])
+def test_finding_a_module_imports_no_image_library(name: str) -> None:
+    probe = (
+        "import sys, dassco_hpc.cli\n"
+        "from dassco_hpc.resolve import resolve\n"
+        f"resolve({name!r}, {{}})\n"
+        f"print(','.join(n for n in {HEAVY!r} if n in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == ""
