@@ -9,10 +9,12 @@ divided by the slots. 1.0 would mean orchestration costs nothing.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,9 @@ from pymongo import AsyncMongoClient
 
 from dasscod.daemon import Daemon
 from dasscod.devstack.demo import STANDINS, draw_batch
+from dasscod.devstack.mongo import mongo_server
 from dasscod.devstack.stack import REPO_ROOT, LocalStack, deliver
+from dasscod.log import configure_logging
 from dasscod.settings import Settings
 
 DEMO_ASSETS = 10
@@ -95,3 +99,31 @@ def module_times() -> dict[str, Any]:
         if match[1] in ("load", "barcode", "ocr", "derivatives"):
             times[f"module_s_{match[1]}"] = float(match[2])
     return times
+
+
+async def _demo_only(runs: int) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="dasscod-bench-demo-") as tmp:
+        root = Path(tmp)
+        with mongo_server(root / "mongo") as uri:
+            results = []
+            for run in range(runs):
+                async with AsyncMongoClient[dict[str, Any]](uri) as client:
+                    await client.drop_database("bench_demo")  # each run from empty
+                results.append(await demo_phase(uri, root / f"run{run}"))
+                print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m dasscod.devstack.bench_demo [RUNS]`: only this phase -- the demo batch RUNS
+    times (default 1, each into a fresh database), one JSON line each, then the module times
+    as the last line. On a shared machine the numbers vary from run to run: take several."""
+    args = sys.argv[1:] if argv is None else argv
+    runs = int(args[0]) if args else 1
+    configure_logging("WARNING", "json")
+    anyio.run(_demo_only, runs)
+    print(json.dumps(module_times()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
