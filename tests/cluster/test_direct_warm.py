@@ -230,3 +230,45 @@ async def test_other_commands_are_not_started_warm(
     await _wait(scheduler, job_id)
     assert "warm launcher" not in (state_dir / NAME / "wrapper.log").read_text()
     assert scheduler._warm is not None and scheduler._warm.pid is None
+
+
+async def test_a_warm_job_survives_the_daemon_being_killed_and_the_launcher_goes_too(
+    state_dir: Path, tmp_path: Path, modules: Path
+) -> None:
+    """A separate daemon process submits a warm job and is SIGKILLed at once: the job runs on,
+    the launcher sees its input end and exits, a new scheduler finds the job finished."""
+    daemon = f"""
+import os, signal, sys
+from pathlib import PurePosixPath
+import anyio
+from dasscod.cluster.base import JobSpec
+from dasscod.cluster.direct import DirectScheduler
+from dasscod.cluster.local import LocalTransport
+
+async def main() -> None:
+    scheduler = DirectScheduler(LocalTransport("x"), state_dir=PurePosixPath(sys.argv[1]),
+                                warm={{"warmjob": ("warmjob",)}})
+    spec = JobSpec({NAME!r}, (sys.executable, "-m", "warmjob", "sleep"),
+                   PurePosixPath(sys.argv[2]), env={{"PYTHONPATH": sys.argv[3], "SLEEP_S": "0.5"}})
+    print(await scheduler.submit(spec), scheduler._warm.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+anyio.run(main)
+"""
+    argv = [sys.executable, "-c", daemon, str(state_dir), str(tmp_path / "work"), str(modules)]
+    result = await anyio.run_process(argv, check=False)
+    assert result.returncode == -signal.SIGKILL
+    job_id, launcher_pid = result.stdout.decode().split()
+    assert os.getsid(int(job_id)) == int(job_id) != os.getsid(0)
+    info = await _wait(_scheduler(LocalTransport("restarted"), state_dir), job_id)
+    assert info.state is SchedulerState.COMPLETED
+    assert (state_dir / NAME / "stdout").read_text() == "started\ndone\n"
+    assert "started from the warm launcher" in (state_dir / NAME / "wrapper.log").read_text()
+    with anyio.fail_after(5):
+        while True:
+            try:
+                if _ended(psutil.Process(int(launcher_pid))):
+                    break
+            except psutil.NoSuchProcess:
+                break
+            await anyio.sleep(0.01)
