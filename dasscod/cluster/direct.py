@@ -41,10 +41,11 @@ of its own, the same claim by link(2), the same state files, the time limit with
 after `KILL_AFTER_S`, SIGTERM forwarded -- and then runs the module as `python -m` would, in
 a child of its own process group. Its parent exits at once, so the job belongs to no
 process of the daemon's: it survives the daemon and the launcher (which exits when the
-daemon closes its pipe, or dies). Jobs with other commands, with another interpreter or
-`PYTHON*` environment than the launcher's, or any job once the launcher failed to start,
-take the shell wrapper. A launcher imports its modules once: a changed dassco_hpc is picked
-up by the next daemon start.
+daemon closes its pipe, or dies). Jobs with other commands take the shell wrapper, and so
+does a job whenever the launcher fails (a launcher that cannot start is not tried again for
+that interpreter and environment). One launcher at a time: a job with another interpreter or
+`PYTHON*` environment replaces it. A launcher imports its modules once: a changed dassco_hpc
+is picked up by the next daemon start.
 """
 
 from __future__ import annotations
@@ -170,9 +171,10 @@ WARM_LOG = ".warm-launcher.log"
 #: The warm launcher, run as `python -c WARM_SERVER dasscod-direct-warm KILL_AFTER MODULES`.
 #: Standard library only: it runs with the jobs' interpreter, not the daemon's. It reads one
 #: JSON request per line ({state, limit, workdir, argv, env}) and answers one line per
-#: request ({"pid": wrapper pid} or {"error": ...}); end of input (the daemon closed the
-#: pipe or died) ends it. Each request forks a short-lived child that forks the wrapper and
-#: exits, so the wrapper is nobody's child here; the wrapper mirrors the shell WRAPPER.
+#: request ({"pid": wrapper pid}, once the wrapper has claimed its folder, or {"error": ...});
+#: end of input (the daemon closed the pipe or died) ends it. Each request forks a
+#: short-lived child that forks the wrapper and exits, so the wrapper is nobody's child here;
+#: the wrapper mirrors the shell WRAPPER.
 WARM_SERVER = r"""
 import json, os, runpy, signal, sys, time, traceback
 
@@ -239,7 +241,7 @@ def run_job(req):
         os._exit(code & 0xFF)
 
 
-def wrapper(req):
+def wrapper(req, claimed):
     os.setsid()
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # closed with the rest below
     # The wrapper's working directory is its state folder: cancel() finds the folder there.
@@ -247,7 +249,9 @@ def wrapper(req):
     log = os.open("wrapper.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
-    os.closerange(3, 1 << 16)  # the launcher's pipes to the daemon among them
+    # The launcher's pipes to the daemon among them; `claimed` stays open until the claim.
+    os.closerange(3, claimed)
+    os.closerange(claimed + 1, 1 << 16)
     st = {"job": None, "term": False, "phase": "run", "timed_out": False, "killed": False}
 
     def send(sig):
@@ -294,6 +298,9 @@ def wrapper(req):
               "not running the job", flush=True)
         os._exit(0)
     os.unlink("pid.tmp")
+    # Only now the launcher answers: the daemon finds the claim at its first look.
+    os.write(claimed, str(os.getpid()).encode())
+    os.close(claimed)
     print("dasscod: started from the warm launcher", flush=True)
     if os.path.exists("cancelled") or st["term"]:
         finish(143)
@@ -325,19 +332,18 @@ def wrapper(req):
 
 
 def launch(req):
+    # The wrapper writes its pid to w once it has claimed the folder; end of file without it
+    # means it did not (abandoned, or it died).
     r, w = os.pipe()
     first = os.fork()
     if first == 0:
         try:
             os.close(r)
-            second = os.fork()
-            if second == 0:
-                os.close(w)
+            if os.fork() == 0:
                 try:
-                    wrapper(req)
+                    wrapper(req, w)
                 finally:
                     os._exit(0)
-            os.write(w, str(second).encode())
         finally:
             os._exit(0)
     os.close(w)
@@ -346,7 +352,9 @@ def launch(req):
         data += chunk
     os.close(r)
     os.waitpid(first, 0)
-    return {"pid": int(data)} if data.isdigit() else {"error": "the launch fork died"}
+    if data.isdigit():
+        return {"pid": int(data)}
+    return {"error": "the wrapper did not claim its folder (see its wrapper.log)"}
 
 
 for line in sys.stdin:
