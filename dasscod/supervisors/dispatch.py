@@ -58,6 +58,9 @@ class Dispatcher:
         self.sweep_s = sweep_s
         self._submits = anyio.CapacityLimiter(max_parallel_submits)
         self._offered: dict[str, Track] = {}
+        #: Offers were dropped when the throttle stopped a pass: until a query pass runs
+        #: unblocked, only the query sees those assets.
+        self._backlog = False
         self.log = log.bind(job=job)
 
     def offer(self, track: Track) -> None:
@@ -82,11 +85,12 @@ class Dispatcher:
         """One pass over the offered assets, or else over a query of the ready ones (oldest
         first). Returns (jobs claimed, whether the throttle stopped the pass, whether it was
         served from offers)."""
-        from_offers = bool(self._offered)
+        from_offers = bool(self._offered) and not self._backlog
         if from_offers:
             tracks = sorted(self._offered.values(), key=_ready_order)
             self._offered.clear()
         else:
+            self._offered.clear()  # the query returns them too, oldest first
             tracks = await self.stores.track.ready(self.job, BATCH)
         claimed = 0
         for track in tracks:
@@ -105,6 +109,7 @@ class Dispatcher:
                 # Waiting assets are taken oldest first by the query once there is room
                 # again, so the offers are dropped rather than let jump the queue.
                 self._offered.clear()
+                self._backlog = True
                 return claimed, True, from_offers
             try:
                 result = await self.stores.track.apply(
@@ -120,6 +125,8 @@ class Dispatcher:
             key = self.launcher.hold(result.track, self.job)
             claimed += 1
             tg.start_soon(self._submit, result.track, key)
+        if not from_offers:
+            self._backlog = False
         return claimed, False, from_offers
 
     async def _submit(self, track: Track, key: AttemptKey) -> None:
