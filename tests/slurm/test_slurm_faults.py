@@ -177,3 +177,11 @@ async def test_jobs_over_their_time_limit_are_retried_or_in_error_with_timeout(
         assert await accounted_jobs_named(name) == [(recorded, "TIMEOUT")], (
             "exactly one Slurm job for the attempt, and it ran into its time limit"
         )
+
+
+async def test_accounting_answers_the_cluster_user_over_ssh(cluster: Cluster) -> None:
+    # A name squeue does not know is asked of sacct (--completion on the test cluster), as
+    # the cluster user: that must answer (nothing found), not fail, or a job that left
+    # slurmctld's memory could never be settled.
+    never = scheduler_job_name(f"never-{uuid.uuid4().hex[:8]}", "load", 1)
+    assert await cluster.scheduler.lookup([never]) == {}
