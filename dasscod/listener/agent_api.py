@@ -29,6 +29,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from dasscod.cluster import torque_parse
 from dasscod.cluster.base import SchedulerError, SchedulerState
 from dasscod.cluster.pull import PullScheduler
 from dasscod.clusters import Cluster
@@ -89,6 +90,25 @@ class ObservedJob(AttemptRef):
     state: SchedulerState
     exit_code: int | None = None
     reason: str | None = Field(default=None, max_length=2000)
+    exit_file: str | None = Field(
+        default=None, max_length=500,
+        description="the first line of the job's exit file (<state_dir>/<name>.exit, written "
+        "by the Torque job script as its last act), for a job whose state is UNKNOWN: the "
+        "daemon reads how the job ended from it",
+    )
+
+    def outcome(self) -> "ObservedJob":
+        """This observation with an UNKNOWN state replaced by what the exit file says."""
+        record = (torque_parse.parse_exit_record(self.exit_file)
+                  if self.exit_file and self.state is SchedulerState.UNKNOWN else None)
+        if record is None:
+            return self
+        state, code, reason = record.outcome()
+        return self.model_copy(update={
+            "state": state, "exit_code": code,
+            "reason": f"{reason}; {self.reason}" if reason and self.reason
+            else reason or self.reason,
+        })  # fmt: skip
 
 
 class StatusReport(BaseModel):
@@ -266,7 +286,8 @@ def agent_router(launcher: Launcher | None) -> APIRouter:
         tracks = {t.id: t for t in await store.find({s.asset_guid for s in body.jobs})}
         answer = ReportAnswer(cancel=[], lost=0, submitted=0)
         cause = f"agent {cluster.name}: report"
-        for seen in body.jobs:
+        for observed in body.jobs:
+            seen = observed.outcome()
             track = tracks.get(seen.asset_guid)
             if track is None or not any(j.name == seen.job for j in track.job_list):
                 continue  # not ours to judge

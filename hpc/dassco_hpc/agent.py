@@ -14,7 +14,12 @@ One run (`--once`, e.g. from cron; `--loop SECONDS` repeats it):
    by name);
 3. read the daemon's live jobs, list the scheduler's jobs again (one call), report the state of
    each live job and of every other ``dassco.*`` job still in the scheduler, and cancel the
-   jobs the daemon names in its answer (attempts that are no longer live).
+   jobs the daemon names in its answer (attempts that are no longer live). For a live job
+   whose outcome the scheduler does not give (the Slurm wrappers' qstat; Torque after
+   keep_completed) the report carries the first line of its exit file,
+   ``<state folder>/<name>.exit``, which the Torque job script writes as its last act; the
+   daemon reads how the job ended from it. So the cluster's ``state_dir`` in the daemon's
+   configuration must be this agent's ``--state-dir``.
 
 Only one run at a time per state folder (a lock file); an overlapping cron run exits at once.
 Exit codes: 0 done, 75 the daemon was unreachable (or a scheduler command failed; the next
@@ -43,6 +48,8 @@ PREFIX = "dassco."
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,229}")
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\[\]-]{0,99}")
 COMMAND_TIMEOUT_S = 120.0
+#: The most of an exit file's line sent to the daemon (its API takes 500 characters).
+EXIT_FILE_MAX = 300
 
 TORQUE_STATES = {"Q": "PENDING", "H": "PENDING", "W": "PENDING", "T": "PENDING",
                  "R": "RUNNING", "E": "RUNNING", "S": "RUNNING"}
@@ -298,8 +305,10 @@ class Agent:
             found = by_id.get(job_id)
             seen = found if found is not None else Seen(job_id, str(job["name"]), "UNKNOWN",
                                         reason="the scheduler no longer knows the job")
-            observed.append(_observed(job["asset_guid"], job["job"], int(job["attempt"]),
-                                      seen))
+            entry = _observed(job["asset_guid"], job["job"], int(job["attempt"]), seen)
+            if seen.state == "UNKNOWN":
+                entry["exit_file"] = self._exit_file(str(job["name"]))
+            observed.append(entry)
             reported.add(job_id)
         for seen in listing:
             parsed = parse_name(seen.name)
@@ -314,6 +323,18 @@ class Agent:
                 self.scheduler.cancel(str(job_id))
                 counts["cancelled"] += 1
         return counts
+
+    def _exit_file(self, name: str) -> str | None:
+        """The first line of the job's exit file, if it has one (see the module docstring)."""
+        if not NAME.fullmatch(name):
+            return None
+        try:
+            with (self.state_dir / f"{name}.exit").open(encoding="utf-8",
+                                                        errors="replace") as handle:
+                line = handle.readline(EXIT_FILE_MAX).strip()
+        except OSError:
+            return None
+        return line or None
 
     def _write_script(self, name: str, text: str) -> Path:
         self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -246,6 +246,33 @@ def test_one_run_submits_reports_refusals_and_cancels(tmp_path: Path) -> None:
     assert any("refused" in line for line in lines)
 
 
+def test_a_live_job_without_an_outcome_is_reported_with_its_exit_file(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "dassco.g1.load.1.exit").write_text(
+        "status=143 signal=TERM elapsed=61 limit=60 job=55\n")
+    scheduler = FakeScheduler([Seen("55", "dassco.g1.load.1", "UNKNOWN", reason="ended"),
+                               Seen("56", "dassco.g2.load.1", "RUNNING")], refuse=set())
+
+    class Live(FakeDaemon):
+        def get(self, path: str) -> Any:
+            return [{"asset_guid": g, "job": "load", "attempt": 1, "hpc_job_id": i,
+                     "name": f"dassco.{g}.load.1", "status": "QUEUED"}
+                    for g, i in (("g1", "55"), ("g2", "56"), ("g3", "57"))]
+
+    daemon = Live([], cancel=[])
+    agent = Agent("local", cast(CallbackClient, daemon), scheduler, state,
+                  log=lambda line: None)
+    agent.run_once()
+    [report] = daemon.bodies("/report")
+    by_id = {job["hpc_job_id"]: job for job in report["jobs"]}
+    assert by_id["55"]["state"] == "UNKNOWN"
+    assert by_id["55"]["exit_file"] == "status=143 signal=TERM elapsed=61 limit=60 job=55"
+    assert "exit_file" not in by_id["56"]  # the scheduler says how it is
+    # Gone from the scheduler, and no exit file (yet): the daemon hears just that.
+    assert by_id["57"]["state"] == "UNKNOWN" and by_id["57"]["exit_file"] is None
+
+
 def test_a_submit_command_that_does_not_answer_ends_the_run(tmp_path: Path) -> None:
     class Hung(FakeScheduler):
         def submit(self, script: Path, folder: Path, name: str) -> str:

@@ -229,3 +229,36 @@ async def test_refusals_that_change_nothing(client: httpx.AsyncClient, stores: S
     assert (await refuse(client, "r4", 1, QUEUE_FULL)).status_code == 403
     assert (await refuse(client, "nope", 1, QUEUE_FULL)).status_code == 404
     assert (await refuse(client, "r3", 1, "")).status_code == 422
+
+
+async def test_an_exit_file_says_how_a_job_the_scheduler_forgot_ended(
+    client: httpx.AsyncClient, stores: Stores
+) -> None:
+    await claimed(stores, "x1")
+    await claim(client)
+    body = {"asset_guid": "x1", "job": "load", "attempt": 1, "hpc_job_id": "41"}
+    await client.post("/api/v1/agent/local/submitted", json=body, headers=AUTH)
+    gone = {**body, "state": "UNKNOWN", "reason": "the scheduler no longer knows the job",
+            "exit_file": "status=143 signal=TERM elapsed=61 limit=60 job=41"}
+    report = await client.post("/api/v1/agent/local/report", json={"jobs": [gone]},
+                               headers=AUTH)
+    assert report.json() == {"cancel": [], "lost": 1, "submitted": 0}
+    track = await stores.track.get("x1")
+    assert track is not None
+    load = track.job("load")
+    assert (load.status, load.exit_state) == (JobStatus.RETRY, "TIMEOUT")
+    assert "at its walltime of 60 s" in (load.last_error or "")
+    assert "no longer knows" in (load.last_error or "")
+
+
+async def test_an_exit_file_that_says_nothing_leaves_the_state_unknown(
+    client: httpx.AsyncClient, stores: Stores
+) -> None:
+    await claimed(stores, "x2")
+    await claim(client)
+    body = {"asset_guid": "x2", "job": "load", "attempt": 1, "hpc_job_id": "42"}
+    await client.post("/api/v1/agent/local/submitted", json=body, headers=AUTH)
+    gone = {**body, "state": "UNKNOWN", "reason": "ended", "exit_file": "not an exit file"}
+    await client.post("/api/v1/agent/local/report", json={"jobs": [gone]}, headers=AUTH)
+    track = await stores.track.get("x2")
+    assert track is not None and track.job("load").exit_state == "UNKNOWN"

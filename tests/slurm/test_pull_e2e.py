@@ -44,7 +44,8 @@ def pull_settings(stack: LocalStack, shared: Path, runs: Path, partition: str) -
             "lease_s": 3,
             "partition": partition,
             "work_root": str(shared / "work"),
-            "state_dir": str(shared / "jobs"),
+            # The agent's --state-dir: the job scripts' exit files are read from there.
+            "state_dir": str(shared / "agent"),
             "python": SYSTEM_PYTHON,
             "env": {
                 "PYTHONPATH": f"{REPO_ROOT / 'hpc'}:{REPO_ROOT}",
