@@ -30,7 +30,7 @@ from dasscod.clusters import Cluster, build_clusters
 from dasscod.listener.app import create_app
 from dasscod.log import get_logger
 from dasscod.model import Track
-from dasscod.pipeline import Pipeline, RetryPolicy, load_pipelines
+from dasscod.pipeline import Pipeline, RetryPolicy, load_pipelines, pipeline_stages
 from dasscod.settings import Settings
 from dasscod.store import Stores
 from dasscod.supervisors.ars_sync import ArsSync, SyncOptions, require_files_in_ars
@@ -96,6 +96,7 @@ class Daemon:
             assets_in_flight=self.settings.throttle.assets_in_flight,
             jobs_per_cluster={n: c.max_jobs for n, c in self.settings.clusters.items()},
             wakeups=self.wakeups,
+            stages=pipeline_stages(self.pipelines.values()),
         )
         timing = self.settings.timing
         self.stores = Stores.connect(

@@ -100,6 +100,18 @@ class Pipeline(BaseModel):
         ]
 
 
+def pipeline_stages(pipelines: Iterable[Pipeline]) -> dict[str, int]:
+    """Each job's stage: how many distinct priorities come before it in its pipeline (jobs
+    that run in parallel share a stage). A job in several pipelines takes its earliest."""
+    stages: dict[str, int] = {}
+    for pipeline in pipelines:
+        priorities = sorted({spec.priority for spec in pipeline.jobs})
+        for spec in pipeline.jobs:
+            stage = priorities.index(spec.priority)
+            stages[spec.name] = min(stage, stages.get(spec.name, stage))
+    return stages
+
+
 class PipelineError(ValueError):
     """A pipeline file is missing or invalid; the message names the file and the field."""
 

@@ -51,6 +51,14 @@ class Throttle:
     Counts come from the in-flight assets' documents (`observe`), plus reservations a
     dispatcher holds between deciding to claim and its claim being written, so that two
     dispatchers cannot both take the last slot.
+
+    Slots go to earlier pipeline stages first (`stages`: job name -> its place in the
+    pipeline): while a job of an earlier stage waits for a slot on a cluster, a later stage
+    does not take a slot that frees there. An asset early in its pipeline has the most work
+    ahead of it, so starting it first keeps every slot busy until the end of a batch instead
+    of leaving a tail of long jobs that started late (list scheduling by remaining work). The
+    assets-in-flight limit bounds how much early-stage work there can be, so later stages
+    are never starved.
     """
 
     def __init__(
@@ -59,8 +67,12 @@ class Throttle:
         assets_in_flight: int,
         jobs_per_cluster: Mapping[str, int],
         wakeups: Wakeups,
+        stages: Mapping[str, int] | None = None,
     ) -> None:
         self.max_assets = assets_in_flight
+        self.stages = dict(stages or {})
+        #: cluster -> jobs whose dispatcher found no slot there and has not been served since.
+        self._waiting: dict[str, set[str]] = defaultdict(set)
         self.max_jobs = dict(jobs_per_cluster)
         self.wakeups = wakeups
         self._assets: dict[str, Counter[str]] = {}  # in-flight guid -> active jobs per cluster
@@ -112,21 +124,40 @@ class Throttle:
     def assets_in_flight(self) -> int:
         return len(self._assets) + len(self._reserved_assets - self._assets.keys())
 
-    def reserve(self, track: Track, clusters: Iterable[str]) -> str | None:
-        """Pick the first cluster (in order of preference) with room for one more job of
-        `track`, and hold the slot until `release`. None: no room anywhere."""
+    def reserve(self, track: Track, clusters: Iterable[str], job: str = "") -> str | None:
+        """Pick the first cluster (in order of preference) with room for one more `job` of
+        `track`, and hold the slot until `release`. None: no room anywhere (the job then
+        waits for a slot on those clusters until `served`)."""
         entering = track.id not in self._assets and track.id not in self._reserved_assets
         if entering and self.assets_in_flight() >= self.max_assets:
             return None
+        wanted = []
         for cluster in clusters:
             if not self.reachable(cluster):
                 continue  # the next cluster in order of preference carries on
-            if self.active_jobs(cluster) < self.max_jobs.get(cluster, 0):
+            wanted.append(cluster)
+            room = self.active_jobs(cluster) < self.max_jobs.get(cluster, 0)
+            if room and not self._earlier_stage_waits(cluster, job):
                 self._reserved_jobs[cluster] += 1
                 if entering:
                     self._reserved_assets.add(track.id)
                 return cluster
+        if job:
+            for cluster in wanted:
+                self._waiting[cluster].add(job)
         return None
+
+    def _earlier_stage_waits(self, cluster: str, job: str) -> bool:
+        stage = self.stages.get(job, 0)
+        return any(self.stages.get(w, 0) < stage for w in self._waiting.get(cluster, ()))
+
+    def served(self, job: str) -> None:
+        """`job`'s dispatcher finished a pass the throttle did not stop: it waits no more, and
+        the later stages it held back may take the slots."""
+        if any(job in waiting for waiting in self._waiting.values()):
+            for waiting in self._waiting.values():
+                waiting.discard(job)
+            self._wake_blocked()
 
     # ---------------------------------------------------------------- cluster reachability
 

@@ -104,7 +104,7 @@ class Dispatcher:
                                asset_guid=track.id, pipeline=track.pipeline)
                 continue
             preferred = [c for c in pipeline.spec(self.job).clusters if c in self.clusters]
-            cluster = self.throttle.reserve(track, preferred)
+            cluster = self.throttle.reserve(track, preferred, self.job)
             if cluster is None:
                 # Waiting assets are taken oldest first by the query once there is room
                 # again, so the offers are dropped rather than let jump the queue.
@@ -127,6 +127,7 @@ class Dispatcher:
             tg.start_soon(self._submit, result.track, key)
         if not from_offers:
             self._backlog = False
+        self.throttle.served(self.job)
         return claimed, False, from_offers
 
     async def _submit(self, track: Track, key: AttemptKey) -> None:
