@@ -170,8 +170,16 @@ class SlurmScheduler:
         )  # fmt: skip
         records = {r.job_id: r for r in parse.parse_squeue(result.stdout) if r.job_id in valid}
         gone = [job_id for job_id in valid if job_id not in records]
+        unaccounted: str | None = None
         if gone:
-            accounted = await self._accounting([f"--jobs={','.join(gone)}"])
+            try:
+                accounted = await self._accounting([f"--jobs={','.join(gone)}"])
+            except SchedulerError as exc:
+                # A job squeue no longer lists ended at least MinJobAge ago: it is over, sacct
+                # would only say how. A broken sacct must not hold up the answer for the jobs
+                # squeue does list (their time limits, their ends). lookup, where "not found"
+                # would mean "submit again", does not degrade like this.
+                accounted, unaccounted = [], str(exc)
             for rec in accounted:
                 # A job id can come back more than once (ids restart when slurmctld loses its
                 # state): the record with our name is the one we mean.
@@ -183,7 +191,7 @@ class SlurmScheduler:
             record = records.get(job_id)
             if record is None:
                 infos[job_id] = JobInfo(job_id, name, SchedulerState.UNKNOWN,
-                                        reason=self._forgotten(job_id))
+                                        reason=self._forgotten(job_id, unaccounted))
             elif record.name != name:
                 infos[job_id] = JobInfo(job_id, name, SchedulerState.UNKNOWN,
                                         reason=f"Slurm job {job_id} is {record.name!r}, not ours")
@@ -240,8 +248,11 @@ class SlurmScheduler:
             )
         return parse.parse_sacct(result.stdout)
 
-    def _forgotten(self, job_id: str) -> str:
+    def _forgotten(self, job_id: str, unaccounted: str | None = None) -> str:
         if self.accounting == "none":
             return f"job {job_id} left the queue (no accounting configured to ask)"
+        if unaccounted is not None:
+            return (f"job {job_id} left the queue; how it ended is unknown because {unaccounted}"
+                    " (check sacct on the cluster)")
         return f"Slurm no longer knows job {job_id} (not in squeue nor in sacct)"
 

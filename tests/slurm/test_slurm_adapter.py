@@ -163,6 +163,27 @@ async def test_query_failures_are_retryable_scheduler_errors() -> None:
     assert failed.value.retryable
 
 
+async def test_a_failing_sacct_does_not_hold_up_the_jobs_squeue_knows() -> None:
+    denied = ("sacct: fatal: open /var/lib/slurm/jobcomp.log: Permission denied\n")
+    t = Scripted({
+        "squeue": [CommandResult(0, recorded("squeue_one_gone.stdout"), "")],
+        "sacct": [CommandResult(1, "", denied)],
+    })  # fmt: skip
+    got = await scheduler(t, accounting="completion").status(
+        {"8": "dassco.rec.ok.1", "99999": "dassco.x.y.1"})
+    assert got["8"].state is SchedulerState.COMPLETED
+    assert got["99999"].state is SchedulerState.UNKNOWN
+    assert "left the queue" in (got["99999"].reason or "")
+    assert "Permission denied" in (got["99999"].reason or "")
+    # Finding a job by name must not take "sacct failed" for "never submitted".
+    t = Scripted({
+        "squeue": [CommandResult(0, "", "")],
+        "sacct": [CommandResult(1, "", denied)],
+    })  # fmt: skip
+    with pytest.raises(SchedulerError):
+        await scheduler(t, accounting="completion").lookup(["dassco.rec.never.1"])
+
+
 async def test_cancel() -> None:
     t = Scripted({"scancel": [CommandResult(0, "", "")]})
     await scheduler(t).cancel("123_4")
