@@ -206,8 +206,9 @@ fi
 # the plugin also resets the file's mode to 0644 whenever it can. So the one user who may run
 # sacct over SSH -- the cluster user -- must own the log, and slurmctld, which writes it, runs
 # as that user (SlurmUser above). Real clusters keep accounting in slurmdbd instead.
-touch "$STATE/slurm/jobcomp.log"
-chown -R "$USER_NAME:$USER_NAME" "$STATE/slurm/ctld" "$STATE/log" "$STATE/slurm/jobcomp.log"
+touch "$STATE/slurm/jobcomp.log" "$STATE/log/slurmctld.log"
+chown "$USER_NAME:$USER_NAME" "$STATE/log" "$STATE/log/slurmctld.log" "$STATE/slurm/jobcomp.log"
+chown -R "$USER_NAME:$USER_NAME" "$STATE/slurm/ctld"
 chmod 0644 "$STATE/slurm/jobcomp.log"
 if alive "$STATE/run/slurmctld.pid" slurmctld; then
     say "slurmctld running (pid $(cat "$STATE/run/slurmctld.pid"))"
