@@ -98,16 +98,15 @@ class ObservedJob(AttemptRef):
     )
 
     def outcome(self) -> "ObservedJob":
-        """This observation with an UNKNOWN state replaced by what the exit file says."""
+        """This observation with an UNKNOWN state replaced by what the exit file says (the
+        agent's reason, that the scheduler did not say, is moot then)."""
         record = (torque_parse.parse_exit_record(self.exit_file)
                   if self.exit_file and self.state is SchedulerState.UNKNOWN else None)
         if record is None:
             return self
         state, code, reason = record.outcome()
         return self.model_copy(update={
-            "state": state, "exit_code": code,
-            "reason": f"{reason}; {self.reason}" if reason and self.reason
-            else reason or self.reason,
+            "state": state, "exit_code": code, "reason": reason,
         })  # fmt: skip
 
 

@@ -1,7 +1,8 @@
 """The daemon with a Slurm cluster reached over SSH: assets from the intake folder go through
 every HERB0001 job as real batch jobs on the local test cluster, run as the cluster user with
 the system Python (the runner needs only the standard library), calling back over HTTP. Then
-the same with the cluster's sshd restarted mid-run."""
+the same with the cluster's sshd restarted mid-run, and with the Torque adapter and jobs that
+die without calling back."""
 
 from __future__ import annotations
 
@@ -152,3 +153,31 @@ async def test_sshd_restarted_mid_run_loses_nothing(
     docs = await run_assets(settings, stack, mongo_uri, 2, meanwhile=restart_sshd)
     assert len(docs) == 2
     assert_all_done_once(docs, runs)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/qsub").exists(),
+                    reason="no Torque wrappers: install slurm-wlm-torque")
+async def test_torque_jobs_that_die_without_calling_back_end_in_error_with_their_exit_code(
+    slurm_cluster: LocalCluster, shared: Path, tmp_path: Path, mongo_uri: str
+) -> None:
+    """The daemon with the Torque adapter over SSH (the wrappers' qsub/qstat): every job's
+    command is /bin/false, so it exits 1 without a single callback. The wrappers' qstat only
+    says C; the job's exit file says how it ended, so each attempt is retried with "exit code
+    1" and the last one is an ERROR with it."""
+    runs = job_log(shared)
+    stack = LocalStack(tmp_path / "stack", mongo_uri, database=f"slurm_{uuid.uuid4().hex[:8]}")
+    stack.write_config()
+    settings = settings_for(slurm_cluster, stack, shared, runs)
+    settings.clusters["local"] = settings.clusters["local"].model_copy(
+        update={"scheduler": "torque", "python": "/bin/false"})
+    settings.timing = settings.timing.model_copy(
+        update={"retry_backoff_s": 0.1, "retry_backoff_max_s": 0.2})
+    [doc] = await run_assets(settings, stack, mongo_uri, 1)
+    load = next(j for j in doc["job_list"] if j["name"] == "load")
+    assert doc["jobs_status"] == "ERROR" and load["status"] == "ERROR", load
+    assert load["attempt"] == load["max_attempts"] == 3
+    assert load["exit_state"] == "FAILED"
+    assert load["last_error"] == "job ended (FAILED, exit code 1) without reporting back", load
+    lost = [h for h in doc["history"] if h["job"] == "load" and h["to"] in ("RETRY", "ERROR")]
+    assert len(lost) == 3 and all("exit code 1" in h["cause"] for h in lost), lost
+    assert runs.read_text() == "", "no job ran the module"

@@ -153,19 +153,14 @@ async def test_an_agent_runs_herb0001_and_repairs_a_crash_between_qsub_and_repor
     assert len(jobs_named(crashed["name"])) == 1, "the crashed agent's job was submitted again"
 
 
-async def test_a_submission_the_scheduler_refuses_is_an_error_with_its_message(
-    slurm_cluster: LocalCluster, shared: Path, tmp_path: Path, mongo_uri: str
-) -> None:
-    """A queue the cluster does not have: the wrappers' qsub refuses the job, the agent
-    reports sbatch's message, and the daemon puts the job in ERROR with it at once (retrying
-    cannot create the queue) instead of the job being claimed again every lease."""
-    runs = shared / "runs.jsonl"
-    stack = LocalStack(tmp_path / "stack", mongo_uri, database=f"pull_{uuid.uuid4().hex[:8]}")
-    settings = pull_settings(stack, shared, runs, "nosuchqueue")
+async def until_error(settings: Settings, stack: LocalStack, mongo_uri: str, shared: Path,
+                      tmp_path: Path, guid: str
+                      ) -> tuple[dict[str, Any] | None, list[subprocess.CompletedProcess[str]]]:
+    """Run the daemon and the agent (once every half second) until the asset is in ERROR
+    (or 90 s passed): its track, and the agent's runs."""
     url = settings.listener.callback_base
     token_file = tmp_path / "agent.token"
     token_file.write_text(AGENT_TOKEN + "\n")
-    guid = f"pull-refused-{uuid.uuid4().hex[:6]}"
     deliver(stack.intake, guid)
     daemon = Daemon(settings)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
@@ -177,7 +172,7 @@ async def test_a_submission_the_scheduler_refuses_is_an_error_with_its_message(
             tg.start_soon(daemon.run)
             with anyio.fail_after(30):
                 await daemon.ready.wait()
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 90
             while time.monotonic() < deadline:
                 done = await anyio.to_thread.run_sync(agent, url, token_file, shared / "agent")
                 runs_of_agent.append(done)
@@ -189,6 +184,19 @@ async def test_a_submission_the_scheduler_refuses_is_an_error_with_its_message(
     finally:
         await client.drop_database(stack.database)
         await client.close()
+    return doc, runs_of_agent
+
+
+async def test_a_submission_the_scheduler_refuses_is_an_error_with_its_message(
+    slurm_cluster: LocalCluster, shared: Path, tmp_path: Path, mongo_uri: str
+) -> None:
+    """A queue the cluster does not have: the wrappers' qsub refuses the job, the agent
+    reports sbatch's message, and the daemon puts the job in ERROR with it at once (retrying
+    cannot create the queue) instead of the job being claimed again every lease."""
+    stack = LocalStack(tmp_path / "stack", mongo_uri, database=f"pull_{uuid.uuid4().hex[:8]}")
+    settings = pull_settings(stack, shared, shared / "runs.jsonl", "nosuchqueue")
+    guid = f"pull-refused-{uuid.uuid4().hex[:6]}"
+    doc, runs_of_agent = await until_error(settings, stack, mongo_uri, shared, tmp_path, guid)
     assert doc is not None and doc["jobs_status"] == "ERROR", doc
     load = next(j for j in doc["job_list"] if j["name"] == "load")
     assert load["status"] == "ERROR" and load["attempt"] == 1, load
@@ -197,3 +205,27 @@ async def test_a_submission_the_scheduler_refuses_is_an_error_with_its_message(
     assert all(done.returncode == 0 for done in runs_of_agent), runs_of_agent[-1].stderr
     assert any("refused" in done.stderr for done in runs_of_agent)
     assert jobs_named(f"dassco.{guid}.load.1") == [], "nothing reached the queue"
+
+
+async def test_jobs_that_die_without_calling_back_are_settled_from_their_exit_files(
+    slurm_cluster: LocalCluster, shared: Path, tmp_path: Path, mongo_uri: str
+) -> None:
+    """Every job's command is /bin/false: it exits 1 without a callback. The wrappers' qstat
+    only says C; the agent sends the job's exit file along, and the daemon retries each
+    attempt with "exit code 1" and ends in ERROR with it."""
+    stack = LocalStack(tmp_path / "stack", mongo_uri, database=f"pull_{uuid.uuid4().hex[:8]}")
+    settings = pull_settings(stack, shared, shared / "runs.jsonl", slurm_cluster.partition)
+    settings.clusters["local"] = settings.clusters["local"].model_copy(
+        update={"python": "/bin/false"})
+    settings.timing = settings.timing.model_copy(
+        update={"retry_backoff_s": 0.1, "retry_backoff_max_s": 0.2})
+    guid = f"pull-false-{uuid.uuid4().hex[:6]}"
+    doc, runs_of_agent = await until_error(settings, stack, mongo_uri, shared, tmp_path, guid)
+    assert doc is not None and doc["jobs_status"] == "ERROR", doc
+    load = next(j for j in doc["job_list"] if j["name"] == "load")
+    assert (load["status"], load["attempt"], load["exit_state"]) == ("ERROR", 3, "FAILED")
+    assert load["last_error"] == "job ended (FAILED, exit code 1) without reporting back", load
+    assert all(done.returncode == 0 for done in runs_of_agent), runs_of_agent[-1].stderr
+    for attempt in (1, 2, 3):
+        assert jobs_named(f"dassco.{guid}.load.{attempt}"), "each attempt ran once"
+        assert len(jobs_named(f"dassco.{guid}.load.{attempt}")) == 1
