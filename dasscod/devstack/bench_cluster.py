@@ -10,7 +10,10 @@ Phases:
    queue holds none of them any more.
 2. Assets through HERB0001 with the daemon, every job a Slurm batch job that sleeps
    `DASSCO_TEST_SLEEP_S` seconds in the test module: `slurm_e2e_efficiency` = (sum of the
-   jobs' run times / job slots) / wall time, job slots = min(max_jobs, the node's CPUs).
+   jobs' run times / job slots) / wall time, job slots = min(max_jobs, the node's CPUs);
+   what it misses, per job, split into `slurm_e2e_overhead_in_job_s` (started to finished
+   callback beyond the module's run time) and `slurm_e2e_overhead_between_jobs_s` (the rest:
+   Slurm starting the next job, the job's Python start, the daemon's hand-off).
 """
 
 from __future__ import annotations
@@ -305,6 +308,15 @@ async def e2e_phase(env: Mapping[str, str], uri: str, root: Path, shared: Path) 
     # What each job cost beyond its run time, per slot: Slurm's start-up, the runner, the
     # callbacks and the daemon's hand-off to the next job.
     overhead = (wall * slots - busy) / max(1, len(run_times))
+    # Split of that overhead: from the started to the finished callback beyond the module's
+    # run time (the runner and its callbacks), and the rest of each slot's time, between one
+    # job's finished callback and the next one's started callback (Slurm noticing the end and
+    # starting the next job, the job's shell and Python start, the daemon's hand-off).
+    spans = [(j["job_end_time"] - j["job_start_time"]).total_seconds()
+             for d in docs for j in d["job_list"]
+             if j.get("job_start_time") is not None and j.get("job_end_time") is not None]
+    in_job = (sum(spans) - busy) / max(1, len(spans))
+    between = (wall * slots - sum(spans)) / max(1, len(spans))
     progress(f"e2e: {len(run_times)} jobs, {busy:.1f} s of run time in {wall:.1f} s wall")
     return {
         "slurm_e2e_efficiency": round(efficiency, 3),
@@ -316,6 +328,8 @@ async def e2e_phase(env: Mapping[str, str], uri: str, root: Path, shared: Path) 
         "slurm_e2e_job_slots": slots,
         "slurm_e2e_job_sleep_s": E2E_SLEEP_S,
         "slurm_e2e_overhead_s_per_job": round(overhead, 2),
+        "slurm_e2e_overhead_in_job_s": round(in_job, 2),
+        "slurm_e2e_overhead_between_jobs_s": round(between, 2),
     }
 
 
