@@ -9,7 +9,7 @@ and the repeated effects change nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,12 @@ from dasscod.tokens import JobClaims
 log = get_logger(__name__)
 
 CAUSE = "callback"
+#: The exit code the runner reports after the scheduler's SIGTERM (128 + 15).
+SIGTERM_EXIT = 143
+#: A SIGTERM this close to the job's time limit, or later, is the scheduler enforcing it
+#: (Slurm checks limits every 30 s, so it comes at or after the limit; the clocks of the
+#: start and the failure reports are the job's own, so a few seconds of slack suffice).
+TIME_LIMIT_SLACK_S = 5.0
 
 
 class CallbackRejected(Exception):
@@ -53,6 +59,11 @@ class CallbackRejected(Exception):
         super().__init__(detail)
         self.status_code = status_code
         self.detail = detail
+
+
+def _utc(moment: datetime) -> datetime:
+    """Naive times in callbacks are UTC, as the store reads them back."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _ack(result: Applied, job: str | None = None) -> Ack:
@@ -130,8 +141,13 @@ class CallbackService:
         return await self._progress(claims, Event.STARTED, body)
 
     async def failed(self, claims: JobClaims, body: FailedCallback) -> Ack:
-        await self._known_job(claims)
+        track = await self._known_job(claims)
         reason = body.reason if body.exit_code is None else f"{body.reason} (exit {body.exit_code})"
+        exit_state = "FAILED" if body.exit_code is None else f"EXIT_{body.exit_code}"
+        limit_s = self._time_limit_reached(track, claims.job, body)
+        if limit_s is not None:
+            exit_state = "TIMEOUT"
+            reason = f"stopped at its time limit of {limit_s} s (SIGTERM from the scheduler)"
         result = await self._apply(
             claims.asset_guid,
             [
@@ -141,13 +157,32 @@ class CallbackService:
                     attempt=claims.attempt,
                     at=body.timestamp,
                     error=reason,
-                    exit_state="FAILED" if body.exit_code is None else f"EXIT_{body.exit_code}",
+                    exit_state=exit_state,
                     retryable=body.retryable,
                     run_time_s=body.run_time_s,
                 )
             ],
         )
         return _ack(result, claims.job)
+
+    def _time_limit_reached(self, track: Track, name: str, body: FailedCallback) -> int | None:
+        """The job's time limit if this failure is the scheduler's SIGTERM at that limit (the
+        runner reports it like any other signal), else None."""
+        pipeline = self.stores.track.pipeline_of(track)
+        if body.exit_code != SIGTERM_EXIT or pipeline is None:
+            return None
+        try:
+            limit_s = pipeline.spec(name).time_limit_s
+        except KeyError:
+            return None
+        started = self._job(track, name).job_start_time
+        if started is not None and body.timestamp is not None:
+            elapsed_s: float | None = (_utc(body.timestamp) - _utc(started)).total_seconds()
+        else:
+            elapsed_s = body.run_time_s
+        if elapsed_s is None or elapsed_s < limit_s - TIME_LIMIT_SLACK_S:
+            return None
+        return limit_s
 
     async def finished(self, claims: JobClaims, body: FinishedCallback) -> Ack:
         # The copy this process last wrote usually is the stored document; a decision not to

@@ -475,6 +475,29 @@ async def test_failed_schedules_a_retry(world: Stores, client: httpx.AsyncClient
     assert job.not_before is not None and job.not_before > utcnow()
 
 
+@pytest.mark.parametrize(("ran_s", "exit_state"), [(60, "EXIT_143"), (1800, "TIMEOUT")])
+async def test_a_sigterm_at_the_time_limit_is_recorded_as_a_timeout(
+    world: Stores, client: httpx.AsyncClient, ran_s: int, exit_state: str
+) -> None:
+    limit_s = world.track.pipelines["PIPEHERB0001"].spec("load").time_limit_s
+    assert limit_s == 1800  # HERB0001's load; the parameters are chosen around it
+    at = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+    job_body = {"asset_guid": A, "job": "load"}
+    started = {**job_body, "timestamp": at.isoformat()}
+    assert (await client.post("/api/v1/jobs/started", json=started, headers=auth())).is_success
+    failed = {**job_body, "reason": "terminated by signal", "exit_code": 143,
+              "timestamp": (at + timedelta(seconds=ran_s)).isoformat()}
+    response = await client.post("/api/v1/jobs/failed", json=failed, headers=auth())
+    assert response.status_code == 200
+    job = (await world.track.get(A)).job("load")  # type: ignore[union-attr]
+    assert job.exit_state == exit_state
+    if exit_state == "TIMEOUT":
+        assert job.last_error == (
+            "stopped at its time limit of 1800 s (SIGTERM from the scheduler)")
+    else:
+        assert job.last_error == "terminated by signal (exit 143)"  # a cancel, say
+
+
 async def at_barcode(stores: Stores) -> None:
     """Asset A with load done and barcode claimed (attempt 1)."""
     await stores.track.apply(A, [JobEvent("load", Event.FINISHED, attempt=1)], cause="test")
