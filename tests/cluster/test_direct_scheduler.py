@@ -155,7 +155,7 @@ async def test_cancel_lets_the_job_report_and_ends_it_cancelled(
     scheduler: DirectScheduler, state_dir: Path, tmp_path: Path
 ) -> None:
     job_id = await scheduler.submit(_spec(tmp_path, sys.executable, "-c", REPORTS_TERM))
-    await _wait_for_output(state_dir / NAME / "stdout", "started\n")
+    await wait_for_output(state_dir / NAME / "stdout", "started\n")
     started = time.monotonic()
     await scheduler.cancel(job_id)
     info = await _wait(scheduler, job_id)
@@ -345,13 +345,14 @@ async def test_invalid_specs_are_refused(
     assert message in str(err.value)
 
 
-async def _wait_for_output(path: Path, text: str) -> None:
+async def wait_for_output(path: Path, text: str) -> None:
+    """Until `path` holds `text` (a job's output), for at most 5 s."""
     with anyio.fail_after(5):
         while True:
             if _holds(path, text):
                 return
-            await anyio.sleep(0.02)
+            await anyio.sleep(0.01)
 
 
 def _holds(path: Path, text: str) -> bool:
-    return path.exists() and path.read_text() == text
+    return path.exists() and text in path.read_text()

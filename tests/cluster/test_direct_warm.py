@@ -18,6 +18,7 @@ import pytest
 from dasscod.cluster.base import JobInfo, JobSpec, SchedulerState
 from dasscod.cluster.direct import WARM_NAME, DirectScheduler
 from dasscod.cluster.local import LocalTransport
+from tests.cluster.test_direct_scheduler import wait_for_output
 
 NAME = "dassco.asset-1.derive.1"
 
@@ -98,18 +99,6 @@ async def _wait(scheduler: DirectScheduler, job_id: str, name: str = NAME) -> Jo
             await anyio.sleep(0.02)
 
 
-async def _wait_for_output(path: Path, text: str) -> None:
-    with anyio.fail_after(5):
-        while True:
-            if _holds(path, text):
-                return
-            await anyio.sleep(0.01)
-
-
-def _holds(path: Path, text: str) -> bool:
-    return path.exists() and text in path.read_text()
-
-
 def _ended(process: psutil.Process) -> bool:
     try:
         return process.status() == psutil.STATUS_ZOMBIE
@@ -165,7 +154,7 @@ async def test_cancel_lets_a_warm_job_report_and_ends_it_cancelled(
     scheduler: DirectScheduler, state_dir: Path, tmp_path: Path, modules: Path
 ) -> None:
     job_id = await scheduler.submit(_spec(tmp_path, modules, "sleep", "report"))
-    await _wait_for_output(state_dir / NAME / "stdout", "started\n")
+    await wait_for_output(state_dir / NAME / "stdout", "started\n")
     started = time.monotonic()
     await scheduler.cancel(job_id)
     info = await _wait(scheduler, job_id)
