@@ -25,8 +25,11 @@ from tests.integration.test_daemon import settings_for
 
 
 def settings_with_ars(sim: ArsSimulator, tmp_path: Path, mongo_uri: str) -> Settings:
-    """An in-process daemon's settings with `[ars]` pointing at the simulator."""
+    """An in-process daemon's settings with `[ars]` pointing at the simulator. A job still
+    running when the test stops the daemon gives its callbacks up after a few seconds rather
+    than the runner's ten minutes, so that no process outlives the test for long."""
     base = settings_for(tmp_path, mongo_uri)
+    base.clusters["local"].env["DASSCO_CALLBACK_DEADLINE_S"] = "5"
     return Settings.model_validate({**base.model_dump(), "ars": sim.settings(),
                                     "security": base.security})
 
