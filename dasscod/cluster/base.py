@@ -7,11 +7,11 @@ parses what comes back. Schedulers never touch MongoDB: the dispatcher and watch
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import PurePosixPath
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 
 class TransportError(Exception):
@@ -119,3 +119,28 @@ class Scheduler(Protocol):
         ...
 
     async def cancel(self, job_id: str) -> None: ...
+
+
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+R = TypeVar("R", bound=Named)
+
+
+def best_by_name(
+    records: Iterable[R], names: Iterable[str], rank: Callable[[R], tuple[bool, int, int]]
+) -> dict[str, R]:
+    """One record per wanted name, the highest `rank` (a parser's records of several jobs
+    that share a name: the scheduler's memory, accounting, another user's job). Records of
+    other names are dropped."""
+    wanted = set(names)
+    best: dict[str, R] = {}
+    for record in records:
+        if record.name not in wanted:
+            continue
+        current = best.get(record.name)
+        if current is None or rank(record) > rank(current):
+            best[record.name] = record
+    return best

@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from dasscod.cluster import base
 from dasscod.cluster.base import JobInfo, SchedulerState
 
 #: Our job names (``dassco.{guid}.{job}.{attempt}``) and anything else we put on a command line
@@ -197,15 +198,7 @@ def best_by_name(records: Iterable[Record], names: Iterable[str]) -> dict[str, R
     """One record per wanted name: a job that has not finished wins (it is the one that can
     still report), else the newest (highest) job id. Records of other names are dropped --
     `sacct --completion` ignores --name, and another user may pick the same name."""
-    wanted = set(names)
-    best: dict[str, Record] = {}
-    for record in records:
-        if record.name not in wanted:
-            continue
-        current = best.get(record.name)
-        if current is None or _rank(record) > _rank(current):
-            best[record.name] = record
-    return best
+    return base.best_by_name(records, names, _rank)
 
 
 def _rank(record: Record) -> tuple[bool, int, int]:

@@ -48,6 +48,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from dasscod.cluster import base
 from dasscod.cluster.base import JobInfo, SchedulerState
 from dasscod.cluster.slurm_parse import PERMANENT_SUBMIT_ERRORS as SLURM_PERMANENT
 
@@ -346,15 +347,7 @@ def submit_error_is_permanent(output: str) -> bool:
 def best_by_name(records: Iterable[Record], names: Iterable[str]) -> dict[str, Record]:
     """One record per wanted name: a job that has not ended wins, else the newest (highest)
     job id. Records of other names are dropped."""
-    wanted = set(names)
-    best: dict[str, Record] = {}
-    for record in records:
-        if record.name not in wanted:
-            continue
-        current = best.get(record.name)
-        if current is None or _rank(record) > _rank(current):
-            best[record.name] = record
-    return best
+    return base.best_by_name(records, names, _rank)
 
 
 def _rank(record: Record) -> tuple[bool, int, int]:
