@@ -75,16 +75,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _read_token_file(path: Path) -> str:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the token file: {exc}") from None
+    if not token:
+        raise ConfigError(f"the token file {path} is empty")
+    return token
+
+
 def _agent(args: argparse.Namespace) -> int:
     from dassco_hpc.agent import Agent, Slurm, Torque, run_agent
 
     try:
-        try:
-            token = args.token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the token file: {exc}") from None
-        if not token:
-            raise ConfigError(f"the token file {args.token_file} is empty")
+        token = _read_token_file(args.token_file)
         url = callback_url(args.url, "--url")
         if args.batch < 1 or args.deadline <= 0 or (args.loop is not None and args.loop <= 0):
             raise ConfigError("--batch, --deadline and --loop must be positive")
@@ -113,12 +118,7 @@ def _run(module: str, env: Mapping[str, str]) -> int:
 def _replay(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     try:
         if args.token_file is not None:
-            try:
-                token = args.token_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(f"cannot read the token file: {exc}") from None
-            if not token:
-                raise ConfigError(f"the token file {args.token_file} is empty")
+            token = _read_token_file(args.token_file)
         else:
             token = env.get("DASSCO_TOKEN", "").strip()
             if not token:
