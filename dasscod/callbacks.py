@@ -9,7 +9,7 @@ and the repeated effects change nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +59,6 @@ class CallbackRejected(Exception):
         super().__init__(detail)
         self.status_code = status_code
         self.detail = detail
-
-
-def _utc(moment: datetime) -> datetime:
-    """Naive times in callbacks are UTC, as the store reads them back."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _ack(result: Applied, job: str | None = None) -> Ack:
@@ -177,7 +172,7 @@ class CallbackService:
             return None
         started = self._job(track, name).job_start_time
         if started is not None and body.timestamp is not None:
-            elapsed_s: float | None = (_utc(body.timestamp) - _utc(started)).total_seconds()
+            elapsed_s: float | None = (body.timestamp - started).total_seconds()
         else:
             elapsed_s = body.run_time_s
         if elapsed_s is None or elapsed_s < limit_s - TIME_LIMIT_SLACK_S:

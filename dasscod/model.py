@@ -20,6 +20,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """A time from outside (a callback, a delivery): naive ones are taken as UTC, which is
+    also how MongoDB reads them back."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 class JobStatus(StrEnum):
     WAITING = "WAITING"
     STARTING = "STARTING"

@@ -9,9 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dasscod.model import GUID_PATTERN
+from dasscod.model import GUID_PATTERN, as_utc
 
 Guid = Field(pattern=GUID_PATTERN)
 
@@ -46,6 +46,11 @@ class JobCallback(_Body):
     job: str = Field(min_length=1, max_length=100)
     attempt: int | None = Field(default=None, ge=1)
     timestamp: datetime | None = None
+
+    @field_validator("timestamp")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else as_utc(value)
 
 
 class QueuedCallback(JobCallback):

@@ -49,7 +49,7 @@ from dasscod.delivery import (
     snapshot,
 )
 from dasscod.log import get_logger
-from dasscod.model import Flag, Metadata, Track, utcnow
+from dasscod.model import Flag, Metadata, Track, as_utc, utcnow
 from dasscod.pipeline import Pipeline
 from dasscod.settings import IntakeSettings
 from dasscod.store import AssetExists, Stores
@@ -443,8 +443,7 @@ def same_metadata(stored: Mapping[str, Any], metadata: Metadata) -> bool:
 
 def _comparable(value: Any) -> Any:
     if isinstance(value, datetime):
-        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-        aware = aware.astimezone(UTC)
+        aware = as_utc(value).astimezone(UTC)
         return aware.replace(microsecond=aware.microsecond // 1000 * 1000)
     if isinstance(value, Mapping):
         return {str(k): _comparable(v) for k, v in value.items()}
