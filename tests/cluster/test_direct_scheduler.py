@@ -55,7 +55,7 @@ def _spec(tmp_path: Path, *argv: str, **changes: Any) -> JobSpec:
     return replace(spec, **changes)
 
 
-async def _wait(scheduler: DirectScheduler, job_id: str, name: str = NAME) -> JobInfo:
+async def wait_finished(scheduler: DirectScheduler, job_id: str, name: str = NAME) -> JobInfo:
     """Poll status until the job has finished, with a deadline."""
     with anyio.fail_after(10):
         while True:
@@ -85,7 +85,7 @@ async def test_completed_job_gets_env_workdir_and_its_output_captured(
         env={"FOO": "bar", "DASSCO_TOKEN": "s3cret-token"},
     )  # fmt: skip
     job_id = await scheduler.submit(spec)
-    info = await _wait(scheduler, job_id)
+    info = await wait_finished(scheduler, job_id)
     assert info == JobInfo(job_id, NAME, SchedulerState.COMPLETED, 0)
     folder = state_dir / NAME
     assert (folder / "stdout").read_text() == f"hi bar\n{spec.workdir}\n"
@@ -102,7 +102,7 @@ async def test_failed_job_reports_its_exit_code(
     scheduler: DirectScheduler, state_dir: Path, tmp_path: Path
 ) -> None:
     job_id = await scheduler.submit(_spec(tmp_path, "sh", "-c", "echo hi; exit 3"))
-    info = await _wait(scheduler, job_id)
+    info = await wait_finished(scheduler, job_id)
     assert (info.state, info.exit_code) == (SchedulerState.FAILED, 3)
     assert str(state_dir / NAME) in (info.reason or "")
     assert (state_dir / NAME / "stdout").read_text() == "hi\n"
@@ -112,7 +112,7 @@ async def test_missing_program_fails_as_command_not_found(
     scheduler: DirectScheduler, tmp_path: Path
 ) -> None:
     job_id = await scheduler.submit(_spec(tmp_path, "dassco-no-such-program"))
-    info = await _wait(scheduler, job_id)
+    info = await wait_finished(scheduler, job_id)
     assert (info.state, info.exit_code) == (SchedulerState.FAILED, 127)
     assert "command not found" in (info.reason or "")
 
@@ -132,7 +132,7 @@ async def test_submitting_a_name_again_returns_the_same_job_and_runs_it_once(
         tg.start_soon(submit)
     ids.append(await _scheduler(Path(str(scheduler.state_dir))).submit(spec))  # after restart
     assert len(set(ids)) == 1
-    await _wait(scheduler, ids[0])
+    await wait_finished(scheduler, ids[0])
     ids.append(await scheduler.submit(spec))  # and after it finished
     assert len(set(ids)) == 1
     assert counter.read_text() == "run\n"
@@ -147,7 +147,7 @@ async def test_a_restarted_daemon_finds_the_job_by_name(
     assert list(found) == [NAME]
     assert found[NAME].job_id == job_id
     assert found[NAME].state is SchedulerState.RUNNING
-    assert (await _wait(restarted, job_id)).state is SchedulerState.COMPLETED
+    assert (await wait_finished(restarted, job_id)).state is SchedulerState.COMPLETED
     assert (await restarted.lookup([NAME]))[NAME].state is SchedulerState.COMPLETED
 
 
@@ -158,7 +158,7 @@ async def test_cancel_lets_the_job_report_and_ends_it_cancelled(
     await wait_for_output(state_dir / NAME / "stdout", "started\n")
     started = time.monotonic()
     await scheduler.cancel(job_id)
-    info = await _wait(scheduler, job_id)
+    info = await wait_finished(scheduler, job_id)
     assert (info.state, info.exit_code) == (SchedulerState.CANCELLED, 0)
     assert time.monotonic() - started < 5
     assert (state_dir / NAME / "stdout").read_text() == "started\ngot TERM\n"
@@ -187,7 +187,7 @@ async def test_a_workdir_that_cannot_be_made_fails_the_job(
     (tmp_path / "file").touch()
     workdir = PurePosixPath(tmp_path / "file" / "work")
     job_id = await scheduler.submit(_spec(tmp_path, "true", workdir=workdir))
-    info = await _wait(scheduler, job_id)
+    info = await wait_finished(scheduler, job_id)
     assert (info.state, info.exit_code) == (SchedulerState.FAILED, 125)
     assert "could not be started" in (info.reason or "")
     assert str(workdir) in (state_dir / NAME / "stderr").read_text()
@@ -203,7 +203,7 @@ async def test_time_limit_exceeded_is_a_timeout(
     scheduler: DirectScheduler, tmp_path: Path
 ) -> None:
     job_id = await scheduler.submit(_spec(tmp_path, "sleep", "30", time_limit_s=1))
-    info = await _wait(scheduler, job_id)
+    info = await wait_finished(scheduler, job_id)
     assert (info.state, info.exit_code) == (SchedulerState.TIMEOUT, 124)
 
 
@@ -212,7 +212,7 @@ async def test_job_killed_behind_the_schedulers_back_fails_with_the_signal(
 ) -> None:
     job_id = await scheduler.submit(_spec(tmp_path, "sleep", "30"))
     os.killpg((await _job_process(int(job_id))).pid, signal.SIGKILL)
-    info = await _wait(scheduler, job_id)
+    info = await wait_finished(scheduler, job_id)
     assert (info.state, info.exit_code) == (SchedulerState.FAILED, 137)
     assert "SIGKILL" in (info.reason or "")
 
@@ -224,7 +224,7 @@ async def test_wrapper_killed_without_an_exit_status_is_reported_vanished(
     job = await _job_process(int(job_id))
     os.kill(int(job_id), signal.SIGKILL)
     try:
-        info = await _wait(scheduler, job_id)
+        info = await wait_finished(scheduler, job_id)
     finally:
         os.killpg(job.pid, signal.SIGKILL)
     assert info == JobInfo(job_id, NAME, SchedulerState.FAILED, reason=VANISHED)
@@ -249,7 +249,7 @@ async def test_status_of_jobs_it_does_not_know_is_unknown(
     infos = await scheduler.status({"999999": "dassco.nowhere.job.1", "888888": NAME})
     assert infos["999999"].state is SchedulerState.UNKNOWN
     assert infos["888888"].state is SchedulerState.UNKNOWN  # the name is another job's
-    assert (await _wait(scheduler, job_id)).state is SchedulerState.COMPLETED
+    assert (await wait_finished(scheduler, job_id)).state is SchedulerState.COMPLETED
 
 
 async def test_detached_job_survives_the_daemon_being_killed(
@@ -278,7 +278,7 @@ anyio.run(main)
     assert result.returncode == -signal.SIGKILL
     job_id = result.stdout.decode().strip()
     assert os.getsid(int(job_id)) == int(job_id) != os.getsid(0)
-    info = await _wait(_scheduler(state_dir), job_id)
+    info = await wait_finished(_scheduler(state_dir), job_id)
     assert info.state is SchedulerState.COMPLETED
     assert (state_dir / NAME / "stdout").read_text() == "done\n"
 

@@ -18,9 +18,7 @@ import pytest
 from dasscod.cluster.base import JobInfo, JobSpec, SchedulerState
 from dasscod.cluster.direct import WARM_NAME, DirectScheduler
 from dasscod.cluster.local import LocalTransport
-from tests.cluster.test_direct_scheduler import wait_for_output
-
-NAME = "dassco.asset-1.derive.1"
+from tests.cluster.test_direct_scheduler import NAME, wait_finished, wait_for_output
 
 #: The job module. Run as `python -m warmjob MODE`; `decimal` tells a warm start from a cold
 #: one: only the launcher imports it beforehand.
@@ -90,15 +88,6 @@ def _spec(tmp_path: Path, modules: Path, *args: str, name: str = NAME, **env: st
     )
 
 
-async def _wait(scheduler: DirectScheduler, job_id: str, name: str = NAME) -> JobInfo:
-    with anyio.fail_after(10):
-        while True:
-            info = (await scheduler.status({job_id: name}))[job_id]
-            if info.state.finished:
-                return info
-            await anyio.sleep(0.02)
-
-
 def _ended(process: psutil.Process) -> bool:
     try:
         return process.status() == psutil.STATUS_ZOMBIE
@@ -118,7 +107,8 @@ async def test_a_warm_job_runs_detached_with_its_env_workdir_and_output(
 ) -> None:
     spec = _spec(tmp_path, modules, "show", FOO="bar", DASSCO_TOKEN="s3cret-token")
     job_id = await scheduler.submit(spec)
-    assert await _wait(scheduler, job_id) == JobInfo(job_id, NAME, SchedulerState.COMPLETED, 0)
+    info = await wait_finished(scheduler, job_id)
+    assert info == JobInfo(job_id, NAME, SchedulerState.COMPLETED, 0)
     folder = state_dir / NAME
     out = (folder / "stdout").read_text().splitlines()
     assert out[0] == f"warm=True cwd={spec.workdir} argv=['show']"
@@ -138,7 +128,7 @@ async def test_a_warm_jobs_exit_status_is_reported(
     scheduler: DirectScheduler, tmp_path: Path, modules: Path
 ) -> None:
     job_id = await scheduler.submit(_spec(tmp_path, modules, "exit", "3"))
-    info = await _wait(scheduler, job_id)
+    info = await wait_finished(scheduler, job_id)
     assert (info.state, info.exit_code) == (SchedulerState.FAILED, 3)
 
 
@@ -146,7 +136,7 @@ async def test_a_warm_job_over_its_time_limit_is_a_timeout(
     scheduler: DirectScheduler, tmp_path: Path, modules: Path
 ) -> None:
     job_id = await scheduler.submit(replace(_spec(tmp_path, modules, "sleep"), time_limit_s=1))
-    info = await _wait(scheduler, job_id)
+    info = await wait_finished(scheduler, job_id)
     assert (info.state, info.exit_code) == (SchedulerState.TIMEOUT, 124)
 
 
@@ -157,7 +147,7 @@ async def test_cancel_lets_a_warm_job_report_and_ends_it_cancelled(
     await wait_for_output(state_dir / NAME / "stdout", "started\n")
     started = time.monotonic()
     await scheduler.cancel(job_id)
-    info = await _wait(scheduler, job_id)
+    info = await wait_finished(scheduler, job_id)
     assert (info.state, info.exit_code) == (SchedulerState.CANCELLED, 0)  # the job's own
     assert (state_dir / NAME / "stdout").read_text() == "started\ngot TERM\n"
     assert time.monotonic() - started < 5
@@ -175,12 +165,12 @@ async def test_a_warm_job_outlives_its_launcher_and_a_restarted_daemon_finds_it(
     os.kill(_launcher_pid(scheduler), signal.SIGKILL)  # as when the daemon is SIGKILLed
     restarted = _scheduler(transport, state_dir)
     assert (await restarted.lookup([NAME]))[NAME].state is SchedulerState.RUNNING
-    assert (await _wait(restarted, job_id)).state is SchedulerState.COMPLETED
+    assert (await wait_finished(restarted, job_id)).state is SchedulerState.COMPLETED
     assert (state_dir / NAME / "stdout").read_text() == "started\ndone\n"
     # The scheduler whose launcher died starts the next job all the same.
     other = "dassco.asset-2.derive.1"
     next_id = await scheduler.submit(_spec(tmp_path, modules, "show", name=other))
-    assert (await _wait(scheduler, next_id, other)).state is SchedulerState.COMPLETED
+    assert (await wait_finished(scheduler, next_id, other)).state is SchedulerState.COMPLETED
 
 
 async def test_without_a_usable_launcher_jobs_take_the_shell_wrapper(
@@ -188,7 +178,7 @@ async def test_without_a_usable_launcher_jobs_take_the_shell_wrapper(
 ) -> None:
     scheduler = _scheduler(transport, state_dir, imports=("warmjob", "no_such_module_here"))
     job_id = await scheduler.submit(_spec(tmp_path, modules, "show"))
-    assert (await _wait(scheduler, job_id)).state is SchedulerState.COMPLETED
+    assert (await wait_finished(scheduler, job_id)).state is SchedulerState.COMPLETED
     assert (state_dir / NAME / "stdout").read_text().startswith("warm=False ")
     assert "warm launcher" not in (state_dir / NAME / "wrapper.log").read_text()
     log = (state_dir / ".warm-launcher.log").read_text()
@@ -200,7 +190,7 @@ async def test_closing_the_transport_stops_the_launcher(
     scheduler: DirectScheduler, transport: LocalTransport, tmp_path: Path, modules: Path
 ) -> None:
     job_id = await scheduler.submit(_spec(tmp_path, modules, "show"))
-    await _wait(scheduler, job_id)
+    await wait_finished(scheduler, job_id)
     launcher = psutil.Process(_launcher_pid(scheduler))
     await transport.close()
     with anyio.fail_after(5):
@@ -216,7 +206,7 @@ async def test_other_commands_are_not_started_warm(
 ) -> None:
     spec = JobSpec(NAME, argv, PurePosixPath(tmp_path / "work"), time_limit_s=60)
     job_id = await scheduler.submit(spec)
-    await _wait(scheduler, job_id)
+    await wait_finished(scheduler, job_id)
     assert "warm launcher" not in (state_dir / NAME / "wrapper.log").read_text()
     assert scheduler._warm is not None and scheduler._warm.pid is None
 
@@ -249,7 +239,7 @@ anyio.run(main)
     assert result.returncode == -signal.SIGKILL
     job_id, launcher_pid = result.stdout.decode().split()
     assert os.getsid(int(job_id)) == int(job_id) != os.getsid(0)
-    info = await _wait(_scheduler(LocalTransport("restarted"), state_dir), job_id)
+    info = await wait_finished(_scheduler(LocalTransport("restarted"), state_dir), job_id)
     assert info.state is SchedulerState.COMPLETED
     assert (state_dir / NAME / "stdout").read_text() == "started\ndone\n"
     assert "started from the warm launcher" in (state_dir / NAME / "wrapper.log").read_text()
