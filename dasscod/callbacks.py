@@ -8,10 +8,11 @@ and the repeated effects change nothing.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from dasscod.listener.schemas import (
     Ack,
@@ -70,9 +71,17 @@ def _ack(result: Applied, job: str | None = None) -> Ack:
     )
 
 
+class Slots(Protocol):
+    """The dispatch throttle's side of a job's end (`Throttle.ending`)."""
+
+    def ending(self, guid: str, job: str) -> AbstractContextManager[None]: ...
+
+
 @dataclass
 class CallbackService:
     stores: Stores
+    #: Told while a job's end is being written, so that its slot is reused at once.
+    slots: Slots | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -110,6 +119,12 @@ class CallbackService:
         attempt; a duplicate or stale callback must not apply them a second time."""
         return job.attempt == claims.attempt and job.status not in TERMINAL
 
+    def _ending(self, claims: JobClaims, live: bool) -> AbstractContextManager[None]:
+        """The current attempt reported its end: its slot is free while that is written."""
+        if self.slots is None or not live:
+            return nullcontext()
+        return self.slots.ending(claims.asset_guid, claims.job)
+
     # ------------------------------------------------------------------ job lifecycle
 
     async def _known_job(self, claims: JobClaims) -> Track:
@@ -143,21 +158,22 @@ class CallbackService:
         if limit_s is not None:
             exit_state = "TIMEOUT"
             reason = f"stopped at its time limit of {limit_s} s (SIGTERM from the scheduler)"
-        result = await self._apply(
+        with self._ending(claims, self._is_live(self._job(track, claims.job), claims)):
+            result = await self._apply(
             claims.asset_guid,
-            [
-                JobEvent(
-                    claims.job,
-                    Event.FAILED,
-                    attempt=claims.attempt,
-                    at=body.timestamp,
-                    error=reason,
-                    exit_state=exit_state,
-                    retryable=body.retryable,
-                    run_time_s=body.run_time_s,
-                )
-            ],
-        )
+                [
+                    JobEvent(
+                        claims.job,
+                        Event.FAILED,
+                        attempt=claims.attempt,
+                        at=body.timestamp,
+                        error=reason,
+                        exit_state=exit_state,
+                        retryable=body.retryable,
+                        run_time_s=body.run_time_s,
+                    )
+                ],
+            )
         return _ack(result, claims.job)
 
     def _time_limit_reached(self, track: Track, name: str, body: FailedCallback) -> int | None:
@@ -185,11 +201,9 @@ class CallbackService:
         track = await self._track(claims.asset_guid, recent_ok=True)
         if not self._is_live(self._job(track, claims.job), claims):
             track = await self._track(claims.asset_guid)
-        job = self._job(track, claims.job)
+        live = self._is_live(self._job(track, claims.job), claims)
         asset_fields: dict[str, Any] = {}
         extra_events: list[JobEvent] = []
-        if self._is_live(job, claims):
-            asset_fields, extra_events = await self._result_effects(track, claims, body.results)
         event = JobEvent(
             claims.job,
             Event.FINISHED,
@@ -197,9 +211,14 @@ class CallbackService:
             at=body.timestamp,
             run_time_s=body.run_time_s,
         )
-        result = await self._apply(
-            claims.asset_guid, [event, *extra_events], known=track, asset_fields=asset_fields
-        )
+        with self._ending(claims, live):
+            if live:
+                asset_fields, extra_events = await self._result_effects(
+                    track, claims, body.results
+                )
+            result = await self._apply(
+                claims.asset_guid, [event, *extra_events], known=track, asset_fields=asset_fields
+            )
         return _ack(result, claims.job)
 
     async def _result_effects(

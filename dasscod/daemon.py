@@ -134,6 +134,7 @@ class Daemon:
                     intake_max_mb=intake.api_max_mb,
                     files_root=intake.work_area.absolute(),
                     launcher=self.launcher,
+                    slots=self.throttle,
                 ),
                 host=self.settings.listener.host,
                 port=self.settings.listener.port,

@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pymongo.errors import ConnectionFailure
 
-from dasscod.callbacks import CallbackRejected, CallbackService
+from dasscod.callbacks import CallbackRejected, CallbackService, Slots
 from dasscod.listener.agent_api import agent_router
 from dasscod.listener.files import FileName, receive_file, send_file
 from dasscod.listener.intake_api import intake_router
@@ -58,8 +58,9 @@ def create_app(
     intake_max_mb: float = 2000.0,
     launcher: Launcher | None = None,
     files_root: FilePath | None = None,
+    slots: Slots | None = None,
 ) -> FastAPI:
-    service = CallbackService(stores)
+    service = CallbackService(stores, slots)
     app = FastAPI(
         title="dasscod listener",
         version="1",

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 import anyio
 
@@ -75,7 +76,10 @@ class Throttle:
         self._waiting: dict[str, set[str]] = defaultdict(set)
         self.max_jobs = dict(jobs_per_cluster)
         self.wakeups = wakeups
-        self._assets: dict[str, Counter[str]] = {}  # in-flight guid -> active jobs per cluster
+        #: In-flight guid -> its active jobs (name -> cluster).
+        self._assets: dict[str, dict[str, str]] = {}
+        #: (guid, job) of jobs whose end is being written: their slot is free already.
+        self._ending: set[tuple[str, str]] = set()
         self._reserved_jobs: Counter[str] = Counter()
         self._reserved_assets: set[str] = set()
         self._blocked: set[str] = set()
@@ -93,15 +97,30 @@ class Throttle:
         self._seen[track.id] = (track.version, time.monotonic())
         was = self._assets.get(track.id)
         if track.in_flight:
-            self._assets[track.id] = Counter(
-                j.cluster for j in track.job_list if j.status in ACTIVE and j.cluster
-            )
+            self._assets[track.id] = {
+                j.name: j.cluster for j in track.job_list if j.status in ACTIVE and j.cluster
+            }
         else:
             self._assets.pop(track.id, None)
             self._seen.pop(track.id, None)
         now = self._assets.get(track.id)
-        if was is not None and (now is None or sum(now.values()) < sum(was.values())):
+        if was is not None and (now is None or len(now) < len(was)):
             self._wake_blocked()
+
+    @contextmanager
+    def ending(self, guid: str, job: str) -> Iterator[None]:
+        """The job reported how it ended and its transition is being written: its slot goes
+        to the next job now, in parallel with that write, rather than one store round trip
+        later. Afterwards the stored document decides again: a write that failed gives the
+        job its slot back."""
+        key = (guid, job)
+        self._ending.add(key)
+        if job in self._assets.get(guid, {}):
+            self._wake_blocked()
+        try:
+            yield
+        finally:
+            self._ending.discard(key)
 
     def rebuild(self, in_flight: Iterable[Track], *, queried_at: float) -> None:
         """Resynchronise with a query of the in-flight assets that started at `queried_at`
@@ -119,7 +138,13 @@ class Throttle:
     # ---------------------------------------------------------------- deciding
 
     def active_jobs(self, cluster: str) -> int:
-        return sum(c[cluster] for c in self._assets.values()) + self._reserved_jobs[cluster]
+        running = sum(
+            1
+            for guid, jobs in self._assets.items()
+            for job, on in jobs.items()
+            if on == cluster and (guid, job) not in self._ending
+        )
+        return running + self._reserved_jobs[cluster]
 
     def assets_in_flight(self) -> int:
         return len(self._assets) + len(self._reserved_assets - self._assets.keys())

@@ -26,6 +26,9 @@ log = get_logger(__name__)
 
 #: Ready assets fetched per pass; the loop goes round again at once while it keeps claiming.
 BATCH = 50
+#: Ready assets kept in memory while the throttle holds them back; beyond this the store is
+#: asked again (oldest first) once a slot frees.
+MAX_KEPT = 1000
 
 
 def _ready_order(track: Track) -> datetime:
@@ -57,10 +60,15 @@ class Dispatcher:
         self.stopping = stopping
         self.sweep_s = sweep_s
         self._submits = anyio.CapacityLimiter(max_parallel_submits)
+        #: Assets known to have our job ready: offered by transitions, and those a pass could
+        #: not claim for want of a slot (kept, so that a freed slot needs no query).
         self._offered: dict[str, Track] = {}
-        #: Offers were dropped when the throttle stopped a pass: until a query pass runs
-        #: unblocked, only the query sees those assets.
+        #: The store may hold ready assets that `_offered` lacks (more than one batch, or
+        #: more than `MAX_KEPT`): until a query pass runs unblocked, passes ask the store.
         self._backlog = False
+        #: The next pass asks the store (at start-up and on every sweep): it finds what no
+        #: transition of this process offered, such as another process's writes.
+        self._sweep = True
         self.log = log.bind(job=job)
 
     def offer(self, track: Track) -> None:
@@ -78,22 +86,27 @@ class Dispatcher:
                     self.throttle.wake_when_freed(self.job)
                 elif self._offered or (claimed and not from_offers):
                     continue  # more offers came in, or more ready work than one batch
-                with anyio.move_on_after(self.sweep_s):
+                with anyio.move_on_after(self.sweep_s) as sweep:
                     await wake.wait()
+                if sweep.cancelled_caught:
+                    self._sweep = True
 
     async def dispatch_once(self, tg: TaskGroup) -> tuple[int, bool, bool]:
-        """One pass over the offered assets, or else over a query of the ready ones (oldest
-        first). Returns (jobs claimed, whether the throttle stopped the pass, whether it was
-        served from offers)."""
-        from_offers = bool(self._offered) and not self._backlog
+        """One pass over the known ready assets, or else over a query of the ready ones
+        (oldest first). Returns (jobs claimed, whether the throttle stopped the pass, whether
+        it was served from memory)."""
+        from_offers = bool(self._offered) and not self._backlog and not self._sweep
         if from_offers:
             tracks = sorted(self._offered.values(), key=_ready_order)
             self._offered.clear()
+            more_in_store = False
         else:
             self._offered.clear()  # the query returns them too, oldest first
+            self._sweep = False
             tracks = await self.stores.track.ready(self.job, BATCH)
+            more_in_store = len(tracks) >= BATCH
         claimed = 0
-        for track in tracks:
+        for i, track in enumerate(tracks):
             if self.stopping.is_set():
                 break
             if self.job not in track.ready:
@@ -106,10 +119,7 @@ class Dispatcher:
             preferred = [c for c in pipeline.spec(self.job).clusters if c in self.clusters]
             cluster = self.throttle.reserve(track, preferred, self.job)
             if cluster is None:
-                # Waiting assets are taken oldest first by the query once there is room
-                # again, so the offers are dropped rather than let jump the queue.
-                self._offered.clear()
-                self._backlog = True
+                self._keep(tracks[i:], more_in_store=more_in_store)
                 return claimed, True, from_offers
             try:
                 result = await self.stores.track.apply(
@@ -129,6 +139,17 @@ class Dispatcher:
             self._backlog = False
         self.throttle.served(self.job)
         return claimed, False, from_offers
+
+    def _keep(self, unclaimed: list[Track], *, more_in_store: bool) -> None:
+        """No slot for these: keep them for the pass a freed slot wakes, so that it claims
+        the oldest without asking the store. A copy offered meanwhile is newer and wins."""
+        for track in unclaimed:
+            self._offered.setdefault(track.id, track)
+        # Beyond one batch or MAX_KEPT, some ready assets are only in the store, possibly
+        # older than these: the store is asked again once a slot frees.
+        self._backlog = more_in_store or len(self._offered) > MAX_KEPT
+        if self._backlog:
+            self._offered.clear()
 
     async def _submit(self, track: Track, key: AttemptKey) -> None:
         async with self._submits:

@@ -1,17 +1,21 @@
-"""The dispatcher's hand-off under a full throttle: offers dropped while every slot was taken
-are not forgotten when newer offers arrive, and the oldest ready asset goes first."""
+"""The dispatcher's hand-off under a full throttle: ready assets the throttle held back are
+kept, and the oldest goes first once a slot frees, without asking the store; a sweep still
+finds what no transition offered."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from dasscod.clusters import build_clusters
-from dasscod.model import JobStatus, Track
-from dasscod.pipeline import parse_pipeline
+from dasscod.model import JobStatus, Track, utcnow
+from dasscod.pipeline import new_track_fields, parse_pipeline
 from dasscod.settings import ClusterSettings
-from dasscod.store import Stores
+from dasscod.store import Applied, Stores
+from dasscod.store.codec import to_bson
+from dasscod.store.track import TrackStore
 from dasscod.supervisors.coordination import Throttle, Wakeups
 from dasscod.supervisors.dispatch import Dispatcher
 from dasscod.supervisors.launch import Launcher
@@ -28,43 +32,106 @@ def new_track(guid: str) -> Track:
     )
 
 
-async def test_an_offer_dropped_while_slots_were_full_is_claimed_before_newer_ones(
-    stores: Stores, tmp_path: Path
-) -> None:
-    near = ClusterSettings(max_jobs=2, work_root=tmp_path / "work", state_dir=tmp_path / "jobs")
+def dispatcher_for(stores: Stores, tmp_path: Path, *, slots: int, sweep_s: float = 30,
+                   stopping: anyio.Event | None = None) -> tuple[Dispatcher, Throttle, Track]:
+    near = ClusterSettings(max_jobs=slots, work_root=tmp_path / "work",
+                           state_dir=tmp_path / "jobs")
     clusters = build_clusters({"near": near})
     pipelines = {PIPELINE.name: PIPELINE}
-    stores.track.pipelines = pipelines
     wakeups = Wakeups()
-    throttle = Throttle(assets_in_flight=10, jobs_per_cluster={"near": 2}, wakeups=wakeups)
+    throttle = Throttle(assets_in_flight=10, jobs_per_cluster={"near": slots}, wakeups=wakeups)
+    # As in the daemon: the throttle follows every transition written (claims take slots).
+    stores.track = TrackStore(stores.track.collection, pipelines, policy=stores.track.policy,
+                              on_change=throttle.observe)
     launcher = Launcher(stores=stores, clusters=clusters, pipelines=pipelines,
                         callback_base="http://127.0.0.1:9/api/v1",
                         token_secret="dispatch-test-secret-0123456789abcdef", token_ttl_s=60,
                         reachability=throttle)
     dispatcher = Dispatcher("load", stores=stores, pipelines=pipelines, clusters=clusters,
                             launcher=launcher, throttle=throttle, wakeups=wakeups,
-                            stopping=anyio.Event(), sweep_s=30)
-    # Both slots are taken by another asset's jobs.
+                            stopping=stopping or anyio.Event(), sweep_s=sweep_s)
+    # Every slot is taken by another asset's jobs.
     busy = new_track("busy").model_copy(update={"in_flight": True})
-    for job in busy.job_list:
-        job.status, job.cluster = JobStatus.RUNNING, "near"
-    busy.job_list = [*busy.job_list, busy.job_list[0].model_copy(update={"name": "other"})]
+    busy.job_list = [
+        busy.job_list[0].model_copy(update={"name": f"job{i}", "status": JobStatus.RUNNING,
+                                            "cluster": "near"})
+        for i in range(slots)
+    ]
     throttle.observe(busy)
+    return dispatcher, throttle, busy
 
+
+async def claimed(stores: Stores, guid: str) -> bool:
+    track = await stores.track.get(guid)
+    assert track is not None
+    return track.job("load").attempt == 1
+
+
+async def test_a_ready_asset_held_back_is_claimed_before_a_newer_one_without_a_query(
+    stores: Stores, tmp_path: Path
+) -> None:
+    dispatcher, throttle, busy = dispatcher_for(stores, tmp_path, slots=1)
+    async with anyio.create_task_group() as tg:
+        await dispatcher.dispatch_once(tg)  # the start-up pass asks the store: nothing yet
     older = await stores.track.insert(new_track("older"))
     dispatcher.offer(older)
     async with anyio.create_task_group() as tg:
-        claimed, blocked, _ = await dispatcher.dispatch_once(tg)
-    assert (claimed, blocked) == (0, True)  # no room: the offer is dropped
+        assert await dispatcher.dispatch_once(tg) == (0, True, True)  # no room: kept
 
-    throttle.observe(busy.model_copy(update={"in_flight": False, "version": 1}))  # slots free
+    throttle.observe(busy.model_copy(update={"in_flight": False, "version": 1}))  # slot frees
     newer = await stores.track.insert(new_track("newer"))
     dispatcher.offer(newer)  # a newer offer arrives before the dispatcher runs again
     async with anyio.create_task_group() as tg:
-        claimed, blocked, from_offers = await dispatcher.dispatch_once(tg)
-    assert not from_offers, "after dropping offers the next pass must ask the store"
-    assert (claimed, blocked) == (2, False)
-    for guid in ("older", "newer"):
-        track = await stores.track.get(guid)
-        assert track is not None
-        assert track.job("load").attempt == 1, f"{guid} was not claimed"
+        claimed_now, blocked, from_offers = await dispatcher.dispatch_once(tg)
+    assert from_offers, "what the throttle held back is known: no query for it"
+    assert (claimed_now, blocked) == (1, True)  # one slot: the older one, then full again
+    assert await claimed(stores, "older")
+    assert not await claimed(stores, "newer")
+
+
+async def test_the_sweep_finds_an_older_ready_asset_that_was_never_offered(
+    stores: Stores, tmp_path: Path
+) -> None:
+    stopping = anyio.Event()
+    dispatcher, throttle, busy = dispatcher_for(stores, tmp_path, slots=1, sweep_s=0.1,
+                                                stopping=stopping)
+    async with anyio.create_task_group() as tg:
+        await dispatcher.dispatch_once(tg)  # the start-up pass: nothing ready yet
+    # Written by another process (the CLI, say): no transition of ours offers it.
+    await stores.track.collection.insert_one(
+        to_bson(new_track_fields(new_track("unseen"), PIPELINE, utcnow()).to_document())
+    )
+    offered = await stores.track.insert(new_track("offered"))
+    dispatcher.offer(offered)
+    async with anyio.create_task_group() as tg:
+        assert await dispatcher.dispatch_once(tg) == (0, True, True)  # kept; "unseen" unknown
+
+    queried = anyio.Event()
+    ready = stores.track.ready
+
+    async def ready_and_tell(job: str, limit: int) -> list[Track]:
+        found = await ready(job, limit)
+        queried.set()
+        return found
+
+    first_claim = anyio.Event()
+    apply = stores.track.apply
+
+    async def apply_and_tell(guid: str, *args: Any, **kwargs: Any) -> Applied:
+        result = await apply(guid, *args, **kwargs)
+        first_claim.set()
+        return result
+
+    stores.track.ready = ready_and_tell  # type: ignore[method-assign]
+    stores.track.apply = apply_and_tell  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dispatcher.run)
+        with anyio.fail_after(10):
+            await queried.wait()  # a sweep asked the store, and kept what it found
+        throttle.observe(busy.model_copy(update={"in_flight": False, "version": 1}))
+        with anyio.fail_after(10):
+            await first_claim.wait()
+        assert await claimed(stores, "unseen"), "the older asset goes first"
+        assert not await claimed(stores, "offered")
+        stopping.set()
+        dispatcher.wakeups.notify("load")

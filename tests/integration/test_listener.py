@@ -8,7 +8,8 @@ The `CallbackService` tests at the end check the same rules below the HTTP layer
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,7 +19,13 @@ import pytest
 
 from dasscod.callbacks import CallbackRejected, CallbackService
 from dasscod.listener.app import create_app
-from dasscod.listener.schemas import BarcodeResult, FinishedCallback, JobResults, StartedCallback
+from dasscod.listener.schemas import (
+    BarcodeResult,
+    FailedCallback,
+    FinishedCallback,
+    JobResults,
+    StartedCallback,
+)
 from dasscod.model import AssetType, Flag, JobStatus, utcnow
 from dasscod.pipeline import Event, JobEvent, load_pipelines
 from dasscod.store import Stores
@@ -709,3 +716,37 @@ async def test_service_started_for_an_unknown_job_is_404(
         await service.started(JobClaims(A, "nojob", 1), StartedCallback(asset_guid=A, job="nojob"))
     assert info.value.status_code == 404
     assert await snapshot(world) == before
+
+
+class RecordingSlots:
+    """Records which job ends were reported, and whether one is still being written."""
+
+    def __init__(self) -> None:
+        self.ended: list[tuple[str, str]] = []
+        self.open = 0
+
+    @contextmanager
+    def ending(self, guid: str, job: str) -> Iterator[None]:
+        self.ended.append((guid, job))
+        self.open += 1
+        try:
+            yield
+        finally:
+            self.open -= 1
+
+
+async def test_service_frees_the_slot_while_the_end_of_the_current_attempt_is_written(
+    world: Stores,
+) -> None:
+    slots = RecordingSlots()
+    service = CallbackService(world, slots)
+    who = JobClaims(A, "load", 1)
+    await service.started(who, StartedCallback(asset_guid=A, job="load"))
+    body = FinishedCallback(asset_guid=A, job="load", results=JobResults(asset_ready=True))
+    assert (await service.finished(who, body)).applied
+    assert slots.ended == [(A, "load")] and slots.open == 0
+    # A duplicate, or a failure reported for an attempt that already ended, frees nothing.
+    assert not (await service.finished(who, body)).applied
+    late = FailedCallback(asset_guid=A, job="load", reason="late")
+    assert not (await service.failed(who, late)).applied
+    assert slots.ended == [(A, "load")]

@@ -65,3 +65,38 @@ def test_stages_follow_the_pipelines_priorities() -> None:
     both = pipeline_stages(pipelines.values())
     assert both["ocr"] == 1  # PIOF0001 runs it beside the barcode: the earlier stage counts
     assert both["barcode"] == 1
+
+
+def test_a_job_whose_end_is_being_written_gives_its_slot_to_a_waiting_job() -> None:
+    t = throttle(a=1)
+    busy = running_on("busy", "a")
+    t.observe(busy)
+    assert t.reserve(make_track("next"), ["a"], "barcode") is None
+    woken = t.wakeups.arm("barcode")
+    t.wake_when_freed("barcode")
+    with t.ending("busy", busy.job_list[0].name):
+        assert woken.is_set(), "the blocked dispatcher is woken as the end is reported"
+        assert t.reserve(make_track("next"), ["a"], "barcode") == "a"
+        t.release("next", "a")
+        t.observe(finished(busy))  # the write lands
+
+
+def test_an_end_that_was_not_written_takes_its_slot_back() -> None:
+    t = throttle(a=1)
+    busy = running_on("busy", "a")
+    t.observe(busy)
+    with t.ending("busy", busy.job_list[0].name):
+        assert t.active_jobs("a") == 0
+    # The write failed (the store was down, say): the job still runs as far as we know.
+    assert t.active_jobs("a") == 1
+    assert t.reserve(make_track("next"), ["a"], "barcode") is None
+
+
+def test_ending_a_job_the_throttle_does_not_count_wakes_nobody() -> None:
+    t = throttle(a=1)
+    t.observe(running_on("busy", "a"))
+    woken = t.wakeups.arm("barcode")
+    t.wake_when_freed("barcode")
+    with t.ending("other", "load"):
+        assert not woken.is_set()
+        assert t.active_jobs("a") == 1
