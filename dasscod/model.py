@@ -139,6 +139,8 @@ class Track(BaseModel):
     retry_due: datetime | None = None
     in_flight: bool = False
     active_clusters: list[str] = Field(default_factory=list)
+    #: What the supervisors' queries look for (see `dasscod.queues`): derived, like `ready`.
+    queues: list[str] = Field(default_factory=list)
     # ARS / storage flags (DOMAIN.md); the ARS supervisor drives most of them.
     is_in_ars: Flag = Flag.NO
     has_new_file: Flag = Flag.NO

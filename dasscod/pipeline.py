@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dasscod.model import Flag, HistoryEntry, Job, JobStatus, Track
+from dasscod.queues import queue_tags
 
 # --------------------------------------------------------------------------- pipeline data
 
@@ -471,20 +472,22 @@ def ready_jobs(track: Track, pipeline: Pipeline | None) -> list[str]:
 
 
 def derive(track: Track, *, pipeline: Pipeline | None, now: datetime) -> dict[str, Any]:
-    """The denormalised fields the daemon's queries use, recomputed from `job_list`."""
+    """The denormalised fields the daemon's queries use, recomputed from `job_list` (and, for
+    the `queues` tags, the asset's flags)."""
     ready = ready_jobs(track, pipeline)
     retry_times = [j.not_before for j in track.job_list if j.status is S.RETRY and j.not_before]
     overall = jobs_status(track.job_list)
     started = any(j.attempt > 0 for j in track.job_list)
+    in_flight = started and overall not in (S.DONE, S.ERROR)
+    active = sorted({j.cluster for j in track.job_list if j.status in ACTIVE and j.cluster})
     return {
         "jobs_status": overall,
         "ready": ready,
         "ready_since": _ready_since(track, ready, now),
         "retry_due": min(retry_times) if retry_times else None,
-        "in_flight": started and overall not in (S.DONE, S.ERROR),
-        "active_clusters": sorted(
-            {j.cluster for j in track.job_list if j.status in ACTIVE and j.cluster}
-        ),
+        "in_flight": in_flight,
+        "active_clusters": active,
+        "queues": queue_tags(track, in_flight=in_flight, active_clusters=active),
     }
 
 

@@ -8,11 +8,13 @@ from typing import Any
 from pymongo import AsyncMongoClient
 from pymongo.monitoring import CommandListener
 
+from dasscod.log import get_logger
 from dasscod.model import Track
 from dasscod.pipeline import Pipeline, RetryPolicy
 from dasscod.store.metadata import MetadataStore
 from dasscod.store.mos import MOS_INDEXES, MosMember, MosStore
 from dasscod.store.track import (
+    RETIRED_INDEXES,
     TRACK_INDEXES,
     Applied,
     AssetExists,
@@ -20,6 +22,8 @@ from dasscod.store.track import (
     TrackStore,
     TransitionConflict,
 )
+
+log = get_logger(__name__)
 
 __all__ = [
     "Applied",
@@ -75,9 +79,19 @@ class Stores:
         return cls(client, database, pipelines, policy=policy, on_change=on_change)
 
     async def ensure_indexes(self) -> None:
-        """Idempotent: creating an index that exists with the same spec is a no-op."""
+        """Idempotent: creating an index that exists with the same spec is a no-op. Also
+        brings a database of an earlier version up to date: its documents get their `queues`
+        tags, then the indexes those replaced are dropped."""
         await self.db["track"].create_indexes(TRACK_INDEXES)
         await self.db["mos"].create_indexes(MOS_INDEXES)
+        filled = await self.track.backfill_queues()
+        if filled:
+            log.info("track documents given their queue tags", documents=filled)
+        existing = await self.db["track"].index_information()
+        for name in RETIRED_INDEXES:
+            if name in existing:
+                await self.db["track"].drop_index(name)
+                log.info("retired index dropped", collection="track", index=name)
 
     async def ping(self) -> bool:
         try:

@@ -20,7 +20,8 @@ from pymongo.errors import DuplicateKeyError
 
 from dasscod.log import get_logger
 from dasscod.model import FileEntry, Flag, HistoryEntry, Track, utcnow
-from dasscod.pipeline import JobEvent, Pipeline, RetryPolicy, new_track_fields, plan
+from dasscod.pipeline import JobEvent, Pipeline, RetryPolicy, derive, new_track_fields, plan
+from dasscod.queues import IN_FLIGHT, PAUSED, flag_tag, on_cluster
 from dasscod.store.codec import to_bson
 
 log = get_logger(__name__)
@@ -29,20 +30,17 @@ log = get_logger(__name__)
 TRACK_INDEXES = [
     IndexModel([("ready", ASCENDING), ("ready_since", ASCENDING)], name="ready_queue"),
     IndexModel([("retry_due", ASCENDING)], name="retry_due", sparse=True),
-    IndexModel([("in_flight", ASCENDING)], name="in_flight"),
-    IndexModel([("active_clusters", ASCENDING)], name="active_clusters"),
-    IndexModel([("jobs_status", ASCENDING)], name="jobs_status"),
-    IndexModel([("parent_guid", ASCENDING)], name="parent_guid", sparse=True),
-    IndexModel([("available_for_services", ASCENDING)], name="available_for_services"),
-    # The ARS sync's queues (`ars_queue`): each step looks up one flag value; the values it
-    # looks for (NO, AWAIT, YES before the files are in ERDA) are held by few assets.
-    IndexModel([("is_in_ars", ASCENDING)], name="is_in_ars"),
+    # The supervisors' other queues: in flight, on a cluster, paused, the ARS sync's steps.
+    IndexModel([("queues", ASCENDING)], name="queues"),
+    # Set by a reported file outside the planned transitions, so not among the tags.
     IndexModel([("has_new_file", ASCENDING)], name="has_new_file"),
-    IndexModel([("erda_sync", ASCENDING)], name="erda_sync"),
-    IndexModel([("update_metadata", ASCENDING)], name="update_metadata"),
-    # The share-size caps sum the assets with a share open (YES) or opening (AWAIT).
-    IndexModel([("has_open_share", ASCENDING)], name="has_open_share"),
 ]
+#: Indexes of earlier versions that the `queues` tags replaced: dropped at start-up, since
+#: every index costs work on every write.
+RETIRED_INDEXES = (
+    "in_flight", "active_clusters", "jobs_status", "parent_guid", "available_for_services",
+    "is_in_ars", "erda_sync", "update_metadata", "has_open_share",
+)  # fmt: skip
 
 #: Conflicts in a row before a transition gives up; each one means another writer made
 #: progress on the same asset, so this only trips on a pathological storm.
@@ -251,8 +249,13 @@ class TrackStore:
         self, flag: str, values: Sequence[str], limit: int, **also: str
     ) -> list[Track]:
         """Assets whose `flag` holds one of `values` (and each `also` field its value),
-        parked or not (the caller reads `ars_not_before`). Uses the flag's index."""
-        query: dict[str, Any] = {flag: {"$in": [str(v) for v in values]}}
+        parked or not (the caller reads `ars_not_before`). Uses the `queues` tags (or, for
+        `has_new_file`, its index)."""
+        query: dict[str, Any] = (
+            {flag: {"$in": [str(v) for v in values]}}
+            if flag == "has_new_file"
+            else {"queues": {"$in": [flag_tag(flag, v) for v in values]}}
+        )
         query.update({k: str(v) for k, v in also.items()})
         cursor = self.collection.find(query).limit(limit)
         return [Track.model_validate(doc) async for doc in cursor]
@@ -260,7 +263,7 @@ class TrackStore:
     async def open_shares(self) -> list[tuple[float, bool]]:
         """(size in MB, is a derivative) of every asset whose share is open or opening."""
         cursor = self.collection.find(
-            {"has_open_share": {"$in": [Flag.YES.value, Flag.AWAIT.value]}},
+            {"queues": {"$in": [flag_tag("has_open_share", v) for v in (Flag.YES, Flag.AWAIT)]}},
             {"asset_size": 1, "parent_guid": 1, "file_list.file_size": 1, "file_list.deleted": 1},
         )
         return [
@@ -268,8 +271,8 @@ class TrackStore:
         ]
 
     async def count_flag(self, flag: str, value: Flag) -> int:
-        """How many assets hold `flag` = `value` (an indexed count)."""
-        return await self.collection.count_documents({flag: value.value})
+        """How many assets hold `flag` = `value` (a count of a `queues` tag)."""
+        return await self.collection.count_documents({"queues": flag_tag(flag, value)})
 
     async def due_retries(self, now: datetime, limit: int = 500) -> list[Track]:
         cursor = self.collection.find({"retry_due": {"$lte": now}}).limit(limit)
@@ -277,11 +280,11 @@ class TrackStore:
 
     async def active_on(self, cluster: str) -> list[Track]:
         """Assets with a job starting, queued or running on `cluster`."""
-        cursor = self.collection.find({"active_clusters": cluster})
+        cursor = self.collection.find({"queues": on_cluster(cluster)})
         return [Track.model_validate(doc) async for doc in cursor]
 
     async def paused(self) -> list[Track]:
-        cursor = self.collection.find({"available_for_services": Flag.PAUSED.value})
+        cursor = self.collection.find({"queues": PAUSED})
         return [Track.model_validate(doc) async for doc in cursor]
 
     async def next_retry_due(self) -> datetime | None:
@@ -292,8 +295,21 @@ class TrackStore:
         return due if isinstance(due, datetime) else None
 
     async def in_flight(self) -> list[Track]:
-        cursor = self.collection.find({"in_flight": True})
+        cursor = self.collection.find({"queues": IN_FLIGHT})
         return [Track.model_validate(doc) async for doc in cursor]
+
+    async def backfill_queues(self) -> int:
+        """Give documents written by a version without the `queues` tags their tags (once,
+        at start-up: until then no queue query would find them). Returns how many."""
+        filled = 0
+        async for doc in self.collection.find({"queues": {"$exists": False}}):
+            track = Track.model_validate(doc)
+            tags = derive(track, pipeline=self.pipeline_of(track), now=utcnow())["queues"]
+            written = await self.collection.update_one(
+                {"_id": track.id, "queues": {"$exists": False}}, {"$set": {"queues": tags}}
+            )
+            filled += written.modified_count
+        return filled
 
     async def find(self, guids: Iterable[str]) -> list[Track]:
         cursor = self.collection.find({"_id": {"$in": list(guids)}})

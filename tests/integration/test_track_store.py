@@ -105,6 +105,7 @@ async def test_a_transition_is_one_write_with_history_and_a_version_bump(stores:
     assert raw["ready"] == []
     assert raw["in_flight"] is True
     assert raw["active_clusters"] == ["local"]
+    assert raw["queues"] == ["in_flight", "on:local", "is_in_ars=NO"]
     assert [(h["job"], h["from"], h["to"], h["cause"]) for h in raw["history"]] == [
         ("load", "WAITING", "STARTING", "dispatch: claim")
     ]
@@ -269,3 +270,36 @@ async def test_a_change_decided_on_a_remembered_copy_loses_the_guard(
     assert stored.job("load").status is S.DONE
     assert [h.to for h in stored.history] == ["STARTING", "DONE"]
     assert stored.version == 2
+
+
+async def test_the_queue_queries_follow_the_flags_written(stores: Stores) -> None:
+    await stores.track.insert(make_track(GUID))
+    assert [t.id for t in await stores.track.ars_queue("is_in_ars", [Flag.NO], 10)] == [GUID]
+    await stores.track.set_fields(GUID, {"is_in_ars": Flag.YES, "has_open_share": Flag.AWAIT},
+                                  cause="test")
+    assert await stores.track.ars_queue("is_in_ars", [Flag.NO, Flag.AWAIT], 10) == []
+    assert await stores.track.open_shares() == [(0.0, False)]
+    await stores.track.set_fields(GUID, {"available_for_services": Flag.PAUSED}, cause="test")
+    assert [t.id for t in await stores.track.paused()] == [GUID]
+    with pytest.raises(ValueError, match="not a queue"):
+        await stores.track.count_flag("erda_sync", Flag.YES)  # the steady state: no tag
+
+
+async def test_an_earlier_versions_database_is_brought_up_to_date(stores: Stores) -> None:
+    """Documents without `queues` get their tags at start-up, and the per-flag indexes the
+    tags replaced are dropped: nothing an earlier version wrote is left unfound."""
+    track = await stores.track.insert(make_track(GUID))
+    await stores.track.apply(GUID, [JobEvent("load", Event.CLAIM, cluster="local")],
+                             cause="dispatch", known=track)
+    await stores.track.collection.update_one({"_id": GUID}, {"$unset": {"queues": ""}})
+    await stores.track.collection.create_index("in_flight", name="in_flight")
+    await stores.track.collection.create_index("is_in_ars", name="is_in_ars")
+    assert await stores.track.in_flight() == []  # as the new version would see it
+
+    await stores.ensure_indexes()
+    assert [t.id for t in await stores.track.in_flight()] == [GUID]
+    assert [t.id for t in await stores.track.active_on("local")] == [GUID]
+    assert [t.id for t in await stores.track.ars_queue("is_in_ars", [Flag.NO], 10)] == [GUID]
+    indexes = await stores.track.collection.index_information()
+    assert "in_flight" not in indexes and "is_in_ars" not in indexes
+    assert {"queues", "ready_queue"} <= set(indexes)

@@ -1,0 +1,58 @@
+"""The `queues` tags of a track document: one multikey index answers every "which assets wait
+for X" query of the daemon's supervisors.
+
+An index per flag would serve the same queries, but every index is work on every write of the
+document, and most tags are held by few assets at a time (the states that mean "something is
+to be done"), so one small index of tags is cheaper to keep than nine mostly idle ones. The
+tags are derived from the document's fields in the same guarded write that changes them
+(`pipeline.derive`), like `ready`.
+
+`has_new_file` keeps its own index: a reported file sets it with a `$push` guard of its own
+(`TrackStore.add_file`), outside the planned transitions that derive the tags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from dasscod.model import Flag, Track
+
+#: An asset some of whose jobs have started and whose pipeline has not ended.
+IN_FLIGHT = "in_flight"
+#: An asset held back by a timed pause (`available_for_services` = PAUSED).
+PAUSED = "paused"
+
+#: The ARS sync's flags, and the values its steps look for (the others are either the steady
+#: state or no step's business).
+TAGGED_FLAGS: dict[str, frozenset[Flag]] = {
+    "is_in_ars": frozenset({Flag.NO, Flag.AWAIT}),
+    "erda_sync": frozenset({Flag.AWAIT}),
+    "update_metadata": frozenset({Flag.YES}),
+    "has_open_share": frozenset({Flag.YES, Flag.AWAIT}),
+}
+
+
+def on_cluster(cluster: str) -> str:
+    """An asset with a job starting, queued or running on `cluster`."""
+    return f"on:{cluster}"
+
+
+def flag_tag(flag: str, value: Flag | str) -> str:
+    """`flag` holds `value`; raises ValueError for a flag value that is not tagged."""
+    tagged = TAGGED_FLAGS.get(flag)
+    if tagged is None or Flag(value) not in tagged:
+        raise ValueError(f"{flag}={value} is not a queue (tagged: {sorted(TAGGED_FLAGS)})")
+    return f"{flag}={Flag(value)}"
+
+
+def queue_tags(track: Track, *, in_flight: bool, active_clusters: Iterable[str]) -> list[str]:
+    """The tags of `track`, given its freshly derived `in_flight` and `active_clusters`."""
+    tags = [IN_FLIGHT] if in_flight else []
+    tags += [on_cluster(c) for c in active_clusters]
+    if track.available_for_services is Flag.PAUSED:
+        tags.append(PAUSED)
+    for flag, values in TAGGED_FLAGS.items():
+        value = getattr(track, flag)
+        if value in values:
+            tags.append(f"{flag}={value}")
+    return tags

@@ -1,0 +1,33 @@
+"""The `queues` tags: what each flag value and job state puts an asset in."""
+
+from __future__ import annotations
+
+import pytest
+
+from dasscod.model import Flag
+from dasscod.pipeline import derive, load_pipelines
+from dasscod.queues import flag_tag, queue_tags
+from tests.conftest import make_track
+
+
+def test_only_the_values_a_step_looks_for_are_tagged() -> None:
+    track = make_track("a").model_copy(
+        update={"is_in_ars": Flag.YES, "erda_sync": Flag.AWAIT, "update_metadata": Flag.NO,
+                "has_open_share": Flag.YES, "available_for_services": Flag.PAUSED}
+    )
+    assert queue_tags(track, in_flight=True, active_clusters=["x", "y"]) == [
+        "in_flight", "on:x", "on:y", "paused", "erda_sync=AWAIT", "has_open_share=YES",
+    ]  # fmt: skip
+
+
+def test_a_new_asset_waits_to_be_created_in_ars_and_nothing_else() -> None:
+    pipelines = load_pipelines()
+    track = make_track("a")
+    tags = derive(track, pipeline=pipelines[track.pipeline], now=track.created_timestamp)
+    assert tags["queues"] == ["is_in_ars=NO"]
+
+
+@pytest.mark.parametrize(("flag", "value"), [("erda_sync", Flag.YES), ("has_new_file", Flag.YES)])
+def test_asking_for_an_untagged_value_is_an_error(flag: str, value: Flag) -> None:
+    with pytest.raises(ValueError, match="not a queue"):
+        flag_tag(flag, value)
