@@ -8,6 +8,7 @@ and the repeated effects change nothing.
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,7 +39,7 @@ from dasscod.model import (
     Track,
 )
 from dasscod.pipeline import TERMINAL, Event, JobEvent
-from dasscod.store import Applied, AssetNotFound, MosMember, Stores
+from dasscod.store import Applied, AssetExists, AssetNotFound, MosMember, Stores
 from dasscod.tokens import JobClaims
 
 log = get_logger(__name__)
@@ -330,10 +331,10 @@ class CallbackService:
             raise CallbackRejected(
                 403, f"a job of {claims.asset_guid} may only register its own derivatives"
             )
-        parent = await self._track(claims.asset_guid)
-        if await self.stores.track.get(metadata.asset_guid) is not None:
+        parent = await self._track(claims.asset_guid, recent_ok=True)
+        if await self.stores.track.get(metadata.asset_guid, recent_ok=True) is not None:
             return Ack(applied=False, detail=f"derivative {metadata.asset_guid} already exists")
-        if await self.stores.metadata.get(metadata.asset_guid) is None:
+        with contextlib.suppress(AssetExists):  # a repeat after a crash between the two
             await self.stores.metadata.insert(metadata)
         derivative = Track.model_validate(
             {
@@ -347,7 +348,10 @@ class CallbackService:
                 "hpc_ready": Flag.YES,  # its file was made on the cluster
             }
         )
-        await self.stores.track.insert(derivative)
+        try:
+            await self.stores.track.insert(derivative)
+        except AssetExists:  # registered meanwhile by a repeat of this call
+            return Ack(applied=False, detail=f"derivative {metadata.asset_guid} already exists")
         log.info("derivative registered", asset_guid=metadata.asset_guid, parent_guid=parent.id)
         return Ack(applied=True, status=str(derivative.jobs_status))
 
@@ -356,7 +360,9 @@ class CallbackService:
         return await self._own_or_derivative(claims, guid)
 
     async def _own_or_derivative(self, claims: JobClaims, guid: str) -> Track:
-        track = await self._track(guid)
+        # The copy this process last wrote will do: an asset's parent never changes, and its
+        # files are recorded by this process (which forgets its copy when it adds one).
+        track = await self._track(guid, recent_ok=True)
         if guid != claims.asset_guid and track.parent_guid != claims.asset_guid:
             raise CallbackRejected(403, f"this job's token is not valid for asset {guid}")
         return track

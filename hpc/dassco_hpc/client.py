@@ -10,6 +10,9 @@ duplicate with `applied: false`, which is still an acknowledgement.
 
 from __future__ import annotations
 
+# socket.getaddrinfo encodes host names with this codec: imported here, a warm launcher
+# (dasscod's direct scheduler) pays for it once instead of in every job.
+import encodings.idna  # noqa: F401
 import http.client
 import json
 import random
