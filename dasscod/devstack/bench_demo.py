@@ -31,6 +31,8 @@ from dasscod.log import configure_logging
 from dasscod.settings import Settings
 
 DEMO_ASSETS = 10
+#: Demo runs per benchmark; the median one is reported.
+DEMO_RUNS = 3
 MODULE_SIZE = "4000x6000"
 
 
@@ -70,7 +72,7 @@ async def demo_phase(uri: str, root: Path) -> dict[str, Any]:
         ) < len(guids):
             if time.monotonic() > deadline:
                 raise RuntimeError("demo batch not finished within 600 s")
-            await anyio.sleep(0.1)
+            await anyio.sleep(0.5)  # only to notice the end: the wall is taken from the store
         docs = await coll.find({"_id": {"$in": guids}}).to_list()
         daemon.stop()
     await client.close()
@@ -104,27 +106,34 @@ def module_times() -> dict[str, Any]:
     return times
 
 
-async def _demo_only(runs: int) -> list[dict[str, Any]]:
-    with tempfile.TemporaryDirectory(prefix="dasscod-bench-demo-") as tmp:
-        root = Path(tmp)
-        with mongo_server(root / "mongo") as uri:
-            results = []
-            for run in range(runs):
-                async with AsyncMongoClient[dict[str, Any]](uri) as client:
-                    await client.drop_database("bench_demo")  # each run from empty
-                results.append(await demo_phase(uri, root / f"run{run}"))
-                print(json.dumps(results[-1]), flush=True)
-    return results
+async def demo_runs(root: Path, runs: int = DEMO_RUNS) -> dict[str, Any]:
+    """The demo phase `runs` times, each into an empty database of a store of its own (no
+    other phase's data in it): the numbers of the run with the median ratio, and every run's
+    ratio (on a shared machine they vary from run to run)."""
+    results = []
+    with mongo_server(root / "demo-mongo") as uri:
+        for run in range(runs):
+            async with AsyncMongoClient[dict[str, Any]](uri) as client:
+                await client.drop_database("bench_demo")
+            results.append(await demo_phase(uri, root / f"demo-run{run}"))
+            _progress(f"demo run {run + 1}: {json.dumps(results[-1])}")
+    if any("pipeline_overhead_ratio" not in r for r in results):
+        return results[0]
+    ranked = sorted(results, key=lambda r: float(r["pipeline_overhead_ratio"]))
+    return {
+        **ranked[len(ranked) // 2],
+        "pipeline_overhead_ratio_runs": [r["pipeline_overhead_ratio"] for r in results],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m dasscod.devstack.bench_demo [RUNS]`: only this phase -- the demo batch RUNS
-    times (default 1, each into a fresh database), one JSON line each, then the module times
-    as the last line. On a shared machine the numbers vary from run to run: take several."""
+    times (default 3) as `make bench` runs it, then the module times."""
     args = sys.argv[1:] if argv is None else argv
-    runs = int(args[0]) if args else 1
+    runs = int(args[0]) if args else DEMO_RUNS
     configure_logging("WARNING", "json")
-    anyio.run(_demo_only, runs)
+    with tempfile.TemporaryDirectory(prefix="dasscod-bench-demo-") as tmp:
+        print(json.dumps(anyio.run(demo_runs, Path(tmp), runs)), flush=True)
     print(json.dumps(module_times()), flush=True)
 
 
