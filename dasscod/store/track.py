@@ -9,11 +9,13 @@ found to be a no-op by the state machine; nothing is ever overwritten blindly.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import anyio
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
@@ -96,6 +98,23 @@ class TrackStore:
         self.policy = policy
         self._on_change = on_change
         self._recent: OrderedDict[str, Track] = OrderedDict()
+        #: guid -> (lock, holders and waiters): one write at a time per asset in this process.
+        self._writers: dict[str, tuple[anyio.Lock, list[int]]] = {}
+
+    @asynccontextmanager
+    async def _one_writer(self, guid: str) -> AsyncIterator[None]:
+        """Writes of this process to one asset take turns: the second plans on the document
+        the first wrote (remembered), instead of losing the version race to it and paying a
+        failed update and a re-read. Different assets are written concurrently."""
+        lock, users = self._writers.setdefault(guid, (anyio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._writers[guid]
 
     def pipeline_of(self, track: Track) -> Pipeline | None:
         return self.pipelines.get(track.pipeline)
@@ -143,6 +162,23 @@ class TrackStore:
         it is written only while these fields hold these values (checked on a fresh read, and
         guarded by the version), otherwise nothing is written and `applied` is False.
         """
+        async with self._one_writer(guid):
+            return await self._apply(
+                guid, events, cause=cause, asset_fields=asset_fields, known=known, now=now,
+                expect=expect,
+            )
+
+    async def _apply(
+        self,
+        guid: str,
+        events: Sequence[JobEvent] = (),
+        *,
+        cause: str,
+        asset_fields: Mapping[str, Any] | None = None,
+        known: Track | None = None,
+        now: datetime | None = None,
+        expect: Mapping[str, Any] | None = None,
+    ) -> Applied:
         current = known
         cached = self._recent.get(guid)
         if cached is not None and (current is None or cached.version > current.version):
@@ -225,15 +261,16 @@ class TrackStore:
             to=str(Flag.YES),
             cause=f"{cause}: file {entry.name}",
         )
-        written = await self.collection.update_one(
-            {"_id": guid, "file_list.name": {"$ne": entry.name}},
-            {
-                "$push": {"file_list": to_bson(entry), "history": to_bson(history)},
-                "$set": {"has_new_file": Flag.YES.value},
-                "$inc": {"version": 1, "asset_size": entry.file_size},
-            },
-        )
-        self._recent.pop(guid, None)  # written outside `apply`: the remembered copy is stale
+        async with self._one_writer(guid):
+            written = await self.collection.update_one(
+                {"_id": guid, "file_list.name": {"$ne": entry.name}},
+                {
+                    "$push": {"file_list": to_bson(entry), "history": to_bson(history)},
+                    "$set": {"has_new_file": Flag.YES.value},
+                    "$inc": {"version": 1, "asset_size": entry.file_size},
+                },
+            )
+            self._recent.pop(guid, None)  # written outside `apply`: the remembered copy is stale
         return written.modified_count == 1
 
     async def set_fields(self, guid: str, fields: Mapping[str, Any], *, cause: str) -> Applied:

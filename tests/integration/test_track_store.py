@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, cast
 
+import anyio
 import pytest
 from pymongo.asynchronous.collection import AsyncCollection
 
@@ -303,3 +305,36 @@ async def test_an_earlier_versions_database_is_brought_up_to_date(stores: Stores
     indexes = await stores.track.collection.index_information()
     assert "in_flight" not in indexes and "is_in_ars" not in indexes
     assert {"queues", "ready_queue"} <= set(indexes)
+
+
+async def test_concurrent_writes_to_one_asset_take_turns_instead_of_racing(
+    stores: Stores,
+) -> None:
+    """The launcher's "submitted" and the job's "started" often arrive together: written one
+    after the other, each lands with its first update, and no re-read is needed."""
+    store, spy = spied(stores)
+    track = await store.insert(make_track(GUID))
+    claimed = await store.apply(GUID, [JobEvent("load", Event.CLAIM, cluster="local")],
+                                cause="dispatch", known=track)
+    spy.updates.clear()
+    reads = 0
+    find_one = spy.inner.find_one
+
+    async def counted_find_one(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await find_one(*args, **kwargs)
+
+    spy.find_one = counted_find_one  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(store.apply, GUID, [JobEvent("load", Event.SUBMITTED, attempt=1,
+                                                            hpc_job_id="7")],
+                              cause="dispatch", known=claimed.track))
+        tg.start_soon(partial(store.apply, GUID, [JobEvent("load", Event.STARTED, attempt=1)],
+                              cause="callback", known=claimed.track))
+    assert len(spy.updates) == 2 and reads == 0
+    stored = await stores.track.get(GUID)
+    assert stored is not None
+    assert (stored.version, stored.job("load").status, stored.job("load").hpc_job_id) == (
+        3, S.RUNNING, "7",
+    )  # fmt: skip
