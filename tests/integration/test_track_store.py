@@ -325,7 +325,7 @@ async def test_concurrent_writes_to_one_asset_take_turns_instead_of_racing(
         reads += 1
         return await find_one(*args, **kwargs)
 
-    spy.find_one = counted_find_one  # type: ignore[method-assign]
+    spy.find_one = counted_find_one  # type: ignore[attr-defined]
     async with anyio.create_task_group() as tg:
         tg.start_soon(partial(store.apply, GUID, [JobEvent("load", Event.SUBMITTED, attempt=1,
                                                             hpc_job_id="7")],
