@@ -163,92 +163,76 @@ class TrackStore:
         guarded by the version), otherwise nothing is written and `applied` is False.
         """
         async with self._one_writer(guid):
-            return await self._apply(
-                guid, events, cause=cause, asset_fields=asset_fields, known=known, now=now,
-                expect=expect,
-            )
-
-    async def _apply(
-        self,
-        guid: str,
-        events: Sequence[JobEvent] = (),
-        *,
-        cause: str,
-        asset_fields: Mapping[str, Any] | None = None,
-        known: Track | None = None,
-        now: datetime | None = None,
-        expect: Mapping[str, Any] | None = None,
-    ) -> Applied:
-        current = known
-        cached = self._recent.get(guid)
-        if cached is not None and (current is None or cached.version > current.version):
-            current = cached
-        fresh = False  # whether `current` was read from the store in this call
-        for _ in range(MAX_CONFLICTS):
-            if current is None:
-                current = await self.get(guid)
+            current = known
+            cached = self._recent.get(guid)
+            if cached is not None and (current is None or cached.version > current.version):
+                current = cached
+            fresh = False  # whether `current` was read from the store in this call
+            for _ in range(MAX_CONFLICTS):
                 if current is None:
-                    raise AssetNotFound(f"no asset {guid}")
-                fresh = True
-            if expect and any(getattr(current, k, None) != v for k, v in expect.items()):
-                if not fresh:
+                    current = await self.get(guid)
+                    if current is None:
+                        raise AssetNotFound(f"no asset {guid}")
+                    fresh = True
+                if expect and any(getattr(current, k, None) != v for k, v in expect.items()):
+                    if not fresh:
+                        self._recent.pop(guid, None)
+                        current = None
+                        continue
+                    reason = "expected " + ", ".join(f"{k}={v}" for k, v in expect.items())
+                    return Applied(False, current, [reason])
+                result = plan(
+                    current,
+                    events,
+                    pipeline=self.pipeline_of(current),
+                    now=now or utcnow(),
+                    cause=cause,
+                    asset_fields=asset_fields,
+                    policy=self.policy,
+                )
+                if not result.changed and not fresh:
+                    # A no-op decided on a copy we did not just read might be a stale decision:
+                    # confirm it against the store before acknowledging.
                     self._recent.pop(guid, None)
                     current = None
                     continue
-                reason = "expected " + ", ".join(f"{k}={v}" for k, v in expect.items())
-                return Applied(False, current, [reason])
-            result = plan(
-                current,
-                events,
-                pipeline=self.pipeline_of(current),
-                now=now or utcnow(),
-                cause=cause,
-                asset_fields=asset_fields,
-                policy=self.policy,
-            )
-            if not result.changed and not fresh:
-                # A no-op decided on a copy we did not just read might be a stale decision:
-                # confirm it against the store before acknowledging.
-                self._recent.pop(guid, None)
-                current = None
-                continue
-            if not result.changed:
-                for reason in result.ignored:
-                    log.info("transition ignored", asset_guid=guid, cause=cause, reason=reason)
-                return Applied(False, current, result.ignored)
-            update: dict[str, Any] = {
-                "$set": to_bson(result.set_fields),
-                "$inc": {"version": 1},
-            }
-            if result.history:
-                update["$push"] = {
-                    "history": {
-                        "$each": [to_bson(h.model_dump(by_alias=True)) for h in result.history]
-                    }
+                if not result.changed:
+                    for reason in result.ignored:
+                        log.info("transition ignored", asset_guid=guid, cause=cause, reason=reason)
+                    return Applied(False, current, result.ignored)
+                update: dict[str, Any] = {
+                    "$set": to_bson(result.set_fields),
+                    "$inc": {"version": 1},
                 }
-            written = await self.collection.update_one(
-                {"_id": guid, "version": current.version}, update
-            )
-            if written.modified_count == 1:
-                new = result.track
-                new.version = current.version + 1
-                new.history = [*current.history, *result.history]
-                for entry in result.history:
-                    log.info(
-                        "transition",
-                        asset_guid=guid,
-                        job=entry.job,
-                        attempt=entry.attempt,
-                        from_=entry.from_,
-                        to=entry.to,
-                        cause=entry.cause,
-                    )
-                self._remember(new)
-                self._notify(new)
-                return Applied(True, new, result.ignored)
-            self._recent.pop(guid, None)
-            current = None  # someone else wrote first: re-read and re-plan
-        raise TransitionConflict(f"asset {guid}: {MAX_CONFLICTS} write conflicts in a row")
+                if result.history:
+                    update["$push"] = {
+                        "history": {
+                            "$each": [to_bson(h.model_dump(by_alias=True)) for h in result.history]
+                        }
+                    }
+                written = await self.collection.update_one(
+                    {"_id": guid, "version": current.version}, update
+                )
+                if written.modified_count == 1:
+                    new = result.track
+                    new.version = current.version + 1
+                    new.history = [*current.history, *result.history]
+                    for entry in result.history:
+                        log.info(
+                            "transition",
+                            asset_guid=guid,
+                            job=entry.job,
+                            attempt=entry.attempt,
+                            from_=entry.from_,
+                            to=entry.to,
+                            cause=entry.cause,
+                        )
+                    self._remember(new)
+                    self._notify(new)
+                    return Applied(True, new, result.ignored)
+                self._recent.pop(guid, None)
+                current = None  # someone else wrote first: re-read and re-plan
+            raise TransitionConflict(f"asset {guid}: {MAX_CONFLICTS} write conflicts in a row")
 
     async def add_file(self, guid: str, entry: FileEntry, *, cause: str) -> bool:
         """Append a file (a `$push`, guarded so that a repeated report adds nothing) and mark
