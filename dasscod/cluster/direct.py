@@ -112,8 +112,8 @@ WRAPPER_NAME = "dasscod-direct-job"
 WRAPPER = f"""\
 state=$1 limit=$2 workdir=$3
 shift 3
-child= term=
-trap 'term=1; [ -z "$child" ] || kill -TERM "$child" 2>/dev/null' TERM
+child= term= interrupted=
+trap 'term=1 interrupted=1; [ -z "$child" ] || kill -TERM "$child" 2>/dev/null' TERM
 finish() {{
     trap '' TERM  # inherited as ignored by mv: a late cancel cannot lose the exit status
     printf '%s\\n' "$1" >"$state/exit.tmp" && mv -f -- "$state/exit.tmp" "$state/exit"
@@ -138,10 +138,14 @@ child=$!
 if [ -n "$term" ]; then kill -TERM "$child" 2>/dev/null; fi
 wait "$child"
 status=$?
-# A status above 128 may only mean that the SIGTERM trap interrupted wait: wait on.
-while [ "$status" -gt 128 ] && kill -0 "$child" 2>/dev/null; do
+# After the SIGTERM trap a status above 128 may only mean that it interrupted wait, which then
+# has not taken the child's status: wait again for that (127: it had been taken after all).
+while [ -n "$interrupted" ] && [ "$status" -gt 128 ]; do
+    interrupted=
     wait "$child"
-    status=$?
+    again=$?
+    [ "$again" -eq 127 ] && break
+    status=$again
 done
 finish "$status"
 """

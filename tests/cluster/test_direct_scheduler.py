@@ -27,6 +27,9 @@ REPORTS_TERM = """
 import signal, sys, time
 
 def stop(*_):
+    # `timeout` sends SIGTERM to the job and again to its process group: a job that reports
+    # once ignores the second, or it may die of it on its way out (as dassco-hpc's runner does).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print("got TERM", flush=True)
     sys.exit(0)
 
