@@ -26,9 +26,9 @@ log = get_logger(__name__)
 
 #: Ready assets fetched per pass; the loop goes round again at once while it keeps claiming.
 BATCH = 50
-#: Ready assets kept in memory while the throttle holds them back; beyond this the store is
-#: asked again (oldest first) once a slot frees.
-MAX_KEPT = 1000
+#: Ready assets kept in memory while the throttle holds them back (whole documents, so a
+#: bounded few); beyond this the store is asked again (oldest first) once a slot frees.
+MAX_KEPT = 200
 
 
 def _ready_order(track: Track) -> datetime:
