@@ -8,8 +8,7 @@ and the repeated effects change nothing.
 
 from __future__ import annotations
 
-import contextlib
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -161,7 +160,7 @@ class CallbackService:
             reason = f"stopped at its time limit of {limit_s} s (SIGTERM from the scheduler)"
         with self._ending(claims, self._is_live(self._job(track, claims.job), claims)):
             result = await self._apply(
-            claims.asset_guid,
+                claims.asset_guid,
                 [
                     JobEvent(
                         claims.job,
@@ -334,7 +333,7 @@ class CallbackService:
         parent = await self._track(claims.asset_guid, recent_ok=True)
         if await self.stores.track.get(metadata.asset_guid, recent_ok=True) is not None:
             return Ack(applied=False, detail=f"derivative {metadata.asset_guid} already exists")
-        with contextlib.suppress(AssetExists):  # a repeat after a crash between the two
+        with suppress(AssetExists):  # a repeat after a crash between the two
             await self.stores.metadata.insert(metadata)
         derivative = Track.model_validate(
             {
