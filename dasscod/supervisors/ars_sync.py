@@ -396,8 +396,24 @@ class ArsSync:
             track, {flag: ERROR, "ars_error": message}, expect=expect, cause=f"{step}: {message}"
         )
 
-    async def _metadata_doc(self, track: Track) -> dict[str, Any] | None:
-        return await self.stores.metadata.get(track.id)
+    async def _claim_or_resume(
+        self, track: Track, flag: str, free: Flag, taken: Flag, step: str, **also: Flag
+    ) -> Track | None:
+        """Claim `step` (`flag`: `free` -> `taken`, while `also` holds), or take it up again
+        when `flag` is already `taken` with nobody here at it: a crash mid-step, and the
+        steps are repeatable. None when another writer moved the asset first."""
+        if getattr(track, flag) is not free:
+            return track
+        return await self._claim(track, {flag: taken}, {flag: free, **also}, step)
+
+    async def _metadata_or_fail(
+        self, track: Track, flag: str, expect: Mapping[str, Any], step: str
+    ) -> dict[str, Any] | None:
+        """The asset's metadata document; without one the step fails (`flag` -> ERROR)."""
+        md = await self.stores.metadata.get(track.id)
+        if md is None:
+            await self._fail(track, flag, expect, "no metadata", step)
+        return md
 
     @staticmethod
     def _minimal(track: Track, md: Mapping[str, Any]) -> MinimalAsset:
@@ -426,9 +442,8 @@ class ArsSync:
         if claimed is None:
             return
         track = claimed
-        md = await self._metadata_doc(track)
+        md = await self._metadata_or_fail(track, "is_in_ars", {"is_in_ars": AWAIT}, "create")
         if md is None:
-            await self._fail(track, "is_in_ars", {"is_in_ars": AWAIT}, "no metadata", "create")
             return
         asset = to_ars_asset(md, update_user=self.update_user)
         try:
@@ -510,19 +525,15 @@ class ArsSync:
         second one: ARS answers 409 while one is open, which means an earlier try got through)."""
         if not track.temporary_path_local:
             return  # nothing to upload yet; the file's arrival wakes this step again
-        if track.has_open_share is NO:
-            claimed = await self._claim(
-                track, {"has_open_share": AWAIT}, {"has_open_share": NO, "has_new_file": YES},
-                "reopen",
-            )
-            if claimed is None:
-                return
-            track = claimed
-        # else AWAIT with nobody here opening it: a crash mid-call; asking again is safe.
+        claimed = await self._claim_or_resume(
+            track, "has_open_share", NO, AWAIT, "reopen", has_new_file=YES
+        )
+        if claimed is None:
+            return
+        track = claimed
         expect = {"has_open_share": AWAIT}
-        md = await self._metadata_doc(track)
+        md = await self._metadata_or_fail(track, "has_open_share", expect, "reopen")
         if md is None:
-            await self._fail(track, "has_open_share", expect, "no metadata", "reopen")
             return
         proxy_path = ""
         try:
@@ -559,18 +570,13 @@ class ArsSync:
             # A derivative whose files are still on the cluster: its upload job sends them to
             # the listener, which sets the path (and so wakes this step).
             return
-        if track.has_new_file is YES:
-            claimed = await self._claim(
-                track, {"has_new_file": UPLOADING}, {"has_new_file": YES}, "upload"
-            )
-            if claimed is None:
-                return
-            track = claimed
-        # else UPLOADING with nobody here uploading: a crash mid-upload; uploads are repeatable.
+        claimed = await self._claim_or_resume(track, "has_new_file", YES, UPLOADING, "upload")
+        if claimed is None:
+            return
+        track = claimed
         expect = {"has_new_file": UPLOADING}
-        md = await self._metadata_doc(track)
+        md = await self._metadata_or_fail(track, "has_new_file", expect, "upload")
         if md is None:
-            await self._fail(track, "has_new_file", expect, "no metadata", "upload")
             return
         minimal = self._minimal(track, md)
         folder = Path(track.temporary_path_local)
@@ -608,7 +614,6 @@ class ArsSync:
     # ------------------------------------------------------------------ synchronise
 
     async def _synchronise(self, track: Track) -> None:
-        md = await self._metadata_doc(track)
         expect = {"erda_sync": AWAIT}
         claimed = await self._claim(
             track,
@@ -619,8 +624,8 @@ class ArsSync:
         if claimed is None:
             return
         track = claimed
+        md = await self._metadata_or_fail(track, "erda_sync", expect, "synchronise")
         if md is None:
-            await self._fail(track, "erda_sync", expect, "no metadata", "synchronise")
             return
         try:
             await self._call(
@@ -738,9 +743,8 @@ class ArsSync:
             )
             self._wake_throttled()
             return
-        md = await self._metadata_doc(track)
+        md = await self._metadata_or_fail(track, "erda_sync", expect, "confirm")
         if md is None:
-            await self._fail(track, "erda_sync", expect, "no metadata", "confirm")
             return
         try:
             in_erda = {
@@ -784,10 +788,9 @@ class ArsSync:
 
     async def _metadata(self, track: Track) -> None:
         seq = track.metadata_seq  # read before the metadata document: see `metadata_seq`
-        md = await self._metadata_doc(track)
         expect = {"update_metadata": YES, "metadata_seq": seq}
+        md = await self._metadata_or_fail(track, "update_metadata", expect, "metadata")
         if md is None:
-            await self._fail(track, "update_metadata", expect, "no metadata", "metadata")
             return
         try:
             await self._call(
