@@ -231,17 +231,28 @@ async def test_refusals_that_change_nothing(client: httpx.AsyncClient, stores: S
     assert (await refuse(client, "r3", 1, "")).status_code == 422
 
 
+async def report_forgotten(
+    client: httpx.AsyncClient, stores: Stores, guid: str, job_id: str, *, reason: str,
+    exit_file: str,
+) -> httpx.Response:
+    """The agent takes `guid`'s load job, submits it as `job_id`, and later reports that the
+    scheduler no longer knows the job, sending what its exit file says."""
+    await claimed(stores, guid)
+    await claim(client)
+    body = {"asset_guid": guid, "job": "load", "attempt": 1, "hpc_job_id": job_id}
+    await client.post("/api/v1/agent/local/submitted", json=body, headers=AUTH)
+    gone = {**body, "state": "UNKNOWN", "reason": reason, "exit_file": exit_file}
+    return await client.post("/api/v1/agent/local/report", json={"jobs": [gone]},
+                             headers=AUTH)
+
+
 async def test_an_exit_file_says_how_a_job_the_scheduler_forgot_ended(
     client: httpx.AsyncClient, stores: Stores
 ) -> None:
-    await claimed(stores, "x1")
-    await claim(client)
-    body = {"asset_guid": "x1", "job": "load", "attempt": 1, "hpc_job_id": "41"}
-    await client.post("/api/v1/agent/local/submitted", json=body, headers=AUTH)
-    gone = {**body, "state": "UNKNOWN", "reason": "the scheduler no longer knows the job",
-            "exit_file": "status=143 signal=TERM elapsed=61 limit=60 job=41"}
-    report = await client.post("/api/v1/agent/local/report", json={"jobs": [gone]},
-                               headers=AUTH)
+    report = await report_forgotten(
+        client, stores, "x1", "41", reason="the scheduler no longer knows the job",
+        exit_file="status=143 signal=TERM elapsed=61 limit=60 job=41",
+    )
     assert report.json() == {"cancel": [], "lost": 1, "submitted": 0}
     track = await stores.track.get("x1")
     assert track is not None
@@ -255,11 +266,7 @@ async def test_an_exit_file_says_how_a_job_the_scheduler_forgot_ended(
 async def test_an_exit_file_that_says_nothing_leaves_the_state_unknown(
     client: httpx.AsyncClient, stores: Stores
 ) -> None:
-    await claimed(stores, "x2")
-    await claim(client)
-    body = {"asset_guid": "x2", "job": "load", "attempt": 1, "hpc_job_id": "42"}
-    await client.post("/api/v1/agent/local/submitted", json=body, headers=AUTH)
-    gone = {**body, "state": "UNKNOWN", "reason": "ended", "exit_file": "not an exit file"}
-    await client.post("/api/v1/agent/local/report", json={"jobs": [gone]}, headers=AUTH)
+    await report_forgotten(client, stores, "x2", "42", reason="ended",
+                           exit_file="not an exit file")
     track = await stores.track.get("x2")
     assert track is not None and track.job("load").exit_state == "UNKNOWN"

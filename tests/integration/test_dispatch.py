@@ -18,7 +18,7 @@ from dasscod.store.codec import to_bson
 from dasscod.store.track import TrackStore
 from dasscod.supervisors.coordination import Throttle, Wakeups
 from dasscod.supervisors.dispatch import Dispatcher
-from dasscod.supervisors.launch import Launcher
+from tests.integration.dispatching import load_dispatcher
 
 PIPELINE = parse_pipeline(
     'name = "PIPEQUICK"\n[[jobs]]\nname = "load"\npriority = 1\n'
@@ -43,13 +43,8 @@ def dispatcher_for(stores: Stores, tmp_path: Path, *, slots: int, sweep_s: float
     # As in the daemon: the throttle follows every transition written (claims take slots).
     stores.track = TrackStore(stores.track.collection, pipelines, policy=stores.track.policy,
                               on_change=throttle.observe)
-    launcher = Launcher(stores=stores, clusters=clusters, pipelines=pipelines,
-                        callback_base="http://127.0.0.1:9/api/v1",
-                        token_secret="dispatch-test-secret-0123456789abcdef", token_ttl_s=60,
-                        reachability=throttle)
-    dispatcher = Dispatcher("load", stores=stores, pipelines=pipelines, clusters=clusters,
-                            launcher=launcher, throttle=throttle, wakeups=wakeups,
-                            stopping=stopping or anyio.Event(), sweep_s=sweep_s)
+    dispatcher = load_dispatcher(stores, clusters, pipelines, throttle, stopping=stopping,
+                                 sweep_s=sweep_s)
     # Every slot is taken by another asset's jobs.
     busy = new_track("busy").model_copy(update={"in_flight": True})
     busy.job_list = [

@@ -18,8 +18,8 @@ from dasscod.pipeline import parse_pipeline
 from dasscod.settings import ClusterSettings, SshSettings
 from dasscod.store import Stores
 from dasscod.supervisors.coordination import Throttle, Wakeups
-from dasscod.supervisors.dispatch import Dispatcher
-from dasscod.supervisors.launch import Launcher, scheduler_job_name
+from dasscod.supervisors.launch import scheduler_job_name
+from tests.integration.dispatching import load_dispatcher
 
 PIPELINE = parse_pipeline(
     'name = "PIPEROUTE"\n[[jobs]]\nname = "load"\npriority = 1\n'
@@ -61,13 +61,7 @@ async def test_jobs_go_to_the_next_cluster_while_the_first_is_unreachable(
     wakeups = Wakeups()
     throttle = Throttle(assets_in_flight=10, jobs_per_cluster={"far": 5, "near": 5},
                         wakeups=wakeups)
-    launcher = Launcher(stores=stores, clusters=clusters, pipelines=pipelines,
-                        callback_base="http://127.0.0.1:9/api/v1",
-                        token_secret="routing-test-secret-0123456789abcdef", token_ttl_s=60,
-                        reachability=throttle)
-    dispatcher = Dispatcher("load", stores=stores, pipelines=pipelines, clusters=clusters,
-                            launcher=launcher, throttle=throttle, wakeups=wakeups,
-                            stopping=anyio.Event(), sweep_s=30)
+    dispatcher = load_dispatcher(stores, clusters, pipelines, throttle)
 
     async def dispatch(guid: str) -> Track:
         await stores.track.insert(Track.model_validate(

@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import anyio
 import httpx
 import pytest
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
 
 from dasscod.daemon import Daemon
 from dasscod.devstack.stack import REPO_ROOT, LocalStack, deliver
@@ -69,6 +71,26 @@ def agent(url: str, token_file: Path, state: Path) -> subprocess.CompletedProces
     )
 
 
+async def agent_until(
+    coll: AsyncCollection[dict[str, Any]], url: str, token_file: Path, shared: Path,
+    guids: list[str], settled: Callable[[list[dict[str, Any]]], bool], timeout_s: float,
+) -> tuple[list[dict[str, Any]], list[subprocess.CompletedProcess[str]]]:
+    """Run the agent once every half second until `settled` holds for the assets' tracks (or
+    `timeout_s` passed): the tracks, and the agent's runs."""
+    runs_of_agent: list[subprocess.CompletedProcess[str]] = []
+    docs: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs_of_agent.append(
+            await anyio.to_thread.run_sync(agent, url, token_file, shared / "agent")
+        )
+        docs = await coll.find({"_id": {"$in": guids}}).to_list()
+        if settled(docs):
+            break
+        await anyio.sleep(0.5)
+    return docs, runs_of_agent
+
+
 def jobs_named(name: str) -> list[str]:
     done = subprocess.run(["squeue", "-h", "--states=all", f"--name={name}", "-o", "%i"],
                           capture_output=True, text=True, timeout=30, check=True)
@@ -93,7 +115,6 @@ async def test_an_agent_runs_herb0001_and_repairs_a_crash_between_qsub_and_repor
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
     coll = client[stack.database]["track"]
     crashed: dict[str, Any] = {}
-    failures: list[str] = []
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(daemon.run)
@@ -119,20 +140,16 @@ async def test_an_agent_runs_herb0001_and_repairs_a_crash_between_qsub_and_repor
                  str(script)], check=False)
             assert qsub.returncode == 0, qsub.stdout + qsub.stderr
             crashed_id = qsub.stdout.decode().strip()
-            deadline = time.monotonic() + 240
-            docs: list[dict[str, Any]] = []
-            while time.monotonic() < deadline:
-                done = await anyio.to_thread.run_sync(agent, url, token_file, shared / "agent")
-                if done.returncode != 0:
-                    failures.append(f"{done.returncode}: {done.stderr[-2000:]}")
-                docs = await coll.find({"_id": {"$in": guids}}).to_list()
-                if len(docs) == 2 and all(d["jobs_status"] in ("DONE", "ERROR") for d in docs):
-                    break
-                await anyio.sleep(0.5)
+            docs, runs_of_agent = await agent_until(
+                coll, url, token_file, shared, guids, timeout_s=240,
+                settled=lambda docs: len(docs) == 2
+                and all(d["jobs_status"] in ("DONE", "ERROR") for d in docs),
+            )
             daemon.stop()
     finally:
         await client.drop_database(stack.database)
         await client.close()
+    failures = [f"{r.returncode}: {r.stderr[-2000:]}" for r in runs_of_agent if r.returncode]
     assert not failures, failures
     jobs = [j.name for j in load_pipelines()["PIPEHERB0001"].jobs]
     states = {d["_id"]: [(j["name"], j["status"], j.get("last_error")) for j in d["job_list"]]
@@ -165,26 +182,20 @@ async def until_error(settings: Settings, stack: LocalStack, mongo_uri: str, sha
     daemon = Daemon(settings)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
     coll = client[stack.database]["track"]
-    runs_of_agent: list[subprocess.CompletedProcess[str]] = []
-    doc: dict[str, Any] | None = None
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(daemon.run)
             with anyio.fail_after(30):
                 await daemon.ready.wait()
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline:
-                done = await anyio.to_thread.run_sync(agent, url, token_file, shared / "agent")
-                runs_of_agent.append(done)
-                doc = await coll.find_one({"_id": guid})
-                if doc is not None and doc["jobs_status"] == "ERROR":
-                    break
-                await anyio.sleep(0.5)
+            docs, runs_of_agent = await agent_until(
+                coll, url, token_file, shared, [guid], timeout_s=90,
+                settled=lambda docs: any(d["jobs_status"] == "ERROR" for d in docs),
+            )
             daemon.stop()
     finally:
         await client.drop_database(stack.database)
         await client.close()
-    return doc, runs_of_agent
+    return (docs[0] if docs else None), runs_of_agent
 
 
 async def test_a_submission_the_scheduler_refuses_is_an_error_with_its_message(
