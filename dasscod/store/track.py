@@ -267,17 +267,20 @@ class TrackStore:
         return [Track.model_validate(doc) async for doc in cursor]
 
     async def ars_queue(
-        self, flag: str, values: Sequence[str], limit: int, **also: str
+        self, flag: str, values: Sequence[str], limit: int, **also: str | list[str]
     ) -> list[Track]:
-        """Assets whose `flag` holds one of `values` (and each `also` field its value),
-        parked or not (the caller reads `ars_not_before`). Uses the `queues` tags (or, for
-        `has_new_file`, its index)."""
+        """Assets whose `flag` holds one of `values` (and each `also` field its value, or one
+        of them for a list), parked or not (the caller reads `ars_not_before`). Uses the
+        `queues` tags (or, for `has_new_file`, its index)."""
         query: dict[str, Any] = (
             {flag: {"$in": [str(v) for v in values]}}
             if flag == "has_new_file"
             else {"queues": {"$in": [flag_tag(flag, v) for v in values]}}
         )
-        query.update({k: str(v) for k, v in also.items()})
+        query.update(
+            {k: {"$in": [str(x) for x in v]} if isinstance(v, list) else str(v)
+             for k, v in also.items()}
+        )
         cursor = self.collection.find(query).limit(limit)
         return [Track.model_validate(doc) async for doc in cursor]
 

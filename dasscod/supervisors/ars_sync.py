@@ -243,8 +243,9 @@ class ArsSync:
         if step == "create":
             return await q("is_in_ars", [NO, AWAIT], n, **afs)
         if step == "reopen":
-            waiting = await q("has_new_file", [YES], n, is_in_ars=YES, **afs)
-            return [t for t in waiting if t.has_open_share in (NO, AWAIT)]
+            return await q(
+                "has_new_file", [YES], n, is_in_ars=YES, has_open_share=[NO, AWAIT], **afs
+            )
         if step == "upload":
             return await q(
                 "has_new_file", [YES, UPLOADING], n, is_in_ars=YES, has_open_share=YES, **afs
