@@ -23,6 +23,7 @@ system-packages:
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/shellcheck --shell=sh dasscod/cluster/direct/*.sh
 
 test: lint system-packages
 	DASSCOD_TEST_CLUSTER=$(CLUSTER) $(VENV)/bin/pytest $(PYTEST_ARGS)

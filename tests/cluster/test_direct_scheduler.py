@@ -17,7 +17,9 @@ import psutil
 import pytest
 
 from dasscod.cluster.base import JobInfo, JobSpec, SchedulerError, SchedulerState
-from dasscod.cluster.direct import VANISHED, WRAPPER, WRAPPER_NAME, DirectScheduler
+from dasscod.cluster.direct import DirectScheduler
+from dasscod.cluster.direct.folder import KILL_AFTER_S, VANISHED
+from dasscod.cluster.direct.scheduler import WRAPPER, WRAPPER_NAME
 from dasscod.cluster.local import LocalTransport
 
 NAME = "dassco.asset-1.derive.1"
@@ -177,7 +179,8 @@ async def test_a_job_cancelled_before_its_wrapper_starts_never_runs(
     (folder / "cancelled").touch()
     marker = tmp_path / "ran"
     await LocalTransport("t").run([
-        "sh", "-c", WRAPPER, WRAPPER_NAME, str(folder), "5", str(tmp_path / "w"),
+        "sh", "-c", WRAPPER, WRAPPER_NAME, str(folder), "5", str(KILL_AFTER_S),
+        str(tmp_path / "w"),
         "sh", "-c", 'touch "$1"', "sh", str(marker),
     ])  # fmt: skip
     assert not marker.exists()
@@ -298,7 +301,8 @@ async def test_folder_of_a_crashed_submission_is_abandoned_and_never_runs_late(
     # A wrapper that turns up late (launched just before the crash) must not run the job.
     marker = tmp_path / "ran"
     late = await LocalTransport("t").run([
-        "sh", "-c", WRAPPER, WRAPPER_NAME, str(folder), "5", str(tmp_path / "w"),
+        "sh", "-c", WRAPPER, WRAPPER_NAME, str(folder), "5", str(KILL_AFTER_S),
+        str(tmp_path / "w"),
         "sh", "-c", 'touch "$1"', "sh", str(marker),
     ])  # fmt: skip
     assert "could not claim" in late.stdout

@@ -16,7 +16,8 @@ import psutil
 import pytest
 
 from dasscod.cluster.base import JobInfo, JobSpec, SchedulerState
-from dasscod.cluster.direct import WARM_NAME, DirectScheduler
+from dasscod.cluster.direct import DirectScheduler
+from dasscod.cluster.direct.warm import WARM_NAME
 from dasscod.cluster.local import LocalTransport
 from tests.cluster.test_direct_scheduler import NAME, wait_finished, wait_for_output
 
@@ -96,8 +97,8 @@ def _ended(process: psutil.Process) -> bool:
 
 
 def _launcher_pid(scheduler: DirectScheduler) -> int:
-    assert scheduler._warm is not None
-    pid = scheduler._warm.pid
+    assert scheduler.warm is not None
+    pid = scheduler.warm.pid
     assert pid is not None, "no warm launcher running"
     return pid
 
@@ -183,7 +184,7 @@ async def test_without_a_usable_launcher_jobs_take_the_shell_wrapper(
     assert "warm launcher" not in (state_dir / NAME / "wrapper.log").read_text()
     log = (state_dir / ".warm-launcher.log").read_text()
     assert log == ""  # the launcher said what failed in its answer, and exited cleanly
-    assert scheduler._warm is not None and scheduler._warm.pid is None
+    assert scheduler.warm is not None and scheduler.warm.pid is None
 
 
 async def test_closing_the_transport_stops_the_launcher(
@@ -208,7 +209,7 @@ async def test_other_commands_are_not_started_warm(
     job_id = await scheduler.submit(spec)
     await wait_finished(scheduler, job_id)
     assert "warm launcher" not in (state_dir / NAME / "wrapper.log").read_text()
-    assert scheduler._warm is not None and scheduler._warm.pid is None
+    assert scheduler.warm is not None and scheduler.warm.pid is None
 
 
 async def test_a_warm_job_survives_the_daemon_being_killed_and_the_launcher_goes_too(
@@ -229,7 +230,7 @@ async def main() -> None:
                                 warm={{"warmjob": ("warmjob",)}})
     spec = JobSpec({NAME!r}, (sys.executable, "-m", "warmjob", "sleep"),
                    PurePosixPath(sys.argv[2]), env={{"PYTHONPATH": sys.argv[3], "SLEEP_S": "0.5"}})
-    print(await scheduler.submit(spec), scheduler._warm.pid, flush=True)
+    print(await scheduler.submit(spec), scheduler.warm.pid, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 
 anyio.run(main)
