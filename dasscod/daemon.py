@@ -26,19 +26,19 @@ import uvicorn
 from pymongo.monitoring import CommandListener
 
 from dasscod.ars import ArsClient
-from dasscod.clusters import Cluster, build_clusters
+from dasscod.cluster.configured import Cluster, build_clusters
+from dasscod.coordination import Throttle, Wakeups
 from dasscod.listener.app import create_app
 from dasscod.log import get_logger
 from dasscod.model import Track
 from dasscod.pipeline import Pipeline, RetryPolicy, load_pipelines, pipeline_stages
+from dasscod.services.launch import Launcher
 from dasscod.settings import Settings
 from dasscod.store import Stores
 from dasscod.supervisors.ars_sync import ArsSync, SyncOptions, require_files_in_ars
-from dasscod.supervisors.coordination import Throttle, Wakeups
 from dasscod.supervisors.dispatch import Dispatcher
 from dasscod.supervisors.housekeeping import Housekeeping
 from dasscod.supervisors.intake import IntakeSupervisor
-from dasscod.supervisors.launch import Launcher
 from dasscod.supervisors.watch import Watcher
 
 log = get_logger(__name__)

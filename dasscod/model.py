@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -66,6 +66,10 @@ SUBJECT_TO_TYPE: dict[str, AssetType] = {
 }
 
 
+#: `hpc_job_id` of an attempt that no scheduler has given an id yet (DaSSCo's value).
+NEVER_QUEUED: Final = -9
+
+
 class Job(BaseModel):
     """One element of `track.job_list`."""
 
@@ -77,7 +81,7 @@ class Job(BaseModel):
     attempt: int = 0  # number of submissions so far; the n-th submission runs attempt n
     max_attempts: int = 3
     cluster: str | None = None
-    hpc_job_id: str | int = -9  # -9 = never queued, as in the current system
+    hpc_job_id: str | int = NEVER_QUEUED
     job_claimed_time: datetime | None = None  # when the dispatcher took it (STARTING)
     job_queued_time: datetime | None = None
     job_start_time: datetime | None = None
@@ -89,6 +93,12 @@ class Job(BaseModel):
     #: Pull clusters: a STARTING job handed to the cluster's agent is not handed out again
     #: before this time (the agent died if it has not reported the job id by then).
     lease_until: datetime | None = None
+
+    @property
+    def has_scheduler_id(self) -> bool:
+        """Whether a scheduler gave this attempt an id (stored as a string or, unset, as the
+        integer NEVER_QUEUED)."""
+        return str(self.hpc_job_id) != str(NEVER_QUEUED)
 
 
 class FileEntry(BaseModel):

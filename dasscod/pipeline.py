@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from dasscod.model import Flag, HistoryEntry, Job, JobStatus, Track
+from dasscod.model import NEVER_QUEUED, Flag, HistoryEntry, Job, JobStatus, Track
 from dasscod.queues import queue_tags
 
 # --------------------------------------------------------------------------- pipeline data
@@ -351,7 +351,7 @@ def _apply_job_event(
         case Event.CLAIM:
             updated.attempt = job.attempt + 1
             updated.cluster = ev.cluster
-            updated.hpc_job_id = -9
+            updated.hpc_job_id = NEVER_QUEUED
             updated.job_claimed_time = at
             updated.job_queued_time = updated.job_start_time = updated.job_end_time = None
             updated.not_before = None
@@ -369,7 +369,7 @@ def _apply_job_event(
                 updated.job_queued_time = at
         case Event.STARTED:
             updated.job_start_time = at
-            if ev.hpc_job_id is not None and job.hpc_job_id == -9:
+            if ev.hpc_job_id is not None and not job.has_scheduler_id:
                 updated.hpc_job_id = ev.hpc_job_id
         case Event.FINISHED:
             updated.job_end_time = at
@@ -411,7 +411,7 @@ def _apply_job_event(
 
 def _lease_refused(job: Job, now: datetime) -> str | None:
     """Why a job cannot be leased to a pull agent now (None: it can)."""
-    if str(job.hpc_job_id) != "-9":
+    if job.has_scheduler_id:
         return f"already has scheduler job {job.hpc_job_id}"
     if job.lease_until is not None and job.lease_until > now:
         return f"is leased until {job.lease_until.isoformat()}"

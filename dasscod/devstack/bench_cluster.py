@@ -36,19 +36,19 @@ import anyio
 from pymongo import AsyncMongoClient
 
 from dasscod.cluster.base import CommandResult, JobSpec, Transport
+from dasscod.cluster.configured import Cluster
 from dasscod.cluster.slurm import SlurmScheduler
 from dasscod.cluster.ssh import SshTarget, SshTransport
-from dasscod.clusters import Cluster
 from dasscod.daemon import Daemon
 from dasscod.devstack.mongo import mongo_server
 from dasscod.devstack.stack import REPO_ROOT, LocalStack, deliver
 from dasscod.log import configure_logging
 from dasscod.model import JobStatus, Track
 from dasscod.pipeline import Event, JobEvent, Pipeline, load_pipelines, new_track_fields, plan
+from dasscod.services.launch import Launcher, scheduler_job_name
 from dasscod.settings import ClusterSettings, Settings, TimingSettings
 from dasscod.store import Stores
 from dasscod.store.codec import to_bson
-from dasscod.supervisors.launch import Launcher, scheduler_job_name
 from dasscod.supervisors.watch import Watcher
 
 CLUSTER_DIR = Path(os.environ.get("DASSCOD_TEST_CLUSTER_DIR", "/var/lib/dasscod-test-cluster"))

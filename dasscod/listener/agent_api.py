@@ -31,13 +31,13 @@ from pydantic import BaseModel, Field
 
 from dasscod.cluster import torque_parse
 from dasscod.cluster.base import SchedulerError, SchedulerState
+from dasscod.cluster.configured import Cluster
 from dasscod.cluster.pull import PullScheduler
-from dasscod.clusters import Cluster
 from dasscod.listener.schemas import Ack
 from dasscod.log import get_logger
 from dasscod.model import GUID_PATTERN, Job, JobStatus, Track, utcnow
 from dasscod.pipeline import ACTIVE, Event, JobEvent
-from dasscod.supervisors.launch import Launcher, scheduler_job_name
+from dasscod.services.launch import Launcher, scheduler_job_name
 
 log = get_logger(__name__)
 
@@ -184,7 +184,7 @@ def agent_router(launcher: Launcher | None) -> APIRouter:
         candidates = sorted(
             ((t, j) for t in await store.active_on(cluster.name) for j in t.job_list
              if j.cluster == cluster.name and j.status is JobStatus.STARTING
-             and str(j.hpc_job_id) == "-9"
+             and not j.has_scheduler_id
              and (j.lease_until is None or j.lease_until <= now)),
             key=lambda pair: pair[1].job_claimed_time or now,
         )
@@ -274,7 +274,7 @@ def agent_router(launcher: Launcher | None) -> APIRouter:
                     name=scheduler_job_name(t.id, j.name, j.attempt),
                     hpc_job_id=str(j.hpc_job_id), status=str(j.status))
             for t in tracks for j in t.job_list
-            if j.cluster == cluster.name and j.status in ACTIVE and str(j.hpc_job_id) != "-9"
+            if j.cluster == cluster.name and j.status in ACTIVE and j.has_scheduler_id
         ]  # fmt: skip
 
     @router.post("/{cluster}/report")
@@ -294,7 +294,7 @@ def agent_router(launcher: Launcher | None) -> APIRouter:
             if job.cluster != cluster.name and job.attempt == seen.attempt:
                 continue
             live = job.attempt == seen.attempt and job.status in ACTIVE
-            if live and str(job.hpc_job_id) == "-9":
+            if live and not job.has_scheduler_id:
                 # Submitted by an agent that died before reporting it: record it now.
                 events = [JobEvent(job.name, Event.SUBMITTED, attempt=job.attempt,
                                    hpc_job_id=seen.hpc_job_id)]

@@ -16,7 +16,6 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pymongo.errors import ConnectionFailure
 
-from dasscod.callbacks import CallbackRejected, CallbackService, Slots
 from dasscod.listener.agent_api import agent_router
 from dasscod.listener.files import FileName, receive_file, send_file
 from dasscod.listener.intake_api import intake_router
@@ -36,9 +35,10 @@ from dasscod.listener.schemas import (
 )
 from dasscod.log import get_logger
 from dasscod.model import GUID_PATTERN, Metadata
+from dasscod.services.callbacks import CallbackRejected, CallbackService, Slots
+from dasscod.services.launch import Launcher
 from dasscod.store import Stores, TransitionConflict
 from dasscod.supervisors.intake import IntakeSupervisor
-from dasscod.supervisors.launch import Launcher
 from dasscod.tokens import JobClaims, TokenError, verify
 
 API_PREFIX = "/api/v1"

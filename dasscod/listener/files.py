@@ -18,9 +18,9 @@ import anyio
 from fastapi import HTTPException, Path
 from fastapi.responses import FileResponse
 
-from dasscod.callbacks import CallbackService
 from dasscod.listener.schemas import Ack
 from dasscod.model import Flag
+from dasscod.services.callbacks import CallbackService
 from dasscod.tokens import JobClaims
 
 FILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$"

@@ -56,12 +56,12 @@ from dasscod.ars import (
 from dasscod.ars.health import BreakerState, CircuitBreaker
 from dasscod.ars.mapping import to_ars_asset
 from dasscod.ars.models import AssetStatusInfo
+from dasscod.ars.throttle import ShareBudget
 from dasscod.log import get_logger
 from dasscod.model import Flag, Track, utcnow
 from dasscod.pipeline import Pipeline
 from dasscod.store import Stores
 from dasscod.store.track import files_mb
-from dasscod.supervisors.ars_throttle import ShareBudget
 
 log = get_logger(__name__)
 

@@ -14,13 +14,13 @@ from datetime import datetime
 import anyio
 from anyio.abc import TaskGroup
 
-from dasscod.clusters import Cluster
+from dasscod.cluster.configured import Cluster
+from dasscod.coordination import Throttle, Wakeups
 from dasscod.log import get_logger
 from dasscod.model import JobStatus, Track
 from dasscod.pipeline import Event, JobEvent, Pipeline
+from dasscod.services.launch import AttemptKey, Launcher
 from dasscod.store import Stores
-from dasscod.supervisors.coordination import Throttle, Wakeups
-from dasscod.supervisors.launch import AttemptKey, Launcher
 
 log = get_logger(__name__)
 

@@ -12,11 +12,11 @@ from datetime import datetime, timedelta
 
 import anyio
 
+from dasscod.coordination import Throttle
 from dasscod.log import get_logger
 from dasscod.model import Flag, JobStatus, utcnow
 from dasscod.pipeline import Event, JobEvent
 from dasscod.store import Stores
-from dasscod.supervisors.coordination import Throttle
 
 log = get_logger(__name__)
 

@@ -16,13 +16,13 @@ from datetime import datetime, timedelta
 import anyio
 
 from dasscod.cluster.base import JobInfo, SchedulerError, SchedulerState, TransportError
-from dasscod.clusters import Cluster
+from dasscod.cluster.configured import Cluster
 from dasscod.log import get_logger
 from dasscod.model import Job, JobStatus, Track, utcnow
 from dasscod.pipeline import Event, JobEvent, Pipeline
+from dasscod.services.launch import Launcher, scheduler_job_name
 from dasscod.settings import TimingSettings
 from dasscod.store import Stores
-from dasscod.supervisors.launch import Launcher, scheduler_job_name
 
 log = get_logger(__name__)
 
@@ -67,7 +67,7 @@ class Watcher:
             and j.status in (JobStatus.STARTING, JobStatus.QUEUED, JobStatus.RUNNING)
         ]
         submitted = [(t, j) for t, j in mine if j.status is not JobStatus.STARTING
-                     and str(j.hpc_job_id) != "-9"]
+                     and j.has_scheduler_id]
         if self.cluster.pull:
             # Its agent reports submissions and states (the listener's agent API); only the
             # time limits are ours to keep. The agent cancels what timed out: the report's

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 from dasscod.ars.health import BreakerState, CircuitBreaker
 from dasscod.ars.mapping import to_ars_asset
+from dasscod.ars.throttle import ShareBudget
 from dasscod.model import Flag
 from dasscod.pipeline import load_pipelines, plan
 from dasscod.supervisors.ars_sync import require_files_in_ars, wanted_steps
-from dasscod.supervisors.ars_throttle import ShareBudget
 from tests.conftest import make_metadata, make_track
 
 

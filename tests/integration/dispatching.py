@@ -7,12 +7,12 @@ from collections.abc import Mapping
 
 import anyio
 
-from dasscod.clusters import Cluster
+from dasscod.cluster.configured import Cluster
+from dasscod.coordination import Throttle
 from dasscod.pipeline import Pipeline
+from dasscod.services.launch import Launcher
 from dasscod.store import Stores
-from dasscod.supervisors.coordination import Throttle
 from dasscod.supervisors.dispatch import Dispatcher
-from dasscod.supervisors.launch import Launcher
 
 
 def load_dispatcher(

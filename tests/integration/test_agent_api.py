@@ -11,13 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
-from dasscod.clusters import build_clusters
+from dasscod.cluster.configured import build_clusters
 from dasscod.listener.app import create_app
 from dasscod.model import JobStatus, utcnow
 from dasscod.pipeline import Event, JobEvent, load_pipelines
+from dasscod.services.launch import Launcher
 from dasscod.settings import ClusterSettings
 from dasscod.store import Stores
-from dasscod.supervisors.launch import Launcher
 from tests.conftest import make_track
 
 SECRET = "agent-api-test-secret-0123456789abcdef"

@@ -9,14 +9,14 @@ from typing import Any
 
 import anyio
 
-from dasscod.clusters import build_clusters
+from dasscod.cluster.configured import build_clusters
+from dasscod.coordination import Throttle, Wakeups
 from dasscod.model import JobStatus, Track, utcnow
 from dasscod.pipeline import new_track_fields, parse_pipeline
 from dasscod.settings import ClusterSettings
 from dasscod.store import Applied, Stores
 from dasscod.store.codec import to_bson
 from dasscod.store.track import TrackStore
-from dasscod.supervisors.coordination import Throttle, Wakeups
 from dasscod.supervisors.dispatch import Dispatcher
 from tests.integration.dispatching import load_dispatcher
 

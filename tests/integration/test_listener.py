@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 
-from dasscod.callbacks import CallbackRejected, CallbackService
 from dasscod.listener.app import create_app
 from dasscod.listener.schemas import (
     BarcodeResult,
@@ -28,6 +27,7 @@ from dasscod.listener.schemas import (
 )
 from dasscod.model import AssetType, Flag, JobStatus, utcnow
 from dasscod.pipeline import Event, JobEvent, load_pipelines
+from dasscod.services.callbacks import CallbackRejected, CallbackService
 from dasscod.store import Stores
 from dasscod.tokens import JobClaims, issue
 from tests.conftest import make_metadata, make_track

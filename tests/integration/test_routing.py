@@ -11,14 +11,14 @@ import asyncssh
 import pytest
 
 from dasscod.cluster.base import SchedulerState
-from dasscod.clusters import build_clusters
+from dasscod.cluster.configured import build_clusters
+from dasscod.coordination import Throttle, Wakeups
 from dasscod.devstack.mongo import free_port
 from dasscod.model import JobStatus, Track
 from dasscod.pipeline import parse_pipeline
+from dasscod.services.launch import scheduler_job_name
 from dasscod.settings import ClusterSettings, SshSettings
 from dasscod.store import Stores
-from dasscod.supervisors.coordination import Throttle, Wakeups
-from dasscod.supervisors.launch import scheduler_job_name
 from tests.integration.dispatching import load_dispatcher
 
 PIPELINE = parse_pipeline(
@@ -94,4 +94,4 @@ async def test_jobs_go_to_the_next_cluster_while_the_first_is_unreachable(
 
 @pytest.fixture(autouse=True)
 def _quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("dasscod.supervisors.coordination.UNREACHABLE_BASE_S", 60.0)
+    monkeypatch.setattr("dasscod.coordination.UNREACHABLE_BASE_S", 60.0)

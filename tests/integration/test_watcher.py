@@ -13,12 +13,12 @@ import anyio
 import pytest
 
 from dasscod.cluster.base import JobSpec, SchedulerState
-from dasscod.clusters import Cluster, build_clusters
+from dasscod.cluster.configured import Cluster, build_clusters
 from dasscod.model import JobStatus, utcnow
 from dasscod.pipeline import Event, JobEvent, load_pipelines
+from dasscod.services.launch import Launcher, scheduler_job_name
 from dasscod.settings import ClusterSettings, TimingSettings
 from dasscod.store import Stores
-from dasscod.supervisors.launch import Launcher, scheduler_job_name
 from dasscod.supervisors.watch import Watcher
 from tests.conftest import make_track
 

@@ -16,12 +16,12 @@ import anyio
 import pytest
 
 from dasscod.cluster.base import JobSpec
-from dasscod.clusters import Cluster, build_clusters
+from dasscod.cluster.configured import Cluster, build_clusters
 from dasscod.model import JobStatus, Track, utcnow
 from dasscod.pipeline import Event, JobEvent, load_pipelines
+from dasscod.services.launch import Launcher, scheduler_job_name
 from dasscod.settings import ClusterSettings, SshSettings, TimingSettings
 from dasscod.store import Stores
-from dasscod.supervisors.launch import Launcher, scheduler_job_name
 from dasscod.supervisors.watch import Watcher
 from tests.conftest import make_track
 from tests.slurm.conftest import LocalCluster

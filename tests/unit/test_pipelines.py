@@ -22,6 +22,11 @@ def test_builtin_pipelines_are_exactly_herb_and_piof() -> None:
     assert sorted(load_pipelines(BUILTIN_PIPELINES)) == ["PIPEHERB0001", "PIPEPIOF0001"]
 
 
+def test_each_builtin_pipeline_file_is_named_after_the_pipeline_it_declares() -> None:
+    for path in BUILTIN_PIPELINES.glob("*.toml"):
+        assert parse_pipeline(path.read_text(), source=path.name).name == path.stem
+
+
 def test_herb0001_runs_its_six_jobs_one_after_another() -> None:
     herb = load_pipelines()["PIPEHERB0001"]
     assert [j.name for j in herb.jobs] == [

@@ -388,7 +388,7 @@ def test_unsubmitted_gives_the_attempt_back() -> None:
 
 def test_cancelling_the_rest_of_the_pipeline_after_a_device_target() -> None:
     """What the barcode callback does for a device target: FINISHED for the barcode job and
-    CANCEL for every job still WAITING or in RETRY (dasscod.callbacks._barcode_effects)."""
+    CANCEL for every job still WAITING or in RETRY (dasscod.services.callbacks._barcode_effects)."""
     track = with_jobs(
         track_of(PIOF),
         load={"status": S.DONE, "attempt": 1},

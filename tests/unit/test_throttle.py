@@ -3,9 +3,9 @@ stage that is waiting for one on the same cluster, and goes ahead once it has be
 
 from __future__ import annotations
 
+from dasscod.coordination import Throttle, Wakeups
 from dasscod.model import JobStatus, Track
 from dasscod.pipeline import load_pipelines, pipeline_stages
-from dasscod.supervisors.coordination import Throttle, Wakeups
 from tests.conftest import make_track
 
 

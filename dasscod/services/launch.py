@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from dasscod.cluster.base import JobSpec, SchedulerError, TransportError
-from dasscod.clusters import Cluster
+from dasscod.cluster.configured import Cluster
 from dasscod.log import get_logger
 from dasscod.model import Track
 from dasscod.pipeline import Event, JobEvent, Pipeline
