@@ -1,4 +1,5 @@
-"""`dasscod` command line: run the daemon, check the configuration, read the state, retry."""
+"""`dasscod` command line: run the daemon, check the configuration, count assets; and the
+operators' commands (`dasscod.control_cli`), which talk to a running daemon."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from typing import Any, TypeVar, cast
 import anyio
 import click
 
+from dasscod.control_cli import register as register_control_commands
 from dasscod.log import configure_logging
-from dasscod.pipeline import Event, JobEvent, PipelineError, load_pipelines
+from dasscod.pipeline import PipelineError, load_pipelines
 from dasscod.settings import ConfigError, Settings, load_settings, masked
-from dasscod.store import AssetNotFound, Stores
+from dasscod.store import Stores
 
 T = TypeVar("T")
 
@@ -147,30 +149,9 @@ def status(config: Path | None, as_json: bool) -> None:
             click.echo("  " + job.ljust(width) + "".join(f"{row.get(s, 0):>10}" for s in states))
 
 
-@main.command()
-@config_option
-@click.argument("asset_guid")
-@click.argument("job")
-def retry(config: Path | None, asset_guid: str, job: str) -> None:
-    """Give a job in ERROR (or FAILED) a fresh set of attempts."""
-    settings = _settings(config)
-
-    async def work(stores: Stores) -> None:
-        try:
-            result = await stores.track.apply(
-                asset_guid, [JobEvent(job, Event.OPERATOR_RETRY)], cause="operator"
-            )
-        except AssetNotFound as exc:
-            raise click.ClickException(f"no asset {asset_guid} in the store") from exc
-        except KeyError as exc:
-            raise click.ClickException(str(exc)) from exc
-        if not result.applied:
-            raise click.ClickException(
-                f"nothing to retry: {'; '.join(result.ignored) or 'job is not in ERROR'}"
-            )
-        click.echo(f"{asset_guid} {job}: {result.track.job(job).status}")
-
-    _with_stores(settings, work)
+# The operators' commands (ls, show, errors, clusters, pause, resume, drain, cancel, retry,
+# limits, audit) call a running daemon's control API.
+register_control_commands(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import anyio
 
+from dasscod.holds import Holds
 from dasscod.log import get_logger
 from dasscod.model import Track
 from dasscod.pipeline import ACTIVE
@@ -69,8 +70,12 @@ class Throttle:
         jobs_per_cluster: Mapping[str, int],
         wakeups: Wakeups,
         stages: Mapping[str, int] | None = None,
+        holds: Holds | None = None,
     ) -> None:
         self.max_assets = assets_in_flight
+        #: Operators' pauses and the drain: a paused cluster takes no new job, and while the
+        #: daemon drains no asset enters.
+        self.holds = holds if holds is not None else Holds()
         self.stages = dict(stages or {})
         #: cluster -> jobs whose dispatcher found no slot there and has not been served since.
         self._waiting: dict[str, set[str]] = defaultdict(set)
@@ -149,16 +154,20 @@ class Throttle:
     def assets_in_flight(self) -> int:
         return len(self._assets) + len(self._reserved_assets - self._assets.keys())
 
+    def entering(self, track: Track) -> bool:
+        """Whether a job of `track` would bring it onto the HPC side (it is not in flight)."""
+        return track.id not in self._assets and track.id not in self._reserved_assets
+
     def reserve(self, track: Track, clusters: Iterable[str], job: str = "") -> str | None:
         """Pick the first cluster (in order of preference) with room for one more `job` of
         `track`, and hold the slot until `release`. None: no room anywhere (the job then
         waits for a slot on those clusters until `served`)."""
-        entering = track.id not in self._assets and track.id not in self._reserved_assets
-        if entering and self.assets_in_flight() >= self.max_assets:
+        entering = self.entering(track)
+        if entering and (self.holds.draining or self.assets_in_flight() >= self.max_assets):
             return None
         wanted = []
         for cluster in clusters:
-            if not self.reachable(cluster):
+            if not self.reachable(cluster) or self.holds.cluster_paused(cluster):
                 continue  # the next cluster in order of preference carries on
             wanted.append(cluster)
             room = self.active_jobs(cluster) < self.max_jobs.get(cluster, 0)
@@ -208,6 +217,23 @@ class Throttle:
     def release(self, track_id: str, cluster: str) -> None:
         self._reserved_jobs[cluster] -= 1
         self._reserved_assets.discard(track_id)
+
+    def set_limits(self, *, assets_in_flight: int, jobs_per_cluster: Mapping[str, int]) -> None:
+        """Limits changed at run time: a raised limit serves the waiting dispatchers now; a
+        lowered one lets the jobs in flight finish and takes no new ones until below it."""
+        self.max_assets = assets_in_flight
+        self.max_jobs.update(jobs_per_cluster)
+        self.wake_blocked()
+
+    def unreachable_until(self, cluster: str) -> float | None:
+        """Monotonic time until which `cluster` takes no new jobs after a failure (None:
+        reachable as far as the daemon knows)."""
+        until = self._unreachable.get(cluster)
+        return until[0] if until is not None and time.monotonic() < until[0] else None
+
+    def wake_blocked(self) -> None:
+        """Something the throttle decides by changed (a pause lifted, a limit raised)."""
+        self._wake_blocked()
 
     def wake_when_freed(self, dispatcher: str) -> None:
         """Wake only the dispatchers the throttle stopped, and only when a slot frees up."""

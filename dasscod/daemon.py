@@ -28,10 +28,13 @@ from pymongo.monitoring import CommandListener
 from dasscod.ars import ArsClient
 from dasscod.cluster.configured import Cluster, build_clusters
 from dasscod.coordination import Throttle, Wakeups
+from dasscod.holds import Holds
 from dasscod.listener.app import create_app
 from dasscod.log import get_logger
 from dasscod.model import Track
 from dasscod.pipeline import Pipeline, RetryPolicy, load_pipelines, pipeline_stages
+from dasscod.services.control import ConfiguredLimits, ControlService
+from dasscod.services.control_reads import ControlReads
 from dasscod.services.launch import Launcher
 from dasscod.settings import Settings
 from dasscod.store import Stores
@@ -92,7 +95,10 @@ class Daemon:
         self._running: set[str] = {"listener"}
         self.dispatchers: dict[str, Dispatcher] = {}
         self._idle = anyio.Event()
+        #: Operators' pauses, drain and limits (the `control` collection's copy in memory).
+        self.holds = Holds()
         self.throttle = Throttle(
+            holds=self.holds,
             assets_in_flight=self.settings.throttle.assets_in_flight,
             jobs_per_cluster={n: c.max_jobs for n, c in self.settings.clusters.items()},
             wakeups=self.wakeups,
@@ -120,7 +126,21 @@ class Daemon:
         )
         intake = self.settings.intake
         self.intake = (
-            IntakeSupervisor(intake, self.stores, self.pipelines) if intake.enabled else None
+            IntakeSupervisor(intake, self.stores, self.pipelines, holds=self.holds)
+            if intake.enabled else None
+        )
+        configured = ConfiguredLimits(
+            assets_in_flight=self.settings.throttle.assets_in_flight,
+            jobs_per_cluster={n: c.max_jobs for n, c in self.settings.clusters.items()},
+        )
+        self.control = ControlService(
+            stores=self.stores, holds=self.holds, throttle=self.throttle,
+            clusters=self.clusters, pipelines=self.pipelines, configured=configured,
+            launcher=self.launcher, released=self._released,
+        )
+        control_reads = ControlReads(
+            stores=self.stores, holds=self.holds, throttle=self.throttle,
+            clusters=self.clusters, configured=configured,
         )
         self.server = _InLoopServer(
             uvicorn.Config(
@@ -135,6 +155,8 @@ class Daemon:
                     files_root=intake.work_area.absolute(),
                     launcher=self.launcher,
                     slots=self.throttle,
+                    control=(self.control, control_reads),
+                    control_tokens=self.settings.control.named(),
                 ),
                 host=self.settings.listener.host,
                 port=self.settings.listener.port,
@@ -178,6 +200,13 @@ class Daemon:
             else:
                 self.wakeups.notify(job)
 
+    def _released(self) -> None:
+        """An operator lifted a hold or raised a limit: every dispatcher asks the store
+        again, and those the throttle stopped try once more."""
+        for dispatcher in self.dispatchers.values():
+            dispatcher.resweep()
+        self.throttle.wake_blocked()
+
     @property
     def job_names(self) -> list[str]:
         return sorted({j.name for p in self.pipelines.values() for j in p.jobs})
@@ -191,6 +220,7 @@ class Daemon:
             if self.stopping.is_set():
                 return
             await self.stores.ensure_indexes()
+            await self.control.reload()  # pauses and limits survive restarts
             self.throttle.rebuild(await self.stores.track.in_flight(), queried_at=time.monotonic())
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._serve_listener)
@@ -262,6 +292,7 @@ class Daemon:
             throttle=self.throttle,
             interval_s=timing.housekeeping_s,
             stopping=self.stopping,
+            also=self.control.reload,
         )
         supervisors["housekeeping"] = housekeeping.run
         if self.settings.ars is not None:

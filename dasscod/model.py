@@ -38,6 +38,8 @@ class JobStatus(StrEnum):
     CRITICAL_ERROR = "CRITICAL_ERROR"
     PAUSED = "PAUSED"
     STOPPED = "STOPPED"
+    #: Stopped by an operator (`dasscod cancel`): terminal, and never counted as an error.
+    CANCELLED = "CANCELLED"
     NONE = "NONE"
 
 
@@ -123,8 +125,30 @@ class HistoryEntry(BaseModel):
     from_: str = Field(alias="from")
     to: str
     cause: str
+    #: Job transitions: the attempt's cluster and scheduler job id, so that every attempt of
+    #: a job can be told from the history after the job's own fields moved on to the next.
+    cluster: str | None = None
+    hpc_job_id: str | None = None
+    #: A failed attempt's error, as the job's `last_error` said it at that moment.
+    error: str | None = None
+    #: Operator actions: the name of the control token that asked, and the reason given.
+    by: str | None = None
+    reason: str | None = None
 
     model_config = ConfigDict(populate_by_name=True)
+
+    def to_document(self) -> dict[str, Any]:
+        """The stored form; the optional fields are left out when empty, so the history of an
+        automatic transition costs no more than it used to."""
+        data = self.model_dump(by_alias=True, mode="python")
+        for name in OPTIONAL_HISTORY_FIELDS:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+
+#: HistoryEntry fields written only when they hold something.
+OPTIONAL_HISTORY_FIELDS = ("cluster", "hpc_job_id", "error", "by", "reason")
 
 
 class Track(BaseModel):

@@ -5,8 +5,10 @@ dispatcher, listener, watcher and housekeeping only ever describe *events*.
 
 The legal job transitions are the table `TRANSITIONS`: an (event, current status) pair that is
 not in it is a no-op that the caller logs. DONE, FAILED (accepted), ERROR, CRITICAL_ERROR and
-STOPPED are terminal for the attempt machinery: no callback moves a job out of them (only an
-operator's explicit `retry`).
+STOPPED and CANCELLED are terminal for the attempt machinery: no callback moves a job out of
+them (only an operator's explicit `retry`). Operator actions are events like any other, so a
+cancel and a finishing job's callback are decided by the same guarded write: whichever is
+written first wins, and the other finds its job in a state it does not leave.
 """
 
 from __future__ import annotations
@@ -168,11 +170,17 @@ class Event(StrEnum):
     UNSUBMITTED = "unsubmitted"  # reconcile after a crash: the claim never reached the scheduler
     OPERATOR_RETRY = "operator_retry"  # `dasscod retry`: an ERROR job gets fresh attempts
     LEASE = "lease"  # a pull cluster's agent takes a claimed job to submit it (until lease_until)
+    OPERATOR_CANCEL = "operator_cancel"  # `dasscod cancel`: every unfinished job is CANCELLED
+    OPERATOR_RERUN = "operator_rerun"  # `dasscod retry --from`: a settled job runs again
 
 
 S = JobStatus
 ACTIVE = frozenset({S.STARTING, S.QUEUED, S.RUNNING})
-TERMINAL = frozenset({S.DONE, S.FAILED, S.ERROR, S.CRITICAL_ERROR, S.STOPPED})
+TERMINAL = frozenset({S.DONE, S.FAILED, S.ERROR, S.CRITICAL_ERROR, S.STOPPED, S.CANCELLED})
+#: Jobs an operator's cancel stops: everything that has not ended.
+CANCELLABLE = frozenset({S.WAITING, S.STARTING, S.QUEUED, S.RUNNING, S.RETRY, S.PAUSED})
+#: Jobs an operator may retry one by one: those that failed for good.
+RETRYABLE = frozenset({S.ERROR, S.CRITICAL_ERROR, S.FAILED})
 #: Statuses that let the next priority go ahead.
 SETTLED = frozenset({S.DONE, S.FAILED, S.STOPPED})
 
@@ -196,6 +204,12 @@ TRANSITIONS: dict[Event, dict[JobStatus, JobStatus | str]] = {
     Event.UNSUBMITTED: {S.STARTING: S.WAITING},
     Event.OPERATOR_RETRY: {S.ERROR: S.WAITING, S.CRITICAL_ERROR: S.WAITING, S.FAILED: S.WAITING},
     Event.LEASE: {S.STARTING: S.STARTING},
+    Event.OPERATOR_CANCEL: {s: S.CANCELLED for s in CANCELLABLE},
+    # Not from an active status: an asset is re-run from a job only when nothing of it runs.
+    Event.OPERATOR_RERUN: {
+        s: S.WAITING for s in (S.DONE, S.FAILED, S.ERROR, S.CRITICAL_ERROR, S.STOPPED,
+                               S.CANCELLED, S.RETRY)
+    },
 }
 
 #: Events that carry an attempt number must match the job's current attempt; an older attempt's
@@ -270,11 +284,14 @@ def plan(
     cause: str,
     asset_fields: Mapping[str, Any] | None = None,
     policy: RetryPolicy = RetryPolicy(),
+    by: str | None = None,
+    reason: str | None = None,
 ) -> Plan:
     """Apply job events (and optional asset-level field changes) to a copy of `track`.
 
     Returns the new document and the minimal `$set` that turns the stored document into it.
-    The caller writes it with a guard on `track.version`.
+    The caller writes it with a guard on `track.version`. `by` and `reason` (an operator's
+    action) are recorded in every history entry the plan makes.
     """
     # Only the jobs are changed in place; lists such as history and file_list are replaced,
     # never mutated, so a shallow copy of the document is safe and keeps this cheap.
@@ -298,6 +315,9 @@ def plan(
         _apply_job_event(
             new, ev, pipeline=pipeline, now=now, cause=cause, policy=policy, out=result
         )
+    if by is not None or reason is not None:
+        for entry in result.history:
+            entry.by, entry.reason = by, reason
     if result.set_fields:
         for name, value in derive(new, pipeline=pipeline, now=now).items():
             if getattr(new, name) != value:
@@ -329,6 +349,11 @@ def _apply_job_event(
         return
     if ev.event is Event.LEASE and (reason := _lease_refused(job, now)):
         out.ignored.append(f"{ev.event}: {ev.job} {reason}")
+        return
+    if ev.event is Event.CLAIM and track.available_for_services is not Flag.YES:
+        # Decided here rather than by the caller's copy of `ready`: a pause written after
+        # the dispatcher read the asset still stops the claim (the guard re-plans on it).
+        out.ignored.append(f"{ev.event}: asset is {track.available_for_services}, not claimed")
         return
     target = TRANSITIONS[ev.event].get(job.status)
     if target is None:
@@ -382,11 +407,19 @@ def _apply_job_event(
             # The attempt never reached the scheduler: give its number back.
             updated.attempt = job.attempt - 1
             updated.lease_until = None
-        case Event.OPERATOR_RETRY:
+        case Event.OPERATOR_RETRY | Event.OPERATOR_RERUN:
+            # Attempts keep counting up (each has its own scheduler name); the job gets its
+            # pipeline's number of attempts again.
             updated.max_attempts = job.attempt + (
                 pipeline.spec(job.name).max_attempts if pipeline and _has(pipeline, job.name) else 1
             )
             updated.not_before = None
+        case Event.OPERATOR_CANCEL:
+            updated.not_before = None
+            updated.lease_until = None
+            if job.status in ACTIVE:
+                updated.job_end_time = at
+                updated.exit_state = "CANCELLED"
         case _:
             pass
     if updated == job:
@@ -405,6 +438,9 @@ def _apply_job_event(
                 from_=job.status,
                 to=updated.status,
                 cause=f"{cause}: {ev.event}" + (f" ({ev.error})" if ev.error else ""),
+                cluster=updated.cluster,
+                hpc_job_id=str(updated.hpc_job_id) if updated.has_scheduler_id else None,
+                error=updated.last_error if target == RETRY_OR_GIVE_UP else None,
             )
         )
 
@@ -432,9 +468,12 @@ def _failure_target(job: Job, ev: JobEvent, *, allow_failure: bool) -> JobStatus
 
 
 def jobs_status(jobs: Iterable[Job]) -> JobStatus:
-    """The asset's overall status (DOMAIN.md): ERROR wins, then DONE when every job settled,
-    RUNNING while any is active, RETRY while any waits for a retry, else WAITING."""
+    """The asset's overall status (DOMAIN.md): CANCELLED (an operator's decision) wins, then
+    ERROR, then DONE when every job settled, RUNNING while any is active, RETRY while any waits
+    for a retry, else WAITING."""
     statuses = [j.status for j in jobs]
+    if S.CANCELLED in statuses:
+        return S.CANCELLED
     if any(s in (S.ERROR, S.CRITICAL_ERROR) for s in statuses):
         return S.ERROR
     if all(s in SETTLED for s in statuses):
@@ -453,7 +492,7 @@ def ready_jobs(track: Track, pipeline: Pipeline | None) -> list[str]:
     required flags hold, on an asset that is neither paused nor in ERROR."""
     if track.available_for_services is not Flag.YES:
         return []
-    if jobs_status(track.job_list) in (S.ERROR, S.DONE):
+    if jobs_status(track.job_list) in (S.ERROR, S.DONE, S.CANCELLED):
         return []
     unsettled = [j for j in track.job_list if j.status not in SETTLED]
     if not unsettled:
@@ -478,7 +517,7 @@ def derive(track: Track, *, pipeline: Pipeline | None, now: datetime) -> dict[st
     retry_times = [j.not_before for j in track.job_list if j.status is S.RETRY and j.not_before]
     overall = jobs_status(track.job_list)
     started = any(j.attempt > 0 for j in track.job_list)
-    in_flight = started and overall not in (S.DONE, S.ERROR)
+    in_flight = started and overall not in (S.DONE, S.ERROR, S.CANCELLED)
     active = sorted({j.cluster for j in track.job_list if j.status in ACTIVE and j.cluster})
     return {
         "jobs_status": overall,
@@ -487,8 +526,19 @@ def derive(track: Track, *, pipeline: Pipeline | None, now: datetime) -> dict[st
         "retry_due": min(retry_times) if retry_times else None,
         "in_flight": in_flight,
         "active_clusters": active,
-        "queues": queue_tags(track, in_flight=in_flight, active_clusters=active),
+        "queues": queue_tags(track, in_flight=in_flight, active_clusters=active,
+                             status=overall, at=current_jobs(track.job_list)),
     }
+
+
+def current_jobs(jobs: Iterable[Job]) -> list[str]:
+    """Where the asset is in its pipeline: the jobs of the lowest priority that has not
+    settled (running, waiting, failed or cancelled); none once every job settled."""
+    unsettled = [j for j in jobs if j.status not in SETTLED]
+    if not unsettled:
+        return []
+    lowest = min(j.priority for j in unsettled)
+    return [j.name for j in unsettled if j.priority == lowest]
 
 
 def _ready_since(track: Track, ready: list[str], now: datetime) -> datetime | None:

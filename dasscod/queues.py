@@ -7,6 +7,12 @@ to be done"), so one small index of tags is cheaper to keep than nine mostly idl
 tags are derived from the document's fields in the same guarded write that changes them
 (`pipeline.derive`), like `ready`.
 
+Two families of tags serve the operator's reads (`dasscod ls`, `dasscod errors`) rather than a
+supervisor: `status:<jobs_status>` and `at:<job>` (the jobs the asset is at: running, waiting,
+failed or cancelled), and `ars_error` for an asset ARS refused. Each asset holds one status tag
+and at most a few others, so the index stays about twice the size of the collection and a
+filtered, paged listing never scans the collection.
+
 `has_new_file` keeps its own index: a reported file sets it with a `$push` guard of its own
 (`TrackStore.add_file`), outside the planned transitions that derive the tags.
 """
@@ -21,6 +27,8 @@ from dasscod.model import Flag, Track
 IN_FLIGHT = "in_flight"
 #: An asset held back by a timed pause (`available_for_services` = PAUSED).
 PAUSED = "paused"
+#: An asset whose last ARS call was refused (`ars_error` is set).
+ARS_ERROR = "ars_error"
 
 #: The ARS sync's flags, and the values its steps look for (the others are either the steady
 #: state or no step's business).
@@ -45,8 +53,26 @@ def flag_tag(flag: str, value: Flag | str) -> str:
     return f"{flag}={Flag(value)}"
 
 
-def queue_tags(track: Track, *, in_flight: bool, active_clusters: Iterable[str]) -> list[str]:
-    """The tags of `track`, given its freshly derived `in_flight` and `active_clusters`."""
+def status_tag(status: str) -> str:
+    """An asset whose overall status (`jobs_status`) is `status`."""
+    return f"status:{status}"
+
+
+def at_job(job: str) -> str:
+    """An asset that is at `job` in its pipeline (see `pipeline.current_jobs`)."""
+    return f"at:{job}"
+
+
+def queue_tags(
+    track: Track,
+    *,
+    in_flight: bool,
+    active_clusters: Iterable[str],
+    status: str | None = None,
+    at: Iterable[str] = (),
+) -> list[str]:
+    """The tags of `track`, given its freshly derived `in_flight`, `active_clusters`, overall
+    `status` and current jobs (`at`)."""
     tags = [IN_FLIGHT] if in_flight else []
     tags += [on_cluster(c) for c in active_clusters]
     if track.available_for_services is Flag.PAUSED:
@@ -55,4 +81,9 @@ def queue_tags(track: Track, *, in_flight: bool, active_clusters: Iterable[str])
         value = getattr(track, flag)
         if value in values:
             tags.append(f"{flag}={value}")
+    if track.ars_error:
+        tags.append(ARS_ERROR)
+    if status is not None:
+        tags.append(status_tag(status))
+    tags += [at_job(job) for job in at]
     return tags

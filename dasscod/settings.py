@@ -8,6 +8,8 @@ fields are reached with a double underscore, e.g. `DASSCOD_MONGO__URI` or
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -207,6 +209,78 @@ class SecuritySettings(_Section):
         return self.token_secret.get_secret_value()
 
 
+#: A control token's name: it is what the audit records as "who".
+CONTROL_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.@-]{0,63}$"
+MIN_CONTROL_TOKEN_LENGTH = 16
+
+
+class ControlSettings(_Section):
+    """The operators' control API (`/api/v1/control/`, the `dasscod` commands). Each admin
+    token has a name, and every action is recorded under it. Without a token the API is off.
+
+    `tokens` maps names to tokens (give them from the environment, e.g.
+    `DASSCOD_CONTROL__TOKENS='{"alice": "..."}'`, never in a shared file); `tokens_file` names a
+    TOML file of `name = "token"` lines readable only by the daemon (a systemd credential, for
+    instance). Names from both are merged; a name in both is refused."""
+
+    tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    tokens_file: Path | None = None
+
+    @field_validator("tokens")
+    @classmethod
+    def _valid_tokens(cls, tokens: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        _check_control_tokens(tokens)
+        return tokens
+
+    @model_validator(mode="after")
+    def _read_tokens_file(self) -> ControlSettings:
+        if self.tokens_file is not None:
+            from_file = _read_tokens_file(self.tokens_file)
+            both = sorted(set(from_file) & set(self.tokens))
+            if both:
+                raise ValueError(f"control token name(s) {', '.join(both)} given both in "
+                                 "tokens and in tokens_file: keep one")
+            self.tokens = {**self.tokens, **from_file}
+        seen: dict[str, str] = {}
+        for name, token in self.tokens.items():
+            other = seen.setdefault(token.get_secret_value(), name)
+            if other != name:
+                raise ValueError(f"control tokens of {other} and {name} are the same: give "
+                                 "each operator a token of their own")
+        return self
+
+    def named(self) -> dict[str, str]:
+        """name -> token, for the listener."""
+        return {name: token.get_secret_value() for name, token in self.tokens.items()}
+
+
+def _check_control_tokens(tokens: dict[str, SecretStr]) -> None:
+    for name, token in tokens.items():
+        if not re.fullmatch(CONTROL_NAME_PATTERN, name):
+            raise ValueError(f"control token name {name!r}: use letters, digits and . _ @ - "
+                             "(it is recorded as who did what)")
+        if len(token.get_secret_value()) < MIN_CONTROL_TOKEN_LENGTH:
+            raise ValueError(f"control token of {name} must be at least "
+                             f"{MIN_CONTROL_TOKEN_LENGTH} characters (e.g. the output of "
+                             "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+
+
+def _read_tokens_file(path: Path) -> dict[str, SecretStr]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot read control tokens_file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError:
+        # The message would quote the line, and the line holds a token.
+        raise ValueError(f"control tokens_file {path} is not TOML of name = \"token\" lines"
+                         ) from None
+    if not all(isinstance(v, str) for v in data.values()):
+        raise ValueError(f"control tokens_file {path}: every value must be a token string")
+    tokens = {name: SecretStr(value) for name, value in data.items()}
+    _check_control_tokens(tokens)
+    return tokens
+
+
 class ArsSyncSettings(_Section):
     """How the ARS sync supervisor paces itself (used only when [ars] is set)."""
 
@@ -274,6 +348,7 @@ class Settings(BaseSettings):
     throttle: ThrottleSettings = ThrottleSettings()
     timing: TimingSettings = TimingSettings()
     security: SecuritySettings = SecuritySettings()
+    control: ControlSettings = ControlSettings()
     #: ARS connection; None (the default) runs without ARS sync.
     ars: ArsSettings | None = None
     ars_sync: ArsSyncSettings = ArsSyncSettings()
@@ -291,6 +366,19 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @model_validator(mode="after")
+    def _control_tokens_are_their_own(self) -> Settings:
+        """An admin token must not double as a credential of something less trusted."""
+        others = {"intake.api_token": self.intake.api_token}
+        others.update({f"clusters.{n}.agent_token": c.agent_token
+                       for n, c in self.clusters.items()})
+        for name, token in self.control.tokens.items():
+            for where, other in others.items():
+                if other is not None and other.get_secret_value() == token.get_secret_value():
+                    raise ValueError(f"control token of {name} is also {where}: admin tokens "
+                                     "must be separate from intake and agent credentials")
+        return self
 
 
 class ConfigError(ValueError):

@@ -17,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pymongo.errors import ConnectionFailure
 
 from dasscod.listener.agent_api import agent_router
+from dasscod.listener.control_api import install_control_api
 from dasscod.listener.files import FileName, receive_file, send_file
 from dasscod.listener.intake_api import intake_router
 from dasscod.listener.schemas import (
@@ -36,6 +37,8 @@ from dasscod.listener.schemas import (
 from dasscod.log import get_logger
 from dasscod.model import GUID_PATTERN, Metadata
 from dasscod.services.callbacks import CallbackRejected, CallbackService, Slots
+from dasscod.services.control import ControlService
+from dasscod.services.control_reads import ControlReads
 from dasscod.services.launch import Launcher
 from dasscod.store import Stores, TransitionConflict
 from dasscod.supervisors.intake import IntakeSupervisor
@@ -59,6 +62,8 @@ def create_app(
     launcher: Launcher | None = None,
     files_root: FilePath | None = None,
     slots: Slots | None = None,
+    control: tuple[ControlService, ControlReads] | None = None,
+    control_tokens: dict[str, str] | None = None,
 ) -> FastAPI:
     service = CallbackService(stores, slots)
     app = FastAPI(
@@ -222,6 +227,9 @@ def create_app(
     app.include_router(intake_router(intake, intake_token, intake_max_mb))
     # Pull clusters' agents; `launcher` renders their jobs' scripts (None: no agent API).
     app.include_router(agent_router(launcher))
+    # Operators (`dasscod ls`, `pause`, `cancel`, ...): named admin tokens; off without one.
+    service_, reads_ = control if control is not None else (None, None)
+    install_control_api(app, service_, reads_, control_tokens or {})
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

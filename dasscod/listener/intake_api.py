@@ -49,6 +49,9 @@ def intake_router(intake: IntakeSupervisor | None, token: str | None, max_mb: fl
     ) -> dict[str, Any]:
         """Register a new asset, with the same validation and result as a folder delivery."""
         assert intake is not None
+        if held := intake.held():
+            raise HTTPException(503, f"{held}; deliver again once it is resumed",
+                                headers={"Retry-After": "60"})
         try:
             guid = json.loads(metadata).get("asset_guid")
         except (ValueError, AttributeError):

@@ -14,7 +14,7 @@ from typing import Protocol
 from dasscod.cluster.base import JobSpec, SchedulerError, TransportError
 from dasscod.cluster.configured import Cluster
 from dasscod.log import get_logger
-from dasscod.model import Track
+from dasscod.model import JobStatus, Track
 from dasscod.pipeline import Event, JobEvent, Pipeline
 from dasscod.store import Stores
 from dasscod.tokens import JobClaims, issue
@@ -141,11 +141,20 @@ class Launcher:
             if self.reachability is not None and job.cluster is not None:
                 self.reachability.reached(job.cluster)
             logger.info("submitted", hpc_job_id=job_id)
-            await self.stores.track.apply(
+            result = await self.stores.track.apply(
                 track.id,
                 [JobEvent(job_name, Event.SUBMITTED, attempt=job.attempt, hpc_job_id=job_id)],
                 cause="dispatch",
                 known=track,
             )
+            if result.track.job(job_name).status is JobStatus.CANCELLED:
+                # An operator cancelled the asset while this submission was under way: the
+                # cancel left this attempt to us, so the job it started must not run on.
+                logger.info("cancelled while being submitted; cancelling it", hpc_job_id=job_id)
+                try:
+                    await self.clusters[job.cluster].scheduler.cancel(job_id)
+                except (SchedulerError, TransportError) as exc:
+                    logger.error("could not cancel the job of a cancelled asset: cancel it "
+                                 "by hand", hpc_job_id=job_id, error=str(exc))
         finally:
             self.submitting.discard(key)

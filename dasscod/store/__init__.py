@@ -11,6 +11,7 @@ from pymongo.monitoring import CommandListener
 from dasscod.log import get_logger
 from dasscod.model import Track
 from dasscod.pipeline import Pipeline, RetryPolicy
+from dasscod.store.control import AUDIT_INDEXES, AuditStore, ControlStore
 from dasscod.store.metadata import MetadataStore
 from dasscod.store.mos import MOS_INDEXES, MosMember, MosStore
 from dasscod.store.track import (
@@ -22,13 +23,20 @@ from dasscod.store.track import (
     TrackStore,
     TransitionConflict,
 )
+from dasscod.store.track_queries import TrackQueries
 
 log = get_logger(__name__)
+
+#: The generation of the `queues` tags: raised when this version derives tags that documents
+#: written by an earlier one lack (2: the operators' `status:`, `at:` and `ars_error` tags).
+QUEUE_TAGS_VERSION = 2
 
 __all__ = [
     "Applied",
     "AssetExists",
     "AssetNotFound",
+    "AuditStore",
+    "ControlStore",
     "MetadataStore",
     "MosMember",
     "MosStore",
@@ -55,6 +63,9 @@ class Stores:
         self.track = TrackStore(self.db["track"], pipelines, policy=policy, on_change=on_change)
         self.metadata = MetadataStore(self.db["metadata"])
         self.mos = MosStore(self.db["mos"], self.metadata)
+        self.track_queries = TrackQueries(self.db["track"])
+        self.control = ControlStore(self.db["control"])
+        self.audit = AuditStore(self.db["audit"])
 
     @classmethod
     def connect(
@@ -84,9 +95,15 @@ class Stores:
         tags, then the indexes those replaced are dropped."""
         await self.db["track"].create_indexes(TRACK_INDEXES)
         await self.db["mos"].create_indexes(MOS_INDEXES)
+        await self.db["audit"].create_indexes(AUDIT_INDEXES)
         filled = await self.track.backfill_queues()
         if filled:
             log.info("track documents given their queue tags", documents=filled)
+        if await self.control.schema_version("queue_tags") < QUEUE_TAGS_VERSION:
+            # Once per database: documents of an earlier version get the tags added since.
+            filled = await self.track.backfill_queues(every=True)
+            await self.control.set_schema_version("queue_tags", QUEUE_TAGS_VERSION)
+            log.info("track documents given the new queue tags", documents=filled)
         existing = await self.db["track"].index_information()
         for name in RETIRED_INDEXES:
             if name in existing:

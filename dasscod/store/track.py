@@ -154,6 +154,8 @@ class TrackStore:
         known: Track | None = None,
         now: datetime | None = None,
         expect: Mapping[str, Any] | None = None,
+        by: str | None = None,
+        reason: str | None = None,
     ) -> Applied:
         """Apply job events and asset field changes as one guarded write.
 
@@ -161,6 +163,7 @@ class TrackStore:
         write's guard fails and the store re-reads. `expect` makes the transition conditional:
         it is written only while these fields hold these values (checked on a fresh read, and
         guarded by the version), otherwise nothing is written and `applied` is False.
+        `by` and `reason` (an operator's action) go into the history entries it writes.
         """
         async with self._one_writer(guid):
             current = known
@@ -189,6 +192,8 @@ class TrackStore:
                     cause=cause,
                     asset_fields=asset_fields,
                     policy=self.policy,
+                    by=by,
+                    reason=reason,
                 )
                 if not result.changed and not fresh:
                     # A no-op decided on a copy we did not just read might be a stale decision:
@@ -207,7 +212,7 @@ class TrackStore:
                 if result.history:
                     update["$push"] = {
                         "history": {
-                            "$each": [to_bson(h.model_dump(by_alias=True)) for h in result.history]
+                            "$each": [to_bson(h.to_document()) for h in result.history]
                         }
                     }
                 written = await self.collection.update_one(
@@ -249,7 +254,10 @@ class TrackStore:
             written = await self.collection.update_one(
                 {"_id": guid, "file_list.name": {"$ne": entry.name}},
                 {
-                    "$push": {"file_list": to_bson(entry), "history": to_bson(history)},
+                    "$push": {
+                        "file_list": to_bson(entry),
+                        "history": to_bson(history.to_document()),
+                    },
                     "$set": {"has_new_file": Flag.YES.value},
                     "$inc": {"version": 1, "asset_size": entry.file_size},
                 },
@@ -257,13 +265,26 @@ class TrackStore:
             self._recent.pop(guid, None)  # written outside `apply`: the remembered copy is stale
         return written.modified_count == 1
 
-    async def set_fields(self, guid: str, fields: Mapping[str, Any], *, cause: str) -> Applied:
+    async def set_fields(
+        self, guid: str, fields: Mapping[str, Any], *, cause: str, by: str | None = None,
+        reason: str | None = None,
+    ) -> Applied:
         """Asset-level flag changes (no job event), guarded and recorded like any transition."""
-        return await self.apply(guid, (), cause=cause, asset_fields=fields)
+        return await self.apply(guid, (), cause=cause, asset_fields=fields, by=by, reason=reason)
 
-    async def ready(self, job: str, limit: int) -> list[Track]:
-        """Assets whose job `job` may be claimed now, longest-ready first."""
-        cursor = self.collection.find({"ready": job}).sort("ready_since", ASCENDING).limit(limit)
+    async def ready(
+        self, job: str, limit: int, *, skip_pipelines: Sequence[str] = (),
+        in_flight_only: bool = False,
+    ) -> list[Track]:
+        """Assets whose job `job` may be claimed now, longest-ready first; not those of
+        `skip_pipelines`, and with `in_flight_only` only assets already in flight (an
+        operator paused those pipelines, or the daemon drains)."""
+        query: dict[str, Any] = {"ready": job}
+        if skip_pipelines:
+            query["pipeline"] = {"$nin": list(skip_pipelines)}
+        if in_flight_only:
+            query["queues"] = IN_FLIGHT
+        cursor = self.collection.find(query).sort("ready_since", ASCENDING).limit(limit)
         return [Track.model_validate(doc) async for doc in cursor]
 
     async def ars_queue(
@@ -322,15 +343,20 @@ class TrackStore:
         cursor = self.collection.find({"queues": IN_FLIGHT})
         return [Track.model_validate(doc) async for doc in cursor]
 
-    async def backfill_queues(self) -> int:
+    async def backfill_queues(self, *, every: bool = False) -> int:
         """Give documents written by a version without the `queues` tags their tags (once,
-        at start-up: until then no queue query would find them). Returns how many."""
+        at start-up: until then no queue query would find them). Returns how many. With
+        `every`, every document is re-tagged whose tags differ from what this version derives
+        (once, when the set of tags grew; the caller records that it was done)."""
         filled = 0
-        async for doc in self.collection.find({"queues": {"$exists": False}}):
+        query: dict[str, Any] = {} if every else {"queues": {"$exists": False}}
+        async for doc in self.collection.find(query, {"history": 0}):
             track = Track.model_validate(doc)
             tags = derive(track, pipeline=self.pipeline_of(track), now=utcnow())["queues"]
+            if doc.get("queues") == tags:
+                continue
             written = await self.collection.update_one(
-                {"_id": track.id, "queues": {"$exists": False}}, {"$set": {"queues": tags}}
+                {"_id": track.id, "version": track.version}, {"$set": {"queues": tags}}
             )
             filled += written.modified_count
         return filled

@@ -16,6 +16,7 @@ from anyio.abc import TaskGroup
 
 from dasscod.cluster.configured import Cluster
 from dasscod.coordination import Throttle, Wakeups
+from dasscod.holds import Holds
 from dasscod.log import get_logger
 from dasscod.model import JobStatus, Track
 from dasscod.pipeline import Event, JobEvent, Pipeline
@@ -49,6 +50,7 @@ class Dispatcher:
         stopping: anyio.Event,
         sweep_s: float,
         max_parallel_submits: int = 8,
+        holds: Holds | None = None,
     ) -> None:
         self.job = job
         self.stores = stores
@@ -59,6 +61,7 @@ class Dispatcher:
         self.wakeups = wakeups
         self.stopping = stopping
         self.sweep_s = sweep_s
+        self.holds = holds if holds is not None else throttle.holds
         self._submits = anyio.CapacityLimiter(max_parallel_submits)
         #: Assets known to have our job ready: offered by transitions, and those a pass could
         #: not claim for want of a slot (kept, so that a freed slot needs no query).
@@ -75,6 +78,12 @@ class Dispatcher:
         """A transition this process wrote made our job ready on `track`: claim it from this
         copy, without a query (the version guard catches a copy that is no longer current)."""
         self._offered[track.id] = track
+        self.wakeups.notify(self.job)
+
+    def resweep(self) -> None:
+        """Operators lifted a hold: the next pass asks the store (what was held back is not
+        in memory any more)."""
+        self._sweep = True
         self.wakeups.notify(self.job)
 
     async def run(self) -> None:
@@ -103,7 +112,10 @@ class Dispatcher:
         else:
             self._offered.clear()  # the query returns them too, oldest first
             self._sweep = False
-            tracks = await self.stores.track.ready(self.job, BATCH)
+            tracks = await self.stores.track.ready(
+                self.job, BATCH, skip_pipelines=self.holds.paused_pipelines(),
+                in_flight_only=self.holds.draining,
+            )
             more_in_store = len(tracks) >= BATCH
         claimed = 0
         for i, track in enumerate(tracks):
@@ -111,6 +123,10 @@ class Dispatcher:
                 break
             if self.job not in track.ready:
                 continue
+            if self.holds.pipeline_paused(track.pipeline) or (
+                self.holds.draining and self.throttle.entering(track)
+            ):
+                continue  # held by an operator; found again by the sweep a resume asks for
             pipeline = self.pipelines.get(track.pipeline)
             if pipeline is None:
                 self.log.error("asset names an unknown pipeline; skipped",

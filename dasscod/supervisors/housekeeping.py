@@ -8,6 +8,7 @@ a fast polling loop.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 import anyio
@@ -23,8 +24,11 @@ log = get_logger(__name__)
 
 class Housekeeping:
     def __init__(
-        self, *, stores: Stores, throttle: Throttle, interval_s: float, stopping: anyio.Event
+        self, *, stores: Stores, throttle: Throttle, interval_s: float, stopping: anyio.Event,
+        also: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        #: Run on every pass too (the daemon reloads the operators' holds with it).
+        self.also = also
         self.stores = stores
         self.throttle = throttle
         self.interval_s = interval_s
@@ -63,6 +67,8 @@ class Housekeeping:
                     },
                     cause="housekeeping: timed pause over",
                 )
+        if self.also is not None:
+            await self.also()
         queried_at = time.monotonic()
         self.throttle.rebuild(await self.stores.track.in_flight(), queried_at=queried_at)
         return await self.stores.track.next_retry_due()

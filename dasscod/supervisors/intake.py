@@ -48,6 +48,7 @@ from dasscod.delivery import (
     read_delivery,
     snapshot,
 )
+from dasscod.holds import Holds
 from dasscod.log import get_logger
 from dasscod.model import Flag, Metadata, Track, as_utc, utcnow
 from dasscod.pipeline import Pipeline
@@ -91,6 +92,7 @@ class IntakeSupervisor:
         *,
         on_new: Callable[[Track], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        holds: Holds | None = None,
     ) -> None:
         self.settings = settings
         self.stores = stores
@@ -108,6 +110,16 @@ class IntakeSupervisor:
         #: The last problem logged per folder, so a persisting one is not logged every scan.
         self._reported: dict[str, str] = {}
         self._api_lock = anyio.Lock()
+        #: An operator's pause of intake, or the drain: deliveries wait where they are.
+        self.holds = holds if holds is not None else Holds()
+
+    def held(self) -> str | None:
+        """Why intake takes no delivery now (None: it takes them)."""
+        hold = self.holds.intake_held()
+        if hold is None:
+            return None
+        what = "the daemon is draining" if hold.kind == "drain" else "intake is paused"
+        return f"{what} ({hold.describe()})"
 
     # ------------------------------------------------------------------ loop
 
@@ -146,6 +158,8 @@ class IntakeSupervisor:
                 )
                 return taken
             self._reported.pop(str(self.folder), None)
+            if self.held():
+                return taken  # an interrupted take above was finished; nothing new is taken
             now = self._clock()
             self._settle.retain(name for name, _, _ in candidates)
             for name, ready, snap in candidates:

@@ -1,4 +1,5 @@
-"""The command line: check-config, status and retry against a real store."""
+"""The command line: check-config and status against a real store (the operators' commands
+against a running daemon are in tests/e2e/test_control_e2e.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from click.testing import CliRunner
 from pymongo import MongoClient
 
 from dasscod.cli import main
-from dasscod.model import JobStatus
 from dasscod.pipeline import load_pipelines
 from dasscod.store.codec import to_bson
 from tests.conftest import make_track
@@ -74,29 +74,6 @@ def test_status_counts_assets_and_jobs(mongo_uri: str, env: dict[str, str]) -> N
         assert counts["jobs"] == {j: {"WAITING": 2} for j in jobs}
         human = CliRunner().invoke(main, ["status"], env=env)
         assert "assets: 2" in human.output and "clean_up" in human.output
-    finally:
-        client.drop_database(env["DASSCOD_MONGO__DATABASE"])
-        client.close()
-
-
-def test_retry_gives_an_error_job_fresh_attempts(mongo_uri: str, env: dict[str, str]) -> None:
-    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
-    try:
-        coll = client[env["DASSCOD_MONGO__DATABASE"]]["track"]
-        track = make_track("r-1")
-        track.job("load").status = JobStatus.ERROR
-        track.job("load").attempt = 3
-        coll.insert_one(to_bson(track.to_document()))
-        result = CliRunner().invoke(main, ["retry", "r-1", "load"], env=env)
-        assert result.exit_code == 0, result.output
-        doc = coll.find_one({"_id": "r-1"})
-        assert doc is not None
-        assert doc["job_list"][0]["status"] == "WAITING"
-        assert doc["history"][-1]["cause"].startswith("operator")
-        again = CliRunner().invoke(main, ["retry", "r-1", "load"], env=env)
-        assert again.exit_code != 0 and "nothing to retry" in again.output
-        unknown = CliRunner().invoke(main, ["retry", "nope", "load"], env=env)
-        assert unknown.exit_code != 0 and "no asset nope" in unknown.output
     finally:
         client.drop_database(env["DASSCOD_MONGO__DATABASE"])
         client.close()

@@ -104,8 +104,8 @@ async def test_the_sweep_finds_an_older_ready_asset_that_was_never_offered(
     queried = anyio.Event()
     ready = stores.track.ready
 
-    async def ready_and_tell(job: str, limit: int) -> list[Track]:
-        found = await ready(job, limit)
+    async def ready_and_tell(job: str, limit: int, **kwargs: Any) -> list[Track]:
+        found = await ready(job, limit, **kwargs)
         queried.set()
         return found
 

@@ -107,7 +107,8 @@ async def test_a_transition_is_one_write_with_history_and_a_version_bump(stores:
     assert raw["ready"] == []
     assert raw["in_flight"] is True
     assert raw["active_clusters"] == ["local"]
-    assert raw["queues"] == ["in_flight", "on:local", "is_in_ars=NO"]
+    assert raw["queues"] == ["in_flight", "on:local", "is_in_ars=NO", "status:RUNNING",
+                             "at:load"]
     assert [(h["job"], h["from"], h["to"], h["cause"]) for h in raw["history"]] == [
         ("load", "WAITING", "STARTING", "dispatch: claim")
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dasscod.model import Flag
+from dasscod.model import Flag, JobStatus
 from dasscod.pipeline import derive, load_pipelines
 from dasscod.queues import flag_tag, queue_tags
 from tests.conftest import make_track
@@ -24,7 +24,21 @@ def test_a_new_asset_waits_to_be_created_in_ars_and_nothing_else() -> None:
     pipelines = load_pipelines()
     track = make_track("a")
     tags = derive(track, pipeline=pipelines[track.pipeline], now=track.created_timestamp)
-    assert tags["queues"] == ["is_in_ars=NO"]
+    # Besides the ARS step it waits for: what operators list it by (status, the job it is at).
+    assert tags["queues"] == ["is_in_ars=NO", "status:WAITING", "at:load"]
+
+
+def test_operators_find_an_asset_by_status_by_its_failed_job_and_by_an_ars_refusal() -> None:
+    pipelines = load_pipelines()
+    track = make_track("a").model_copy(update={"ars_error": "ARS said no", "is_in_ars": Flag.YES})
+    track.job_list[0].status = JobStatus.DONE
+    track.job_list[1].status = JobStatus.ERROR
+    tags = derive(track, pipeline=pipelines[track.pipeline], now=track.created_timestamp)
+    assert tags["queues"] == ["ars_error", "status:ERROR", "at:barcode"]
+    for job in track.job_list:
+        job.status = JobStatus.DONE
+    tags = derive(track, pipeline=pipelines[track.pipeline], now=track.created_timestamp)
+    assert tags["queues"] == ["ars_error", "status:DONE"], "a finished asset is at no job"
 
 
 @pytest.mark.parametrize(("flag", "value"), [("erda_sync", Flag.YES), ("has_new_file", Flag.YES)])

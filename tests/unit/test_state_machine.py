@@ -53,6 +53,14 @@ EXPECTED: dict[Event, dict[JobStatus, JobStatus]] = {
     E.UNSUBMITTED: {S.STARTING: S.WAITING},
     E.OPERATOR_RETRY: {S.ERROR: S.WAITING, S.CRITICAL_ERROR: S.WAITING, S.FAILED: S.WAITING},
     E.LEASE: {S.STARTING: S.STARTING},  # pull clusters: the agent takes the job
+    # `dasscod cancel`: whatever has not ended ends CANCELLED; an ended job stays as it ended.
+    E.OPERATOR_CANCEL: {S.WAITING: S.CANCELLED, S.STARTING: S.CANCELLED, S.QUEUED: S.CANCELLED,
+                        S.RUNNING: S.CANCELLED, S.RETRY: S.CANCELLED, S.PAUSED: S.CANCELLED},
+    # `dasscod retry --from`: a job that ended (or waits for a retry) runs again; never one
+    # that is live.
+    E.OPERATOR_RERUN: {S.DONE: S.WAITING, S.FAILED: S.WAITING, S.ERROR: S.WAITING,
+                       S.CRITICAL_ERROR: S.WAITING, S.STOPPED: S.WAITING,
+                       S.CANCELLED: S.WAITING, S.RETRY: S.WAITING},
 }
 
 #: Everything that reaches the state machine from outside the operator's hands.
@@ -141,7 +149,7 @@ def test_every_event_in_every_state(event: Event, status: JobStatus) -> None:
 
 
 @pytest.mark.parametrize(
-    "status", [S.DONE, S.ERROR, S.CRITICAL_ERROR, S.FAILED, S.STOPPED, S.RETRY]
+    "status", [S.DONE, S.ERROR, S.CRITICAL_ERROR, S.FAILED, S.STOPPED, S.RETRY, S.CANCELLED]
 )
 @pytest.mark.parametrize("event", AUTOMATIC_EVENTS)
 def test_no_callback_moves_a_settled_or_retrying_job(event: Event, status: JobStatus) -> None:
@@ -632,3 +640,59 @@ def test_retry_delay_never_exceeds_the_configured_maximum() -> None:
 
 def test_zero_backoff_retries_at_once() -> None:
     assert RetryPolicy(backoff_s=0, backoff_max_s=0).delay(GUID, "load", 3) == timedelta(0)
+
+
+# --------------------------------------------------------------------------- operator actions
+
+
+def test_a_cancel_and_a_finished_callback_never_both_win() -> None:
+    """Whichever is planned on the other's result: the job ends CANCELLED or DONE."""
+    running = with_jobs(track_of(), load={"status": S.RUNNING, "attempt": 1, "cluster": "c"})
+    cancel = JobEvent("load", E.OPERATOR_CANCEL)
+    finished = JobEvent("load", E.FINISHED, attempt=1)
+    cancelled_first = run(run(running, cancel).track, finished)
+    assert cancelled_first.track.job("load").status is S.CANCELLED
+    assert not cancelled_first.changed, "the late callback changes nothing"
+    finished_first = run(run(running, finished).track, *[JobEvent(j.name, E.OPERATOR_CANCEL)
+                                                         for j in running.job_list])
+    assert finished_first.track.job("load").status is S.DONE
+    assert {j.status for j in finished_first.track.job_list[1:]} == {S.CANCELLED}
+    assert finished_first.track.jobs_status is S.CANCELLED
+
+
+def test_a_cancelled_asset_is_cancelled_not_in_error_and_not_in_flight() -> None:
+    t = with_jobs(track_of(), load={"status": S.DONE, "attempt": 1},
+                  barcode={"status": S.RUNNING, "attempt": 1, "cluster": "c",
+                           "hpc_job_id": "42"})
+    result = plan(t, [JobEvent(j.name, E.OPERATOR_CANCEL) for j in t.job_list], pipeline=HERB,
+                  now=NOW, cause="control: cancel", by="alice", reason="wrong scan")
+    assert result.track.jobs_status is S.CANCELLED
+    assert not result.track.in_flight and result.track.ready == []
+    assert result.track.job("barcode").exit_state == "CANCELLED"
+    entry = next(h for h in result.history if h.job == "barcode")
+    assert (entry.by, entry.reason, entry.cluster, entry.hpc_job_id) == (
+        "alice", "wrong scan", "c", "42")
+    assert "status:CANCELLED" in result.track.queues
+
+
+def test_a_paused_asset_is_never_claimed_even_from_a_copy_read_before_the_pause() -> None:
+    ready = track_of()
+    assert "load" in ready.model_copy(update=derive_fields(ready)).ready
+    paused = ready.model_copy(update={"available_for_services": Flag.PAUSED})
+    result = run(paused, JobEvent("load", E.CLAIM, cluster="local"))
+    assert not result.changed and result.track.job("load").status is S.WAITING
+    assert "PAUSED" in result.ignored[0]
+
+
+def test_rerun_gives_a_job_fresh_attempts_and_keeps_counting() -> None:
+    t = with_jobs(track_of(), ocr={"status": S.DONE, "attempt": 2, "max_attempts": 3})
+    job = run(t, JobEvent("ocr", E.OPERATOR_RERUN)).track.job("ocr")
+    assert job.status is S.WAITING
+    assert job.attempt == 2, "the next attempt has a scheduler name of its own"
+    assert job.max_attempts == 2 + HERB.spec("ocr").max_attempts
+
+
+def derive_fields(track: Track) -> dict[str, object]:
+    from dasscod.pipeline import derive
+
+    return derive(track, pipeline=HERB, now=NOW)
