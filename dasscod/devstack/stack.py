@@ -44,6 +44,8 @@ class LocalStack:
     #: The `[ars]` section (see `dasscod.ars.settings.ArsSettings`), or None: no ARS sync.
     #: Give the secret as `client_secret_file`, not in this table.
     ars: dict[str, Any] | None = None
+    #: Named admin tokens of the control API (`control.tokens`); none: the API is off.
+    control_tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def intake(self) -> Path:
@@ -98,6 +100,8 @@ class LocalStack:
         }
         if self.ars is not None:
             data["ars"] = dict(self.ars)
+        if self.control_tokens:
+            data["control"] = {"tokens": dict(self.control_tokens)}
         return data
 
     def write_config(self) -> Path:
