@@ -223,8 +223,8 @@ async def test_a_paused_asset_is_not_claimed_and_its_history_says_who_paused_it(
     assert [a["guid"] for a in listed["assets"]] == ["p-1"]
     resumed = await control.call("POST", "/resume", json={"kind": "asset", "name": "p-1"})
     assert resumed.status_code == 200
-    track = await control.stores.track.get("p-1")
-    assert track is not None and track.ready == ["load"]
+    after = await control.stores.track.get("p-1")
+    assert after is not None and after.ready == ["load"]
 
 
 # --------------------------------------------------------------------------- holds
