@@ -117,7 +117,7 @@ async def test_a_cluster_paused_mid_run_takes_no_new_job_until_resumed(
 
 
 async def _none(count: Any) -> bool:
-    return await count == 0
+    return bool(await count == 0)
 
 
 async def test_drain_takes_no_new_work_and_lets_what_is_in_flight_finish(

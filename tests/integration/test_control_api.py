@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from dasscod.clusters import build_clusters
+from dasscod.cluster.configured import build_clusters
+from dasscod.coordination import Throttle, Wakeups
 from dasscod.holds import Holds
 from dasscod.listener.app import create_app
 from dasscod.model import Flag, JobStatus, utcnow
@@ -23,7 +24,6 @@ from dasscod.services.control import ConfiguredLimits, ControlService
 from dasscod.services.control_reads import ControlReads
 from dasscod.settings import ClusterSettings
 from dasscod.store import Stores
-from dasscod.supervisors.coordination import Throttle, Wakeups
 from tests.conftest import make_track
 
 SECRET = "control-api-test-secret-0123456789abcdef"
