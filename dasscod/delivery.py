@@ -21,7 +21,9 @@ Metadata file
     be present. `files` is not stored in the metadata document.
 
 Image files
-    Every other regular file in the folder. Its `type` in the track's `file_list` is its
+    Every other regular file in the folder. Its name follows the file-name rule of
+    `dasscod.filenames` (ASCII letters, digits, `.`, `_`, `-`; at most 200 characters), the
+    rule every later step applies too. Its `type` in the track's `file_list` is its
     extension in lower case without the dot (`tif`, `jpeg`); its size is recorded in MB
     (bytes / 1 000 000) and its checksum as CRC-32 (an unsigned integer). Empty files and
     sub-folders are not allowed.
@@ -64,6 +66,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from dasscod.filenames import file_name_problem
 from dasscod.model import FileEntry, Metadata
 
 READY_MARKER = ".ready"
@@ -107,6 +110,13 @@ class Delivery:
         return [entry for _, entry in self.files]
 
 
+_RENAME_HINT = (
+    "Rename the file (ASCII letters, digits, '.', '_' and '-', starting with a letter or a "
+    "digit), update a `files` list if the metadata has one, and move the folder back into the "
+    "intake folder."
+)
+
+
 def ignored_name(name: str) -> bool:
     """Names that are not part of a delivery's content."""
     return name.startswith(".") or name == REASON_FILE
@@ -138,7 +148,12 @@ def read_delivery(folder: Path, pipelines: Collection[str]) -> Delivery:
             )
         if not stat.S_ISREG(mode):
             raise DeliveryRejected(f"{entry.name} is not a regular file (e.g. a symbolic link)")
-        (json_files if path.suffix.lower() == ".json" else image_files).append(path)
+        if path.suffix.lower() == ".json":
+            json_files.append(path)
+        elif problem := file_name_problem(entry.name):  # the rule `load` applies on the cluster
+            raise DeliveryRejected(f"image {problem}", hint=_RENAME_HINT)
+        else:
+            image_files.append(path)
 
     if not json_files:
         raise DeliveryRejected("no metadata file: the folder must hold exactly one *.json file")

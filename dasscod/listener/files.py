@@ -8,7 +8,6 @@ files. The write is atomic (a temporary name, then a rename): a file is either c
 checked, or absent.
 """
 
-import re
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path as FilePath
@@ -18,13 +17,13 @@ import anyio
 from fastapi import HTTPException, Path
 from fastapi.responses import FileResponse
 
+from dasscod.filenames import FILE_NAME_PATTERN, file_name_problem
 from dasscod.listener.schemas import Ack
 from dasscod.model import Flag
 from dasscod.services.callbacks import CallbackService
 from dasscod.tokens import JobClaims
 
-FILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$"
-FileName = Annotated[str, Path(pattern=FILE_NAME)]
+FileName = Annotated[str, Path(pattern=FILE_NAME_PATTERN)]
 
 
 async def receive_file(
@@ -41,8 +40,8 @@ async def receive_file(
         raise HTTPException(
             409, f"asset {guid} has no file {name}: report it first (POST /assets/{guid}/files)"
         )
-    if not re.fullmatch(FILE_NAME, name):  # the route's pattern already says so; be sure
-        raise HTTPException(422, f"bad file name {name!r}")
+    if problem := file_name_problem(name):  # the route's pattern already says so; be sure
+        raise HTTPException(422, problem)
     folder = files_root / guid
     await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
     part = folder / f".{name}.part"

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from dasscod.delivery import DeliveryRejected
+from dasscod.filenames import file_name_problem
 from dasscod.store import AssetExists
 from dasscod.supervisors.intake import IntakeSupervisor
 
@@ -86,8 +87,8 @@ async def _write_files(staged: Path, files: list[UploadFile], *, max_bytes: int)
     total = 0
     for upload in files:
         name = upload.filename or ""
-        if not name or Path(name).name != name or name.startswith("."):
-            raise HTTPException(422, f"files: bad file name {name!r} (a plain name is needed)")
+        if problem := file_name_problem(name):
+            raise HTTPException(422, f"files: {problem}")
         target = staged / name
         if await to_thread.run_sync(target.exists):
             raise HTTPException(422, f"files: {name} is sent twice (or clashes with the metadata)")

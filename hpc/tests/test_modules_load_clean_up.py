@@ -107,6 +107,7 @@ def test_a_missing_source_is_retryable(stub: StubListener, tmp_path: Path) -> No
     [
         ([], "no files"),
         ([{"name": "../evil.tif", "check_sum": 1, "file_size": 1, "local_path": "/x"}], "bad"),
+        ([{"name": "a\\b.tif", "check_sum": 1, "file_size": 1, "local_path": "/x"}], "ASCII"),
         ([{"name": "a.tif", "local_path": "/x"}], "check_sum"),
     ],
 )

@@ -95,7 +95,9 @@ async def test_a_duplicate_guid_is_409_and_changes_nothing(
         (meta("api-4", pipeline_name="PIPENOPE"), None, "PIPENOPE"),
         ("{not json", None, "not a JSON object"),
         (meta("api-5"), {}, "files"),
-        (meta("api-6"), {"../escape.tif": IMAGE}, "bad file name"),
+        (meta("api-6"), {"../escape.tif": IMAGE}, "file name"),
+        # the rule of dasscod.filenames, the one `load` applies on the cluster
+        (meta("api-6"), {"back\\slash.tif": IMAGE}, "only ASCII letters"),
     ],
 )
 async def test_a_bad_delivery_is_422_with_the_reason_and_leaves_nothing(

@@ -188,6 +188,13 @@ def test_sub_folder(tmp_path: Path):
     assert "more is a sub-folder" in rejection(folder)
 
 
+@pytest.mark.parametrize("name", ["back\\slash.tif", "with space.tif", "æble.tif", "-x.tif"])
+def test_image_names_follow_the_rule_load_applies(tmp_path: Path, name: str):
+    # These were taken before and failed on the cluster hours later.
+    reason = rejection(make_folder(tmp_path, images={name: b"x"}))
+    assert f"image file name {name!r}" in reason
+
+
 def test_missing_folder(tmp_path: Path):
     assert "cannot be read" in rejection(tmp_path / "gone")
 

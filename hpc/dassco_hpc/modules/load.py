@@ -23,6 +23,7 @@ from typing import Any
 
 from dassco_hpc.context import JobContext
 from dassco_hpc.errors import CallbackRejected, ModuleFailed
+from dassco_hpc.filenames import file_name_problem
 from dassco_hpc.imaging import CHUNK
 
 BYTES_PER_MB = 1_000_000
@@ -31,8 +32,8 @@ SIZE_TOLERANCE_BYTES = 1000
 
 def _name(entry: Mapping[str, Any]) -> str:
     name = str(entry.get("name") or "")
-    if not name or name in (".", "..") or Path(name).name != name or "\\" in name:
-        raise ModuleFailed(f"bad file name in the asset's links: {name!r}", retryable=False)
+    if problem := file_name_problem(name):  # the daemon's intake applies the same rule
+        raise ModuleFailed(f"bad file name in the asset's links: {problem}", retryable=False)
     return name
 
 
