@@ -30,8 +30,10 @@ Image files
 
 Ignored names
     Names starting with "." (e.g. the temporary files of a copy in progress), except the
-    `.ready` marker, and a `REASON.txt` left behind by an earlier quarantine. Sub-folders of the
-    intake folder whose names start with "." are not looked at, nor are empty sub-folders.
+    `.ready` marker, and a `REASON.txt` left behind by an earlier quarantine (it must be a
+    regular file). Sub-folders of the intake folder whose names start with "." are not looked
+    at, nor are empty sub-folders. Nothing in a delivery is opened through a symbolic link or
+    waited on (a FIFO is refused, not read).
 
 When a delivery is taken
     At once when `.ready` exists; otherwise when nothing in the folder (names, sizes and
@@ -47,7 +49,9 @@ What happens to it
     metadata failing validation, unknown pipeline, no image files, a listed file missing, an
     asset guid that is already registered) is moved to
     `<quarantine>/<folder name>-<UTC time>/` with a `REASON.txt` that says what is wrong. Fix
-    it and move the folder back into the intake folder.
+    it and move the folder back into the intake folder. (A delivery folder that is a symbolic
+    link, or holds a `REASON.txt` that is not a regular file it may replace, goes inside that
+    fresh quarantine folder instead, next to the `REASON.txt`: see `dasscod.quarantine`.)
 
 This module reads and checks a delivery folder and tracks whether a folder has settled; it
 does no MongoDB I/O. Its functions block on file I/O: call them from a worker thread.
@@ -55,6 +59,7 @@ does no MongoDB I/O. Its functions block on file I/O: call them from a worker th
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -62,7 +67,7 @@ import zlib
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydantic import ValidationError
 
@@ -117,30 +122,33 @@ _RENAME_HINT = (
 )
 
 
-def ignored_name(name: str) -> bool:
-    """Names that are not part of a delivery's content."""
-    return name.startswith(".") or name == REASON_FILE
-
-
 def read_delivery(folder: Path, pipelines: Collection[str]) -> Delivery:
     """Read and check the delivery in `folder`; raise `DeliveryRejected` with a readable reason.
 
     `pipelines` holds the names of the pipelines the daemon knows.
     """
     try:
+        if stat.S_ISLNK(folder.lstat().st_mode):
+            raise DeliveryRejected("the delivery folder is a symbolic link, not a folder")
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
         raise DeliveryRejected(f"the folder cannot be read: {_os_error(exc)}") from exc
     json_files: list[Path] = []
     image_files: list[Path] = []
     for entry in entries:
-        if ignored_name(entry.name):
-            continue
+        if entry.name.startswith("."):
+            continue  # never opened, so whatever they are cannot harm
         path = Path(entry.path)
         try:
             mode = entry.stat(follow_symlinks=False).st_mode
         except OSError as exc:
             raise DeliveryRejected(f"{entry.name} cannot be read: {_os_error(exc)}") from exc
+        if entry.name == REASON_FILE:
+            # Left by an earlier quarantine, and overwritten by the next one: only a regular
+            # file may stand there (a link or a FIFO here was once a way to harm the host).
+            if not stat.S_ISREG(mode):
+                raise DeliveryRejected(f"{REASON_FILE} is not a regular file")
+            continue
         if stat.S_ISDIR(mode):
             raise DeliveryRejected(
                 f"{entry.name} is a sub-folder; a delivery holds only its metadata file and "
@@ -217,11 +225,26 @@ def file_entry(path: Path, size: int | None = None) -> FileEntry:
     )
 
 
+def open_regular(path: Path) -> BinaryIO:
+    """Open a delivery's file for reading, refusing what is not a regular file: a link is not
+    followed and a FIFO does not block (it may have replaced the file since it was listed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DeliveryRejected(f"{path.name} is not a regular file (a symbolic link)") from exc
+        raise DeliveryRejected(f"{path.name} cannot be read: {_os_error(exc)}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DeliveryRejected(f"{path.name} is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
 def crc32_of(path: Path) -> int:
     """CRC-32 of a file, read in chunks (image files can be large)."""
     crc = 0
     try:
-        with path.open("rb") as stream:
+        with open_regular(path) as stream:
             while chunk := stream.read(CRC_CHUNK):
                 crc = zlib.crc32(chunk, crc)
     except OSError as exc:
@@ -231,20 +254,24 @@ def crc32_of(path: Path) -> int:
 
 def _size(path: Path) -> int:
     try:
-        return path.stat().st_size
+        info = path.lstat()
     except OSError as exc:
         raise DeliveryRejected(f"{path.name} cannot be read: {_os_error(exc)}") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise DeliveryRejected(f"{path.name} is not a regular file")
+    return info.st_size
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        size = path.stat().st_size
-        if size > MAX_METADATA_BYTES:
-            raise DeliveryRejected(
-                f"{path.name} is {size} bytes, too large for a metadata file "
-                f"(at most {MAX_METADATA_BYTES})"
-            )
-        raw = path.read_bytes()
+        with open_regular(path) as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if size > MAX_METADATA_BYTES:
+                raise DeliveryRejected(
+                    f"{path.name} is {size} bytes, too large for a metadata file "
+                    f"(at most {MAX_METADATA_BYTES})"
+                )
+            raw = stream.read(MAX_METADATA_BYTES + 1)
     except OSError as exc:
         raise DeliveryRejected(f"{path.name} cannot be read: {_os_error(exc)}") from exc
     try:

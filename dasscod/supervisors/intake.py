@@ -18,8 +18,10 @@ A folder in the work area without a track document is therefore an interrupted t
 `recover()` (at start) checks it again and finishes steps 3 and 4, or quarantines it.
 
 A delivery that cannot be taken is moved to `<quarantine>/<name>-<UTC time>/` with a
-`REASON.txt`. MongoDB being unreachable is not the delivery's fault: the delivery stays where
-it is and the next scan tries again. Nothing a delivery contains can end the loop.
+`REASON.txt` (`dasscod.quarantine`: never written through a link or into a FIFO; a symlinked
+delivery folder is quarantined as a link, inside a fresh folder, next to its reason).
+MongoDB being unreachable is not the delivery's fault: the delivery stays where it is and the
+next scan tries again. Nothing a delivery contains can end the loop.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from dasscod.holds import Holds
 from dasscod.log import get_logger
 from dasscod.model import Flag, Metadata, Track, as_utc, utcnow
 from dasscod.pipeline import Pipeline
+from dasscod.quarantine import move_to_quarantine
 from dasscod.settings import IntakeSettings
 from dasscod.store import AssetExists, Stores
 from dasscod.store.codec import to_bson
@@ -67,6 +70,9 @@ STAGING = ".incoming"
 
 #: Work-area folders checked against the store per query during recovery.
 RECOVERY_BATCH = 500
+
+#: The snapshot of a delivery whose folder is a symbolic link (it is quarantined, not read).
+_LINK: Snapshot = (("", False, -1, -1),)
 
 
 @dataclass
@@ -163,6 +169,15 @@ class IntakeSupervisor:
             now = self._clock()
             self._settle.retain(name for name, _, _ in candidates)
             for name, ready, snap in candidates:
+                if snap is _LINK:
+                    await self._quarantine(
+                        self.folder / name,
+                        "the delivery folder is a symbolic link; intake takes only real "
+                        "folders (it never follows a link out of the intake folder)",
+                        hint=f"Move or copy the folder itself into the intake folder "
+                        f"{self.folder}; this quarantine folder holds only the link.",
+                    )
+                    continue
                 if not (ready or self._settle.settled(name, snap, now)):
                     continue
                 if await self._process(_Item(self.folder / name), self._take):
@@ -367,7 +382,7 @@ class IntakeSupervisor:
         now = utcnow()
         try:
             dest = await to_thread.run_sync(
-                _move_to_quarantine,
+                move_to_quarantine,
                 path,
                 self.quarantine,
                 _reason_text(reason, hint=hint, source=path, intake=self.folder, at=now),
@@ -419,6 +434,9 @@ class IntakeSupervisor:
         for entry in entries:
             path = Path(entry.path)
             if entry.name.startswith(".") or path in own:
+                continue
+            if entry.is_symlink():
+                found.append((entry.name, False, _LINK))
                 continue
             if not entry.is_dir(follow_symlinks=False):
                 self._report(
@@ -491,21 +509,6 @@ def _move_into_place(source: Path, target: Path) -> None:
     if target.exists():  # a rename onto an empty folder would succeed silently
         raise FileExistsError(f"{target} already exists")
     source.rename(target)
-
-
-def _move_to_quarantine(path: Path, quarantine: Path, reason_text: str, at: datetime) -> Path:
-    """Write REASON.txt first, then rename: a crash in between leaves the delivery where it
-    was, to be rejected again."""
-    (path / REASON_FILE).write_text(reason_text, encoding="utf-8")
-    quarantine.mkdir(parents=True, exist_ok=True)
-    stamp = at.strftime("%Y%m%dT%H%M%SZ")
-    dest = quarantine / f"{path.name}-{stamp}"
-    n = 1
-    while dest.exists():
-        n += 1
-        dest = quarantine / f"{path.name}-{stamp}-{n}"
-    path.rename(dest)
-    return dest
 
 
 def _reason_text(reason: str, *, hint: str | None, source: Path, intake: Path, at: datetime) -> str:
