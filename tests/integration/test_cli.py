@@ -95,3 +95,19 @@ def test_the_hpc_contract_file_matches_the_listener() -> None:
     assert json.loads(committed) == json.loads(result.output), (
         "hpc/openapi.json is out of date: run `.venv/bin/dasscod openapi > hpc/openapi.json`"
     )
+
+
+def test_a_control_command_without_a_daemon_or_a_token_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("DASSCOD_CONTROL_TOKEN", "DASSCOD_CONTROL_TOKEN_FILE", "DASSCOD_CONTROL_URL"):
+        monkeypatch.delenv(name, raising=False)
+    no_token = CliRunner().invoke(main, ["ls", "--url", "http://127.0.0.1:9"])
+    assert no_token.exit_code == 1
+    assert "no admin token: give --token-file FILE, or set DASSCOD_CONTROL_TOKEN" in (
+        no_token.output)
+    no_daemon = CliRunner().invoke(main, ["ls", "--url", "http://127.0.0.1:9"],
+                                   env={"DASSCOD_CONTROL_TOKEN": "some-token-0123456789"})
+    assert no_daemon.exit_code == 1
+    assert "cannot reach the daemon at http://127.0.0.1:9" in no_daemon.output
+    assert len(no_daemon.output.strip().splitlines()) == 1, "one line"

@@ -285,3 +285,49 @@ def test_the_ars_sync_section_matches_the_supervisors_options(
     assert SyncOptions(**ArsSyncSettings().model_dump()) == SyncOptions()
     monkeypatch.setenv("DASSCOD_ARS_SYNC__CONCURRENCY", "4")
     assert load_settings().ars_sync.concurrency == 4
+
+
+# --------------------------------------------------------------------------- control tokens
+
+ALICE = "alice-admin-token-0123456789"
+
+
+def test_control_tokens_come_from_the_environment_and_a_file_and_stay_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = tmp_path / "control-tokens.toml"
+    tokens.write_text('bob = "bob-admin-token-0123456789"\n')
+    monkeypatch.setenv("DASSCOD_CONTROL__TOKENS", json.dumps({"alice": ALICE}))
+    settings = load_settings(config(tmp_path, f'[control]\ntokens_file = "{tokens}"\n'))
+    assert settings.control.named() == {"alice": ALICE, "bob": "bob-admin-token-0123456789"}
+    shown = json.dumps(masked(settings))
+    assert ALICE not in shown and "bob-admin-token" not in shown
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('[control]\ntokens = {alice = "short"}\n', "at least 16 characters"),
+        ('[control]\ntokens = {"bad name" = "alice-admin-token-0123456789"}\n',
+         "control token name 'bad name'"),
+        (f'[control]\ntokens = {{alice = "{ALICE}", bob = "{ALICE}"}}\n',
+         "control tokens of alice and bob are the same"),
+        (f'[intake]\napi_token = "{ALICE}"\n[control]\ntokens = {{alice = "{ALICE}"}}\n',
+         "control token of alice is also intake.api_token"),
+    ],
+)
+def test_bad_control_tokens_are_refused_without_showing_them(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    message = error_of(config(tmp_path, text))
+    assert problem in message
+    assert ALICE not in message
+
+
+def test_a_control_tokens_file_that_is_not_toml_is_refused_without_quoting_it(
+    tmp_path: Path,
+) -> None:
+    tokens = tmp_path / "control-tokens.toml"
+    tokens.write_text(f"alice: {ALICE}\n")
+    message = error_of(config(tmp_path, f'[control]\ntokens_file = "{tokens}"\n'))
+    assert "is not TOML" in message and ALICE not in message
