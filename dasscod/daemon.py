@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ import anyio
 import uvicorn
 from pymongo.monitoring import CommandListener
 
+from dasscod import sd_notify
 from dasscod.ars import ArsClient
 from dasscod.cluster.configured import Cluster, build_clusters
 from dasscod.coordination import Throttle, Wakeups
@@ -58,21 +57,6 @@ class _InLoopServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-def sd_notify(message: str) -> None:
-    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]  # abstract socket namespace
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.connect(address)
-            sock.sendall(message.encode())
-        except OSError as exc:
-            log.warning("could not notify systemd", error=str(exc))
 
 
 @dataclass
@@ -229,7 +213,7 @@ class Daemon:
                 tg.start_soon(self._announce_ready)
                 await self.stopping.wait()
                 log.info("stopping", grace_s=self.settings.timing.shutdown_s)
-                sd_notify("STOPPING=1")
+                sd_notify.notify("STOPPING=1")
                 self.server.should_exit = True
                 self.wakeups.notify_all()
                 with anyio.move_on_after(self.settings.timing.shutdown_s - 1) as scope:
@@ -361,7 +345,7 @@ class Daemon:
             pipelines=sorted(self.pipelines),
         )
         self.ready.set()
-        sd_notify("READY=1")
+        sd_notify.notify("READY=1")
 
     async def _wait_idle(self) -> None:
         if self._running:
