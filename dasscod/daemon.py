@@ -32,6 +32,7 @@ from dasscod.listener.app import create_app
 from dasscod.log import get_logger
 from dasscod.model import Track
 from dasscod.pipeline import Pipeline, RetryPolicy, load_pipelines, pipeline_stages
+from dasscod.services.agent import AgentService
 from dasscod.services.control import ConfiguredLimits, ControlService
 from dasscod.services.control_reads import ControlReads
 from dasscod.services.launch import Launcher
@@ -137,7 +138,7 @@ class Daemon:
                     ),
                     intake_max_mb=intake.api_max_mb,
                     files_root=intake.work_area.absolute(),
-                    launcher=self.launcher,
+                    agent=AgentService(self.stores, self.clusters, self.launcher.job_spec),
                     slots=self.throttle,
                     control=(self.control, control_reads),
                     control_tokens=self.settings.control.named(),

@@ -16,11 +16,13 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pymongo.errors import ConnectionFailure
 
+from dasscod.filenames import FILE_NAME_PATTERN
 from dasscod.listener.agent_api import agent_router
 from dasscod.listener.control_api import install_control_api
-from dasscod.listener.files import FileName, receive_file, send_file
-from dasscod.listener.intake_api import intake_router
-from dasscod.listener.schemas import (
+from dasscod.listener.intake_api import Intake, intake_router
+from dasscod.log import get_logger
+from dasscod.model import GUID_PATTERN, Metadata
+from dasscod.protocol.callbacks import (
     Ack,
     AssetLinks,
     BarcodeCallback,
@@ -34,14 +36,13 @@ from dasscod.listener.schemas import (
     QueuedCallback,
     StartedCallback,
 )
-from dasscod.log import get_logger
-from dasscod.model import GUID_PATTERN, Metadata
-from dasscod.services.callbacks import CallbackRejected, CallbackService, Slots
+from dasscod.services.agent import AgentService
+from dasscod.services.callbacks import CallbackService, Slots
 from dasscod.services.control import ControlService
 from dasscod.services.control_reads import ControlReads
-from dasscod.services.launch import Launcher
+from dasscod.services.files import file_to_send, receive_file
+from dasscod.services.replies import Rejected
 from dasscod.store import Stores, TransitionConflict
-from dasscod.supervisors.intake import IntakeSupervisor
 from dasscod.tokens import JobClaims, TokenError, verify
 
 API_PREFIX = "/api/v1"
@@ -50,16 +51,17 @@ log = get_logger(__name__)
 
 _bearer = HTTPBearer(auto_error=False, description="The job token from DASSCO_TOKEN")
 GuidPath = Annotated[str, Path(pattern=GUID_PATTERN)]
+FileName = Annotated[str, Path(pattern=FILE_NAME_PATTERN)]
 
 
 def create_app(
     stores: Stores,
     token_secret: str,
     *,
-    intake: IntakeSupervisor | None = None,
+    intake: Intake | None = None,
     intake_token: str | None = None,
     intake_max_mb: float = 2000.0,
-    launcher: Launcher | None = None,
+    agent: AgentService | None = None,
     files_root: FilePath | None = None,
     slots: Slots | None = None,
     control: tuple[ControlService, ControlReads] | None = None,
@@ -112,8 +114,8 @@ def create_app(
             raise HTTPException(403, f"token is for job {who.job}, not {job}")
         return who
 
-    @app.exception_handler(CallbackRejected)
-    async def _rejected(_: Request, exc: CallbackRejected) -> JSONResponse:
+    @app.exception_handler(Rejected)
+    async def _rejected(_: Request, exc: Rejected) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
     @app.exception_handler(TransitionConflict)
@@ -198,7 +200,9 @@ def create_app(
     async def get_file(guid: GuidPath, name: FileName, who: Claims) -> FileResponse:
         """The bytes of one of the asset's files, for a cluster that does not share the
         daemon's disk (the `load` job); the header X-Check-Sum carries its CRC-32."""
-        return await send_file(service, who, guid, name)
+        path, check_sum = await file_to_send(service, who, guid, name)
+        return FileResponse(path, media_type="application/octet-stream",
+                            headers={"X-Check-Sum": str(check_sum)})
 
     @api.put("/assets/{guid}/files/{name}", tags=["derivatives"])
     async def put_file(guid: GuidPath, name: FileName, request: Request, who: Claims) -> Ack:
@@ -225,8 +229,8 @@ def create_app(
 
     app.include_router(api)
     app.include_router(intake_router(intake, intake_token, intake_max_mb))
-    # Pull clusters' agents; `launcher` renders their jobs' scripts (None: no agent API).
-    app.include_router(agent_router(launcher))
+    # Pull clusters' agents (None: no agent API).
+    app.include_router(agent_router(agent))
     # Operators (`dasscod ls`, `pause`, `cancel`, ...): named admin tokens; off without one.
     service_, reads_ = control if control is not None else (None, None)
     install_control_api(app, service_, reads_, control_tokens or {})

@@ -12,7 +12,7 @@ import json
 import secrets
 import shutil
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import anyio
 from anyio import to_thread
@@ -21,14 +21,26 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from dasscod.delivery import DeliveryRejected
 from dasscod.filenames import file_name_problem
+from dasscod.model import Track
 from dasscod.store import AssetExists
-from dasscod.supervisors.intake import IntakeSupervisor
 
 _bearer = HTTPBearer(auto_error=False, description="The intake credential (intake.api_token)")
 CHUNK = 1 << 20
 
 
-def intake_router(intake: IntakeSupervisor | None, token: str | None, max_mb: float) -> APIRouter:
+class Intake(Protocol):
+    """What the route needs of the intake (the daemon's `IntakeSupervisor`): whether it is
+    held, a staging folder for an upload, and taking it with the checks of a folder
+    delivery."""
+
+    def held(self) -> str | None: ...
+
+    def staging_folder(self) -> Path: ...
+
+    async def accept(self, staged: Path) -> Track: ...
+
+
+def intake_router(intake: Intake | None, token: str | None, max_mb: float) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["intake"])
 
     async def ingestion_client(

@@ -14,18 +14,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from dasscod.listener.schemas import (
-    Ack,
-    AssetLinks,
-    BarcodeResult,
-    FailedCallback,
-    FileInfo,
-    FileLink,
-    FinishedCallback,
-    JobResults,
-    QueuedCallback,
-    StartedCallback,
-)
 from dasscod.log import get_logger
 from dasscod.model import (
     SUBJECT_TO_TYPE,
@@ -38,6 +26,19 @@ from dasscod.model import (
     Track,
 )
 from dasscod.pipeline import TERMINAL, Event, JobEvent
+from dasscod.protocol.callbacks import (
+    Ack,
+    AssetLinks,
+    BarcodeResult,
+    FailedCallback,
+    FileInfo,
+    FileLink,
+    FinishedCallback,
+    JobResults,
+    QueuedCallback,
+    StartedCallback,
+)
+from dasscod.services.replies import Rejected, ack
 from dasscod.store import Applied, AssetExists, AssetNotFound, MosMember, Stores
 from dasscod.tokens import JobClaims
 
@@ -52,23 +53,9 @@ SIGTERM_EXIT = 143
 TIME_LIMIT_SLACK_S = 5.0
 
 
-class CallbackRejected(Exception):
+class CallbackRejected(Rejected):
     """The callback is well-formed but refers to something that does not exist or that this
-    job may not touch. `status_code` is the HTTP answer."""
-
-    def __init__(self, status_code: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status_code = status_code
-        self.detail = detail
-
-
-def _ack(result: Applied, job: str | None = None) -> Ack:
-    status = result.track.job(job).status if job else result.track.jobs_status
-    return Ack(
-        applied=result.applied,
-        status=str(status),
-        detail="; ".join(result.ignored) or None,
-    )
+    job may not touch."""
 
 
 class Slots(Protocol):
@@ -142,7 +129,7 @@ class CallbackService:
             claims.job, event, attempt=claims.attempt, hpc_job_id=body.hpc_job_id,
             at=body.timestamp,
         )
-        return _ack(await self._apply(claims.asset_guid, [ev]), claims.job)
+        return ack(await self._apply(claims.asset_guid, [ev]), claims.job)
 
     async def queued(self, claims: JobClaims, body: QueuedCallback) -> Ack:
         return await self._progress(claims, Event.QUEUED, body)
@@ -174,7 +161,7 @@ class CallbackService:
                     )
                 ],
             )
-        return _ack(result, claims.job)
+        return ack(result, claims.job)
 
     def _time_limit_reached(self, track: Track, name: str, body: FailedCallback) -> int | None:
         """The job's time limit if this failure is the scheduler's SIGTERM at that limit (the
@@ -219,7 +206,7 @@ class CallbackService:
             result = await self._apply(
                 claims.asset_guid, [event, *extra_events], known=track, asset_fields=asset_fields
             )
-        return _ack(result, claims.job)
+        return ack(result, claims.job)
 
     async def _result_effects(
         self, track: Track, claims: JobClaims, results: JobResults
@@ -318,11 +305,11 @@ class CallbackService:
 
     async def asset_ready(self, claims: JobClaims) -> Ack:
         result = await self._apply(claims.asset_guid, [], asset_fields={"hpc_ready": Flag.YES})
-        return _ack(result)
+        return ack(result)
 
     async def clean_up_done(self, claims: JobClaims) -> Ack:
         result = await self._apply(claims.asset_guid, [], asset_fields={"hpc_ready": Flag.NO})
-        return _ack(result)
+        return ack(result)
 
     async def register_derivative(self, claims: JobClaims, metadata: Metadata) -> Ack:
         """A job of the parent asset created a derivative: a new asset with `parent_guid`."""
@@ -377,7 +364,7 @@ class CallbackService:
     async def derivative_uploaded(self, claims: JobClaims, guid: str) -> Ack:
         await self._own_or_derivative(claims, guid)
         result = await self._apply(guid, [], asset_fields={"has_new_file": Flag.AWAIT})
-        return _ack(result)
+        return ack(result)
 
     async def derivative_failed(self, claims: JobClaims, ppi: int | None, note: str | None) -> Ack:
         await self._track(claims.asset_guid)

@@ -15,12 +15,13 @@ from datetime import datetime, timedelta
 
 import anyio
 
-from dasscod.cluster.base import JobInfo, SchedulerError, SchedulerState, TransportError
+from dasscod.cluster.base import SchedulerError, TransportError
 from dasscod.cluster.configured import Cluster
 from dasscod.log import get_logger
 from dasscod.model import Job, JobStatus, Track, utcnow
 from dasscod.pipeline import Event, JobEvent, Pipeline
 from dasscod.services.launch import Launcher, scheduler_job_name
+from dasscod.services.lost import adopted, has_ended, lost
 from dasscod.settings import TimingSettings
 from dasscod.store import Stores
 
@@ -113,11 +114,9 @@ class Watcher:
                 continue
             self.log.info("found submitted job after unknown outcome", asset_guid=track.id,
                           job=job.name, attempt=job.attempt, hpc_job_id=info.job_id)
-            events = [JobEvent(job.name, Event.SUBMITTED, attempt=job.attempt,
-                               hpc_job_id=info.job_id)]
-            if info.state.finished:
-                events.append(self._lost(job, info))
-            await self.stores.track.apply(track.id, events, cause="watcher: reconcile")
+            await self.stores.track.apply(
+                track.id, adopted(job, info.job_id, info), cause="watcher: reconcile"
+            )
 
     async def _check(self, pairs: list[tuple[Track, Job]], now: datetime) -> None:
         by_id = {str(j.hpc_job_id): (t, j) for t, j in pairs}
@@ -127,10 +126,10 @@ class Watcher:
         )
         for job_id, (track, job) in by_id.items():
             info = infos.get(job_id)
-            if info is not None and (info.state.finished or info.state is SchedulerState.UNKNOWN):
+            if info is not None and has_ended(info.state):
                 # Gone without a final callback (a late callback is ignored by the guard).
                 await self.stores.track.apply(
-                    track.id, [self._lost(job, info)], cause="watcher", known=track
+                    track.id, [lost(job, info)], cause="watcher", known=track
                 )
                 continue
             await self._time_out([(track, job)], now, cancel=True)
@@ -165,15 +164,3 @@ class Watcher:
             if now - job.job_queued_time > allowed:
                 return f"queued for more than {allowed.total_seconds():.0f} s without starting"
         return None
-
-    @staticmethod
-    def _lost(job: Job, info: JobInfo) -> JobEvent:
-        exit_text = f", exit code {info.exit_code}" if info.exit_code is not None else ""
-        return JobEvent(
-            job.name,
-            Event.LOST,
-            attempt=job.attempt,
-            error=f"job ended ({info.state}{exit_text}) without reporting back"
-            + (f": {info.reason}" if info.reason else ""),
-            exit_state=str(info.state),
-        )

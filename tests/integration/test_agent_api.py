@@ -15,6 +15,7 @@ from dasscod.cluster.configured import build_clusters
 from dasscod.listener.app import create_app
 from dasscod.model import JobStatus, utcnow
 from dasscod.pipeline import Event, JobEvent, load_pipelines
+from dasscod.services.agent import AgentService
 from dasscod.services.launch import Launcher
 from dasscod.settings import ClusterSettings
 from dasscod.store import Stores
@@ -36,7 +37,7 @@ async def client(stores: Stores) -> AsyncIterator[httpx.AsyncClient]:
     launcher = Launcher(stores=stores, clusters=clusters, pipelines=load_pipelines(),
                         callback_base="http://daemon/api/v1", token_secret=SECRET,
                         token_ttl_s=3600)
-    app = create_app(stores, SECRET, launcher=launcher)
+    app = create_app(stores, SECRET, agent=AgentService(stores, clusters, launcher.job_spec))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://t") as c:
         yield c

@@ -18,15 +18,15 @@ import httpx
 import pytest
 
 from dasscod.listener.app import create_app
-from dasscod.listener.schemas import (
+from dasscod.model import AssetType, Flag, JobStatus, utcnow
+from dasscod.pipeline import Event, JobEvent, load_pipelines
+from dasscod.protocol.callbacks import (
     BarcodeResult,
     FailedCallback,
     FinishedCallback,
     JobResults,
     StartedCallback,
 )
-from dasscod.model import AssetType, Flag, JobStatus, utcnow
-from dasscod.pipeline import Event, JobEvent, load_pipelines
 from dasscod.services.callbacks import CallbackRejected, CallbackService
 from dasscod.store import Stores
 from dasscod.tokens import JobClaims, issue

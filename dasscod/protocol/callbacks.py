@@ -1,6 +1,6 @@
-"""Request and response bodies of the listener: the contract with `hpc/`.
+"""Bodies of the job callbacks and of the reads jobs make: the contract with `hpc/`.
 
-Field names follow the current system's callbacks (DOMAIN.md) where one existed, so HPC
+Field names follow the current system's callbacks (docs/domain.md) where one existed, so HPC
 scripts written for it stay recognisable.
 """
 

@@ -1,29 +1,26 @@
-"""Receiving a derivative's file from the cluster.
+"""An asset's files to and from a cluster that does not share the daemon's disk.
 
 A derivative is made on the cluster, but only the daemon talks to ARS (jobs hold no ARS
 credentials). So the `upload` job sends each derivative file to the listener, which checks it
 against the CRC-32 reported for it, keeps it in the daemon's work area and points the
 derivative's `temporary_path_local` there; the ARS sync then uploads it like an original's
 files. The write is atomic (a temporary name, then a rename): a file is either complete and
-checked, or absent.
+checked, or absent. The other way, the `load` job fetches an asset's files.
 """
+
+from __future__ import annotations
 
 import zlib
 from collections.abc import AsyncIterator
-from pathlib import Path as FilePath
-from typing import Annotated
+from pathlib import Path
 
 import anyio
-from fastapi import HTTPException, Path
-from fastapi.responses import FileResponse
 
-from dasscod.filenames import FILE_NAME_PATTERN, file_name_problem
-from dasscod.listener.schemas import Ack
+from dasscod.filenames import file_name_problem
 from dasscod.model import Flag
-from dasscod.services.callbacks import CallbackService
+from dasscod.protocol.callbacks import Ack
+from dasscod.services.callbacks import CallbackRejected, CallbackService
 from dasscod.tokens import JobClaims
-
-FileName = Annotated[str, Path(pattern=FILE_NAME_PATTERN)]
 
 
 async def receive_file(
@@ -32,16 +29,16 @@ async def receive_file(
     guid: str,
     name: str,
     body: AsyncIterator[bytes],
-    files_root: FilePath,
+    files_root: Path,
 ) -> Ack:
     track = await service.track_for(who, guid)
     entry = next((f for f in track.file_list if f.name == name and not f.deleted), None)
     if entry is None:
-        raise HTTPException(
+        raise CallbackRejected(
             409, f"asset {guid} has no file {name}: report it first (POST /assets/{guid}/files)"
         )
     if problem := file_name_problem(name):  # the route's pattern already says so; be sure
-        raise HTTPException(422, problem)
+        raise CallbackRejected(422, problem)
     folder = files_root / guid
     await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
     part = folder / f".{name}.part"
@@ -52,7 +49,7 @@ async def receive_file(
             await out.write(chunk)
     if crc != entry.check_sum:
         await anyio.Path(part).unlink(missing_ok=True)
-        raise HTTPException(
+        raise CallbackRejected(
             422, f"{name}: CRC-32 of the body is {crc}, the reported one is {entry.check_sum}"
         )
     await anyio.Path(part).rename(folder / name)
@@ -63,14 +60,16 @@ async def receive_file(
     return Ack(applied=True, status=str(result.track.jobs_status), detail=f"{name} stored")
 
 
-async def send_file(service: CallbackService, who: JobClaims, guid: str, name: str) -> FileResponse:
-    """An asset's file, for a cluster that does not see the daemon's disk (`load`)."""
+async def file_to_send(
+    service: CallbackService, who: JobClaims, guid: str, name: str
+) -> tuple[Path, int]:
+    """An asset's file and its CRC-32, for a cluster that does not see the daemon's disk
+    (`load`)."""
     track = await service.track_for(who, guid)
     entry = next((f for f in track.file_list if f.name == name and not f.deleted), None)
     if entry is None or not track.temporary_path_local:
-        raise HTTPException(404, f"asset {guid} has no file {name} here")
-    path = FilePath(track.temporary_path_local) / name
+        raise CallbackRejected(404, f"asset {guid} has no file {name} here")
+    path = Path(track.temporary_path_local) / name
     if not await anyio.Path(path).is_file():
-        raise HTTPException(404, f"{name} of asset {guid} is no longer on the daemon's disk")
-    return FileResponse(path, media_type="application/octet-stream",
-                        headers={"X-Check-Sum": str(entry.check_sum)})
+        raise CallbackRejected(404, f"{name} of asset {guid} is no longer on the daemon's disk")
+    return path, entry.check_sum
