@@ -24,6 +24,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/shellcheck --shell=sh dasscod/cluster/direct/*.sh
+	$(VENV)/bin/lint-imports --no-cache
 
 test: lint system-packages
 	DASSCOD_TEST_CLUSTER=$(CLUSTER) $(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -14,7 +14,8 @@ import click
 
 from dasscod.control_cli import register as register_control_commands
 from dasscod.log import configure_logging
-from dasscod.pipeline import PipelineError, load_pipelines
+from dasscod.pipeline import PipelineError
+from dasscod.pipelines import load_pipelines
 from dasscod.settings import ConfigError, Settings, load_settings, masked
 from dasscod.store import Stores
 

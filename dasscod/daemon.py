@@ -31,7 +31,8 @@ from dasscod.holds import Holds
 from dasscod.listener.app import create_app
 from dasscod.log import get_logger
 from dasscod.model import Track
-from dasscod.pipeline import Pipeline, RetryPolicy, load_pipelines, pipeline_stages
+from dasscod.pipeline import Pipeline, RetryPolicy, pipeline_stages
+from dasscod.pipelines import load_pipelines
 from dasscod.services.agent import AgentService
 from dasscod.services.control import ConfiguredLimits, ControlService
 from dasscod.services.control_reads import ControlReads

@@ -19,7 +19,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -117,24 +116,6 @@ def pipeline_stages(pipelines: Iterable[Pipeline]) -> dict[str, int]:
 
 class PipelineError(ValueError):
     """A pipeline file is missing or invalid; the message names the file and the field."""
-
-
-BUILTIN_PIPELINES = Path(__file__).with_name("pipelines")
-
-
-def load_pipelines(directory: Path = BUILTIN_PIPELINES) -> dict[str, Pipeline]:
-    """Read every `*.toml` in `directory`; one pipeline per file."""
-    if not directory.is_dir():
-        raise PipelineError(f"pipeline folder {directory} does not exist")
-    pipelines: dict[str, Pipeline] = {}
-    for path in sorted(directory.glob("*.toml")):
-        pipeline = parse_pipeline(path.read_text(encoding="utf-8"), source=str(path))
-        if pipeline.name in pipelines:
-            raise PipelineError(f"{path}: pipeline {pipeline.name} is defined twice")
-        pipelines[pipeline.name] = pipeline
-    if not pipelines:
-        raise PipelineError(f"pipeline folder {directory} holds no *.toml pipeline")
-    return pipelines
 
 
 def parse_pipeline(text: str, *, source: str = "<string>") -> Pipeline:

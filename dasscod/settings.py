@@ -30,7 +30,7 @@ from pydantic_settings import (
 )
 
 from dasscod.ars.settings import ArsSettings
-from dasscod.pipeline import BUILTIN_PIPELINES
+from dasscod.pipelines import BUILTIN_PIPELINES
 
 ENV_PREFIX = "DASSCOD_"
 ENV_NESTED_DELIMITER = "__"

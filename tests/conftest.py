@@ -13,7 +13,7 @@ import pytest
 
 from dasscod.devstack.mongo import mongo_server
 from dasscod.model import Metadata, Track
-from dasscod.pipeline import load_pipelines
+from dasscod.pipelines import load_pipelines
 from dasscod.store import Stores
 
 

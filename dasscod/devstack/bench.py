@@ -48,14 +48,13 @@ from dasscod.devstack.stack import LocalStack, deliver
 from dasscod.log import configure_logging
 from dasscod.model import JobStatus, Track
 from dasscod.pipeline import (
-    BUILTIN_PIPELINES,
     Event,
     JobEvent,
     Pipeline,
-    load_pipelines,
     new_track_fields,
     plan,
 )
+from dasscod.pipelines import BUILTIN_PIPELINES, load_pipelines
 from dasscod.settings import Settings
 from dasscod.store.codec import to_bson
 from dasscod.store.track import TRACK_INDEXES

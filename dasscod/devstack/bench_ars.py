@@ -41,7 +41,7 @@ from dasscod.devstack.ars.app import TOKEN_PATH
 from dasscod.devstack.mongo import mongo_server
 from dasscod.log import configure_logging
 from dasscod.model import Flag, Metadata, Track
-from dasscod.pipeline import load_pipelines
+from dasscod.pipelines import load_pipelines
 from dasscod.store import Stores
 from dasscod.supervisors.ars_sync import ArsSync, SyncOptions
 

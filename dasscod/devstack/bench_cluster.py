@@ -44,7 +44,8 @@ from dasscod.devstack.mongo import mongo_server
 from dasscod.devstack.stack import REPO_ROOT, LocalStack, deliver
 from dasscod.log import configure_logging
 from dasscod.model import JobStatus, Track
-from dasscod.pipeline import Event, JobEvent, Pipeline, load_pipelines, new_track_fields, plan
+from dasscod.pipeline import Event, JobEvent, Pipeline, new_track_fields, plan
+from dasscod.pipelines import load_pipelines
 from dasscod.services.launch import Launcher, scheduler_job_name
 from dasscod.settings import ClusterSettings, Settings, TimingSettings
 from dasscod.store import Stores

@@ -9,7 +9,8 @@ from dasscod.ars.health import BreakerState, CircuitBreaker
 from dasscod.ars.mapping import to_ars_asset
 from dasscod.ars.throttle import ShareBudget
 from dasscod.model import Flag
-from dasscod.pipeline import load_pipelines, plan
+from dasscod.pipeline import plan
+from dasscod.pipelines import load_pipelines
 from dasscod.supervisors.ars_sync import require_files_in_ars, wanted_steps
 from tests.conftest import make_metadata, make_track
 

@@ -18,7 +18,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from dasscod.devstack.stack import LocalStack, deliver, stop_daemon
-from dasscod.pipeline import load_pipelines
+from dasscod.pipelines import load_pipelines
 
 pytestmark = pytest.mark.e2e
 

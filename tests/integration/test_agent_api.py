@@ -14,7 +14,8 @@ import pytest
 from dasscod.cluster.configured import build_clusters
 from dasscod.listener.app import create_app
 from dasscod.model import JobStatus, utcnow
-from dasscod.pipeline import Event, JobEvent, load_pipelines
+from dasscod.pipeline import Event, JobEvent
+from dasscod.pipelines import load_pipelines
 from dasscod.services.agent import AgentService
 from dasscod.services.launch import Launcher
 from dasscod.settings import ClusterSettings

@@ -13,7 +13,8 @@ import anyio
 import pytest
 
 from dasscod.model import Flag, JobStatus, Track
-from dasscod.pipeline import Event, JobEvent, load_pipelines
+from dasscod.pipeline import Event, JobEvent
+from dasscod.pipelines import load_pipelines
 from dasscod.store import Applied, Stores
 from tests.conftest import make_track
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from pymongo import MongoClient
 
 from dasscod.cli import main
-from dasscod.pipeline import load_pipelines
+from dasscod.pipelines import load_pipelines
 from dasscod.store.codec import to_bson
 from tests.conftest import make_track
 

@@ -19,7 +19,8 @@ from dasscod.coordination import Throttle, Wakeups
 from dasscod.holds import Holds
 from dasscod.listener.app import create_app
 from dasscod.model import Flag, JobStatus, utcnow
-from dasscod.pipeline import Event, JobEvent, load_pipelines
+from dasscod.pipeline import Event, JobEvent
+from dasscod.pipelines import load_pipelines
 from dasscod.services.control import ConfiguredLimits, ControlService
 from dasscod.services.control_reads import ControlReads
 from dasscod.settings import ClusterSettings

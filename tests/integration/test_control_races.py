@@ -15,7 +15,8 @@ from dasscod.cluster.configured import build_clusters
 from dasscod.coordination import Throttle, Wakeups
 from dasscod.holds import Holds
 from dasscod.model import JobStatus
-from dasscod.pipeline import Event, JobEvent, load_pipelines
+from dasscod.pipeline import Event, JobEvent
+from dasscod.pipelines import load_pipelines
 from dasscod.services.control import ConfiguredLimits, ControlError, ControlService
 from dasscod.settings import ClusterSettings
 from dasscod.store import Stores

@@ -15,7 +15,7 @@ import pytest
 from dasscod.daemon import Daemon
 from dasscod.devstack.stack import LocalStack
 from dasscod.listener.app import create_app
-from dasscod.pipeline import load_pipelines
+from dasscod.pipelines import load_pipelines
 from dasscod.settings import Settings
 from dasscod.store import Stores
 from dasscod.tokens import JobClaims, issue

@@ -14,7 +14,7 @@ from pymongo.errors import AutoReconnect
 
 from dasscod.delivery import REASON_FILE
 from dasscod.model import Flag, JobStatus, Metadata, Track
-from dasscod.pipeline import load_pipelines
+from dasscod.pipelines import load_pipelines
 from dasscod.settings import IntakeSettings
 from dasscod.store import Stores
 from dasscod.supervisors.intake import IntakeSupervisor

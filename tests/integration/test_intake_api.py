@@ -14,7 +14,7 @@ import pytest
 
 from dasscod.listener.app import create_app
 from dasscod.model import JobStatus
-from dasscod.pipeline import load_pipelines
+from dasscod.pipelines import load_pipelines
 from dasscod.settings import IntakeSettings
 from dasscod.store import Stores
 from dasscod.supervisors.intake import IntakeSupervisor

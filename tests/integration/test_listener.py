@@ -19,7 +19,8 @@ import pytest
 
 from dasscod.listener.app import create_app
 from dasscod.model import AssetType, Flag, JobStatus, utcnow
-from dasscod.pipeline import Event, JobEvent, load_pipelines
+from dasscod.pipeline import Event, JobEvent
+from dasscod.pipelines import load_pipelines
 from dasscod.protocol.callbacks import (
     BarcodeResult,
     FailedCallback,

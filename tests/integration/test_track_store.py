@@ -11,7 +11,8 @@ import pytest
 from pymongo.asynchronous.collection import AsyncCollection
 
 from dasscod.model import Flag, JobStatus, Track, utcnow
-from dasscod.pipeline import Event, JobEvent, load_pipelines
+from dasscod.pipeline import Event, JobEvent
+from dasscod.pipelines import load_pipelines
 from dasscod.store import AssetExists, AssetNotFound, Stores, TrackStore, TransitionConflict
 from dasscod.store.track import MAX_CONFLICTS
 from tests.conftest import make_track

@@ -15,7 +15,8 @@ import pytest
 from dasscod.cluster.base import JobSpec, SchedulerState
 from dasscod.cluster.configured import Cluster, build_clusters
 from dasscod.model import JobStatus, utcnow
-from dasscod.pipeline import Event, JobEvent, load_pipelines
+from dasscod.pipeline import Event, JobEvent
+from dasscod.pipelines import load_pipelines
 from dasscod.services.launch import Launcher, scheduler_job_name
 from dasscod.settings import ClusterSettings, TimingSettings
 from dasscod.store import Stores

@@ -22,7 +22,7 @@ from pymongo import AsyncMongoClient
 
 from dasscod.daemon import Daemon
 from dasscod.devstack.stack import REPO_ROOT, LocalStack, deliver
-from dasscod.pipeline import load_pipelines
+from dasscod.pipelines import load_pipelines
 from dasscod.settings import Settings
 from tests.slurm.conftest import SETUP, LocalCluster
 

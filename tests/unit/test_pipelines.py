@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from dasscod.model import Flag
-from dasscod.pipeline import BUILTIN_PIPELINES, PipelineError, load_pipelines, parse_pipeline
+from dasscod.pipeline import PipelineError, parse_pipeline
+from dasscod.pipelines import BUILTIN_PIPELINES, load_pipelines
 
 MINIMAL = """
 name = "PIPEMINI"

@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from dasscod.model import JobStatus, Track
-from dasscod.pipeline import Event, JobEvent, load_pipelines, plan
+from dasscod.pipeline import Event, JobEvent, plan
+from dasscod.pipelines import load_pipelines
 from dasscod.settings import ClusterSettings
 from tests.conftest import make_track
 

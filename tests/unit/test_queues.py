@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dasscod.model import Flag, JobStatus
-from dasscod.pipeline import derive, load_pipelines
+from dasscod.pipeline import derive
+from dasscod.pipelines import load_pipelines
 from dasscod.queues import flag_tag, queue_tags
 from tests.conftest import make_track
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dasscod.pipeline import BUILTIN_PIPELINES
+from dasscod.pipelines import BUILTIN_PIPELINES
 from dasscod.settings import ArsSyncSettings, ConfigError, Settings, load_settings, masked
 from dasscod.supervisors.ars_sync import SyncOptions
 

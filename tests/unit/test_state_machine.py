@@ -20,11 +20,11 @@ from dasscod.pipeline import (
     Plan,
     RetryPolicy,
     jobs_status,
-    load_pipelines,
     parse_pipeline,
     plan,
     ready_jobs,
 )
+from dasscod.pipelines import load_pipelines
 from tests.conftest import make_track
 
 S = JobStatus

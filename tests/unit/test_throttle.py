@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dasscod.coordination import Throttle, Wakeups
 from dasscod.model import JobStatus, Track
-from dasscod.pipeline import load_pipelines, pipeline_stages
+from dasscod.pipeline import pipeline_stages
+from dasscod.pipelines import load_pipelines
 from tests.conftest import make_track
 
 
