@@ -19,9 +19,16 @@ filtered, paged listing never scans the collection.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
 
 from dasscod.model import Flag, Track
+
+#: The track's ARS flags (docs/domain.md): a Literal, so that mypy catches a misspelt one.
+ArsFlag = Literal["is_in_ars", "has_new_file", "has_open_share", "erda_sync", "update_metadata"]
+#: The fields an ARS queue may filter on besides its flag.
+QueueField = ArsFlag | Literal["available_for_services"]
 
 #: An asset some of whose jobs have started and whose pipeline has not ended.
 IN_FLIGHT = "in_flight"
@@ -32,7 +39,7 @@ ARS_ERROR = "ars_error"
 
 #: The ARS sync's flags, and the values its steps look for (the others are either the steady
 #: state or no step's business).
-TAGGED_FLAGS: dict[str, frozenset[Flag]] = {
+TAGGED_FLAGS: dict[ArsFlag, frozenset[Flag]] = {
     "is_in_ars": frozenset({Flag.NO, Flag.AWAIT}),
     "erda_sync": frozenset({Flag.AWAIT}),
     "update_metadata": frozenset({Flag.YES}),
@@ -45,7 +52,7 @@ def on_cluster(cluster: str) -> str:
     return f"on:{cluster}"
 
 
-def flag_tag(flag: str, value: Flag | str) -> str:
+def flag_tag(flag: ArsFlag, value: Flag | str) -> str:
     """`flag` holds `value`; raises ValueError for a flag value that is not tagged."""
     tagged = TAGGED_FLAGS.get(flag)
     if tagged is None or Flag(value) not in tagged:
@@ -87,3 +94,19 @@ def queue_tags(
         tags.append(status_tag(status))
     tags += [at_job(job) for job in at]
     return tags
+
+
+@dataclass(frozen=True)
+class FlagQuery:
+    """Assets whose `flag` holds one of `values`, and each field of `also` one of its values:
+    what one ARS sync step works on. The store turns it into an indexed query (the `queues`
+    tags, or `has_new_file`'s own index); `matches` asks the same of one document."""
+
+    flag: ArsFlag
+    values: tuple[Flag, ...]
+    also: Mapping[QueueField, tuple[Flag, ...]] = field(default_factory=dict)
+
+    def matches(self, track: Track) -> bool:
+        return getattr(track, self.flag) in self.values and all(
+            getattr(track, name) in values for name, values in self.also.items()
+        )

@@ -224,7 +224,7 @@ async def metadata_coalescing(
             if time.monotonic() > deadline:
                 raise RuntimeError("the first metadata push never started")
             await anyio.sleep(0.005)
-        in_flight = f"meta:{guid}" in sync._busy
+        in_flight = sync.working_on("metadata", guid)
         for n in (2, 3):
             await stores.metadata.merge(guid, {"funding": f"change {n}"}, updated_by="bench")
             await stores.track.set_fields(guid, {"update_metadata": Flag.YES},

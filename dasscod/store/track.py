@@ -23,7 +23,7 @@ from pymongo.errors import DuplicateKeyError
 from dasscod.log import get_logger
 from dasscod.model import FileEntry, Flag, HistoryEntry, Track, utcnow
 from dasscod.pipeline import JobEvent, Pipeline, RetryPolicy, derive, new_track_fields, plan
-from dasscod.queues import IN_FLIGHT, PAUSED, flag_tag, on_cluster
+from dasscod.queues import IN_FLIGHT, PAUSED, ArsFlag, FlagQuery, flag_tag, on_cluster
 from dasscod.store.codec import to_bson
 
 log = get_logger(__name__)
@@ -287,22 +287,19 @@ class TrackStore:
         cursor = self.collection.find(query).sort("ready_since", ASCENDING).limit(limit)
         return [Track.model_validate(doc) async for doc in cursor]
 
-    async def ars_queue(
-        self, flag: str, values: Sequence[str], limit: int, **also: str | list[str]
-    ) -> list[Track]:
-        """Assets whose `flag` holds one of `values` (and each `also` field its value, or one
-        of them for a list), parked or not (the caller reads `ars_not_before`). Uses the
+    async def ars_queue(self, query: FlagQuery, limit: int) -> list[Track]:
+        """Assets `query` matches, parked or not (the caller reads `ars_not_before`). Uses the
         `queues` tags (or, for `has_new_file`, its index)."""
-        query: dict[str, Any] = (
-            {flag: {"$in": [str(v) for v in values]}}
-            if flag == "has_new_file"
-            else {"queues": {"$in": [flag_tag(flag, v) for v in values]}}
+        found: dict[str, Any] = (
+            {query.flag: {"$in": [str(v) for v in query.values]}}
+            if query.flag == "has_new_file"
+            else {"queues": {"$in": [flag_tag(query.flag, v) for v in query.values]}}
         )
-        query.update(
-            {k: {"$in": [str(x) for x in v]} if isinstance(v, list) else str(v)
-             for k, v in also.items()}
-        )
-        cursor = self.collection.find(query).limit(limit)
+        found.update(
+            {name: str(values[0]) if len(values) == 1 else {"$in": [str(v) for v in values]}
+             for name, values in query.also.items()}
+        )  # fmt: skip
+        cursor = self.collection.find(found).limit(limit)
         return [Track.model_validate(doc) async for doc in cursor]
 
     async def open_shares(self) -> list[tuple[float, bool]]:
@@ -315,7 +312,7 @@ class TrackStore:
             (files_mb(doc), doc.get("parent_guid") is not None) async for doc in cursor
         ]
 
-    async def count_flag(self, flag: str, value: Flag) -> int:
+    async def count_flag(self, flag: ArsFlag, value: Flag) -> int:
         """How many assets hold `flag` = `value` (a count of a `queues` tag)."""
         return await self.collection.count_documents({"queues": flag_tag(flag, value)})
 

@@ -1,7 +1,8 @@
 """The ARS sync: keeps ARS in step with the track flags, one guarded transition at a time.
 
-Six steps, each a loop over an indexed flag query, woken by `offer` (the daemon's `_on_change`)
-and by a slow sweep:
+Six steps, each a loop over an indexed flag query, woken by `offer` (a subscriber of the track
+store) and by a slow sweep. Each step is one record in `STEPS` (`Step`: its name, its store
+query, what else wakes it, its handler, its busy key):
 
 - **create**  `is_in_ars` NO → AWAIT (claim) → `create_asset` → YES, `has_open_share` YES,
   `has_new_file` YES (when the asset has files). An AWAIT nobody in this process works on
@@ -22,7 +23,7 @@ and by a slow sweep:
 - **metadata**  `update_metadata` YES, `is_in_ars` YES → full-body update → NO, written only if
   `metadata_seq` is still the one read before the push (a change meanwhile → one more push).
 
-Throttles (DOMAIN.md's production values by default): create and reopen open a share only
+Throttles (the production values of docs/domain.md by default): create and reopen open a share only
 while the MB in open shares stay under their caps, and synchronise requests only while fewer
 than `max_awaiting_erda` assets await their ERDA sync; a confirmed sync wakes them again.
 
@@ -38,7 +39,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar
 
 import anyio
 
@@ -58,8 +59,9 @@ from dasscod.ars.mapping import to_ars_asset
 from dasscod.ars.models import AssetStatusInfo
 from dasscod.ars.throttle import ShareBudget
 from dasscod.log import get_logger
-from dasscod.model import Flag, Track, utcnow
+from dasscod.model import FileEntry, Flag, Track, utcnow
 from dasscod.pipeline import Pipeline
+from dasscod.queues import ArsFlag, FlagQuery, QueueField
 from dasscod.store import Stores
 from dasscod.store.track import files_mb
 
@@ -67,13 +69,60 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 
-STEPS = ("create", "reopen", "upload", "synchronise", "confirm", "metadata")
-#: Steps that open shares (size caps) and the one that requests ERDA syncs (count cap).
-OPENING = ("create", "reopen")
+StepName = Literal["create", "reopen", "upload", "synchronise", "confirm", "metadata"]
 BYTES_PER_MB = 1_000_000
 #: The shortest gap between two status questions about one asset awaiting ERDA.
 MIN_CONFIRM_GAP_S = 0.05
 YES, NO, AWAIT, UPLOADING, ERROR = Flag.YES, Flag.NO, Flag.AWAIT, Flag.UPLOADING, Flag.ERROR
+#: Every step leaves alone an asset that is not available for services (paused, say).
+AVAILABLE: Mapping[QueueField, tuple[Flag, ...]] = {
+    "available_for_services": (YES,)
+}
+
+
+class ArsFields(TypedDict, total=False):
+    """The track fields the ARS sync writes and guards on: a misspelt one is a type error."""
+
+    is_in_ars: Flag
+    has_new_file: Flag
+    has_open_share: Flag
+    erda_sync: Flag
+    update_metadata: Flag
+    metadata_seq: int
+    ars_error: str | None
+    ars_not_before: datetime | None
+    proxy_path: str
+    file_list: list[FileEntry]
+    erda_failures: int
+    erda_timeouts: int
+    erda_sync_since: datetime | None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One ARS sync step, as data: what it works on and what it runs."""
+
+    name: StepName
+    #: The assets it works on (the store's indexed query; also what a change must match to
+    #: wake it).
+    query: FlagQuery
+    handler: Callable[[ArsSync, Track], Awaitable[None]]
+    #: Besides a document its query matches, a change that may give it work elsewhere.
+    also_wakes: Callable[[Track], bool] | None = None
+    #: Work on the asset's metadata runs beside work on its files: its own busy key.
+    metadata_side: bool = False
+    #: Opens shares, so the share size caps hold it back.
+    opens_shares: bool = False
+
+    def wakes(self, track: Track) -> bool:
+        return self.query.matches(track) or (
+            self.also_wakes is not None and self.also_wakes(track)
+        )
+
+    def busy_key(self, guid: str) -> str:
+        """What "this asset is being worked on" means for the step: another step with the
+        same key leaves the asset alone until it is done."""
+        return f"meta:{guid}" if self.metadata_side else guid
 
 
 @dataclass(frozen=True)
@@ -119,22 +168,9 @@ def require_files_in_ars(
     return result
 
 
-def wanted_steps(track: Track) -> list[str]:
-    """The steps that may have work for this document (what `offer` wakes)."""
-    steps = []
-    if track.is_in_ars in (NO, AWAIT) or track.has_new_file is AWAIT:
-        steps.append("create")  # AWAIT: a parent's files arrived, its derivatives may go
-    if track.is_in_ars is YES and track.has_new_file is YES and track.has_open_share in (NO, AWAIT):
-        steps.append("reopen")
-    if track.is_in_ars is YES and track.has_new_file in (YES, UPLOADING):
-        steps.append("upload")
-    if track.has_new_file is AWAIT and track.erda_sync is NO:
-        steps.append("synchronise")
-    if track.erda_sync is AWAIT:
-        steps.append("confirm")
-    if track.update_metadata is YES and track.is_in_ars is YES:
-        steps.append("metadata")
-    return steps
+def wanted_steps(track: Track) -> list[StepName]:
+    """The steps that may have work after a change to this document (what `offer` wakes)."""
+    return [step.name for step in STEPS if step.wakes(track)]
 
 
 def _pending_files(track: Track) -> bool:
@@ -164,21 +200,25 @@ class ArsSync:
             self.breaker.on_close = self._recovered
         #: When ARS last answered again after an outage: assets parked before are due.
         self._recovered_at: datetime | None = None
-        self._events: dict[str, anyio.Event] = {s: anyio.Event() for s in STEPS}
+        self._events: dict[StepName, anyio.Event] = {s.name: anyio.Event() for s in STEPS}
         #: Work in progress in this process: guid (file side) or "meta:" + guid.
         self._busy: set[str] = set()
         self._limiter = anyio.CapacityLimiter(options.concurrency)
-        #: When each asset awaiting ERDA was last asked about (see `_confirm_polls`).
-        self._polled: dict[str, datetime] = {}
+        #: When to ask about each asset awaiting ERDA.
+        self.confirm_schedule = ConfirmSchedule(options.confirm_poll_s)
         #: Steps held back by a throttle now (logged once when it starts and when it ends).
-        self._throttled: set[str] = set()
+        self._throttled: set[StepName] = set()
         self.update_user = client.settings.update_user
 
     # ------------------------------------------------------------------ wake-ups
 
     def offer(self, track: Track) -> None:
-        for step in wanted_steps(track):
-            self._events[step].set()
+        for name in wanted_steps(track):
+            self._events[name].set()
+
+    def working_on(self, step: StepName, guid: str) -> bool:
+        """Whether this process is at `step`'s side of the asset now (its busy key is held)."""
+        return STEP[step].busy_key(guid) in self._busy
 
     def _recovered(self) -> None:
         self._recovered_at = utcnow()
@@ -197,69 +237,73 @@ class ArsSync:
             await self.stopping.wait()
             self.wake_all()
 
-    async def _loop(self, step: str) -> None:
-        handler: Callable[[Track], Awaitable[None]] = getattr(self, f"_{step}")
-        sweep = self.options.sweep_s
-        if step == "confirm":
-            sweep = min(sweep, self.options.confirm_poll_s)
+    async def _loop(self, step: Step) -> None:
+        """One step's loop: a pass over its queue, then sleep until woken, a parked asset is
+        due, or the sweep -- at once again after a full batch, which may have more."""
         while not self.stopping.is_set():
             event = anyio.Event()
-            self._events[step] = event  # armed before looking: no wake-up is missed
-            wait = sweep
+            self._events[step.name] = event  # armed before looking: no wake-up is missed
             if self.breaker.state is BreakerState.OPEN and self.breaker.remaining_s() > 0:
-                wait = min(wait, self.breaker.remaining_s() + 0.001)
+                wait = min(self._sweep_s(step), self.breaker.remaining_s() + 0.001)
             else:
-                now = utcnow()
-                candidates = await self._queue(step)
-                due = [t for t in candidates if self._due(t, now)]
-                if not due and candidates and self.breaker.state is not BreakerState.CLOSED:
-                    # The cooldown is over: probe with the asset parked longest, rather than
-                    # wait until some asset's own backoff ends.
-                    due = [min(candidates, key=lambda t: t.ars_not_before or now)]
-                parked = [t.ars_not_before for t in candidates if t.ars_not_before is not None]
-                later = [p for p in parked if p > now]
-                if step == "confirm":
-                    polls = self._confirm_polls(candidates, now)
-                    due = [t for t in due if polls[t.id] <= now]
-                    later.extend(p for p in polls.values() if p > now)
-                if later:
-                    wait = min(wait, max(0.001, (min(later) - now).total_seconds()))
-                keys = {f"meta:{t.id}" if step == "metadata" else t.id for t in due}
-                idle = keys - self._busy  # work another step holds is not ours to retry now
-                admitted = await self._admit(step, due)
-                async with anyio.create_task_group() as tg:
-                    for track in admitted:
-                        tg.start_soon(self._one, step, handler, track)
-                if len(candidates) >= self.options.batch and idle and step not in self._throttled:
-                    continue  # a full batch: there may be more
+                wait, more = await self._pass(step)
+                if more:
+                    continue
             if self.stopping.is_set():
                 return
             with anyio.move_on_after(wait):
                 await event.wait()
 
-    async def _queue(self, step: str) -> list[Track]:
-        q, n = self.stores.track.ars_queue, self.options.batch
-        afs = {"available_for_services": YES.value}
-        if step == "create":
-            return await q("is_in_ars", [NO, AWAIT], n, **afs)
-        if step == "reopen":
-            return await q(
-                "has_new_file", [YES], n, is_in_ars=YES, has_open_share=[NO, AWAIT], **afs
-            )
-        if step == "upload":
-            return await q(
-                "has_new_file", [YES, UPLOADING], n, is_in_ars=YES, has_open_share=YES, **afs
-            )
-        if step == "synchronise":
-            return await q("has_new_file", [AWAIT], n, erda_sync=NO, is_in_ars=YES, **afs)
-        if step == "confirm":
-            return await q("erda_sync", [AWAIT], n, **afs)
-        return await q("update_metadata", [YES], n, is_in_ars=YES, **afs)
+    def _sweep_s(self, step: Step) -> float:
+        if step.name == "confirm":
+            return min(self.options.sweep_s, self.options.confirm_poll_s)
+        return self.options.sweep_s
 
-    async def _one(
-        self, step: str, handler: Callable[[Track], Awaitable[None]], track: Track
-    ) -> None:
-        key = f"meta:{track.id}" if step == "metadata" else track.id
+    async def _pass(self, step: Step) -> tuple[float, bool]:
+        """Work on what is due in one batch of the step's queue. Returns how long to wait for
+        the next pass, and whether to look again at once (a full batch)."""
+        now = utcnow()
+        candidates = await self.stores.track.ars_queue(step.query, self.options.batch)
+        polls = (self.confirm_schedule.next_polls(candidates, now)
+                 if step.name == "confirm" else {})  # fmt: skip
+        due = self._due_now(candidates, polls, now)
+        wait = self._next_wake(step, candidates, polls, now)
+        idle = {step.busy_key(t.id) for t in due} - self._busy  # work another step holds
+        admitted = await self._admit(step, due)
+        async with anyio.create_task_group() as tg:
+            for track in admitted:
+                tg.start_soon(self._one, step, track)
+        full = len(candidates) >= self.options.batch
+        return wait, bool(full and idle and step.name not in self._throttled)
+
+    def _due_now(
+        self, candidates: list[Track], polls: Mapping[str, datetime], now: datetime
+    ) -> list[Track]:
+        """The candidates to work on in this pass: not parked (or parked only by an outage
+        that is over); while the breaker probes, the one parked longest; of those with a
+        time to be asked about (`polls`, for `confirm`), only those whose time has come."""
+        due = [t for t in candidates if self._due(t, now)]
+        if not due and candidates and self.breaker.state is not BreakerState.CLOSED:
+            # The cooldown is over: probe with the asset parked longest, rather than wait
+            # until some asset's own backoff ends.
+            due = [min(candidates, key=lambda t: t.ars_not_before or now)]
+        return [t for t in due if polls.get(t.id, now) <= now]
+
+    def _next_wake(
+        self, step: Step, candidates: list[Track], polls: Mapping[str, datetime], now: datetime
+    ) -> float:
+        """Seconds until the next pass without a wake-up: the sweep, or sooner when a parked
+        asset (or, for `confirm`, an asset's next question) is due."""
+        later = [t.ars_not_before for t in candidates
+                 if t.ars_not_before is not None and t.ars_not_before > now]  # fmt: skip
+        later.extend(p for p in polls.values() if p > now)
+        wait = self._sweep_s(step)
+        if later:
+            wait = min(wait, max(0.001, (min(later) - now).total_seconds()))
+        return wait
+
+    async def _one(self, step: Step, track: Track) -> None:
+        key = step.busy_key(track.id)
         if key in self._busy:
             return
         async with self._limiter:
@@ -270,24 +314,24 @@ class ArsSync:
             probe = self.breaker.state is BreakerState.HALF_OPEN
             self._busy.add(key)
             try:
-                await handler(track)
+                await step.handler(self, track)
             except Exception:
                 # A store error or a bug with one asset must not stop the others.
-                log.exception("ars sync step failed", step=step, asset_guid=track.id)
+                log.exception("ars sync step failed", step=step.name, asset_guid=track.id)
             finally:
                 self._busy.discard(key)
                 if probe:
                     self.breaker.release()
 
-    async def _admit(self, step: str, due: list[Track]) -> list[Track]:
+    async def _admit(self, step: Step, due: list[Track]) -> list[Track]:
         """The part of `due` the throttles let through in this pass."""
         o = self.options
-        if step == "synchronise" and due:
+        if step.name == "synchronise" and due:
             awaiting = await self.stores.track.count_flag("erda_sync", AWAIT)
             admitted = due[: max(0, o.max_awaiting_erda - awaiting)]
-            self._note_throttle(step, len(admitted) < len(due), awaiting=awaiting)
+            self._note_throttle(step.name, len(admitted) < len(due), awaiting=awaiting)
             return admitted
-        if step not in OPENING or not due:
+        if not step.opens_shares or not due:
             return due
         budget = ShareBudget.from_open(
             [(self._allocation_for(mb), d) for mb, d in await self.stores.track.open_shares()],
@@ -299,13 +343,13 @@ class ArsSync:
             t
             for t in due
             # An AWAIT being resolved opens nothing new.
-            if (step == "create" and t.is_in_ars is AWAIT)
+            if (step.name == "create" and t.is_in_ars is AWAIT)
             or budget.admit(self._allocation_mb(t), derivative=t.parent_guid is not None)
         ]
-        self._note_throttle(step, len(admitted) < len(due), open_mb=round(budget.used_mb))
+        self._note_throttle(step.name, len(admitted) < len(due), open_mb=round(budget.used_mb))
         return admitted
 
-    def _note_throttle(self, step: str, held: bool, **state: int) -> None:
+    def _note_throttle(self, step: StepName, held: bool, **state: int) -> None:
         if held and step not in self._throttled:
             self._throttled.add(step)
             log.info("ars sync throttled", step=step, **state)
@@ -315,25 +359,9 @@ class ArsSync:
 
     def _wake_throttled(self) -> None:
         """A share closed or a sync left AWAIT: room for the steps that were held back."""
-        for step in (*OPENING, "synchronise"):
-            self._events[step].set()
-
-    def _confirm_polls(self, awaiting: list[Track], now: datetime) -> dict[str, datetime]:
-        """When to ask next about each asset awaiting ERDA: at once, then at gaps growing with
-        the sync's age up to `confirm_poll_s`, so that a quick sync is confirmed quickly (and
-        frees its place under `max_awaiting_erda`) while a slow one costs few calls."""
-        self._polled = {t.id: self._polled[t.id] for t in awaiting if t.id in self._polled}
-        polls = {}
-        for track in awaiting:
-            last = self._polled.get(track.id)
-            since = track.erda_sync_since
-            if last is None or since is None:
-                polls[track.id] = now  # not asked yet (in this process): ask now
-                continue
-            age_s = (last - since).total_seconds()
-            gap_s = min(self.options.confirm_poll_s, max(MIN_CONFIRM_GAP_S, age_s / 2))
-            polls[track.id] = last + timedelta(seconds=gap_s)
-        return polls
+        for step in STEPS:
+            if step.opens_shares or step.name == "synchronise":
+                self._events[step.name].set()
 
     def _due(self, track: Track, now: datetime) -> bool:
         """Not parked, or parked only because ARS was down and it has answered since."""
@@ -359,7 +387,7 @@ class ArsSync:
         return result
 
     async def _claim(
-        self, track: Track, fields: Mapping[str, Any], expect: Mapping[str, Any], step: str
+        self, track: Track, fields: ArsFields, expect: ArsFields, step: StepName
     ) -> Track | None:
         """Write the claim before the ARS call, guarded by `expect`: the claimed document, or
         None when another writer moved the asset first."""
@@ -368,9 +396,7 @@ class ArsSync:
         )
         return claim.track if claim.applied else None
 
-    async def _set(
-        self, track: Track, fields: Mapping[str, Any], *, expect: Mapping[str, Any], cause: str
-    ) -> bool:
+    async def _set(self, track: Track, fields: ArsFields, *, expect: ArsFields, cause: str) -> bool:
         result = await self.stores.track.apply(
             track.id, asset_fields=fields, expect=expect, known=track, cause=f"ars {cause}"
         )
@@ -380,35 +406,42 @@ class ArsSync:
         return utcnow() + timedelta(seconds=self.options.unavailable_backoff_s)
 
     async def _give_back(
-        self, track: Track, flag: str, claimed: Flag, back: Flag, exc: ArsUnavailable, step: str
+        self, track: Track, flag: ArsFlag, claimed: Flag, back: Flag, exc: ArsUnavailable,
+        step: StepName,
     ) -> None:
+        fields: ArsFields = {"ars_not_before": self._backoff()}
+        fields[flag] = back
+        expect: ArsFields = {}
+        expect[flag] = claimed
         await self._set(
-            track,
-            {flag: back, "ars_not_before": self._backoff()},
-            expect={flag: claimed},
-            cause=f"{step}: ARS unavailable ({exc.message})",
+            track, fields, expect=expect, cause=f"{step}: ARS unavailable ({exc.message})"
         )
 
     async def _fail(
-        self, track: Track, flag: str, expect: Mapping[str, Any], message: str, step: str
+        self, track: Track, flag: ArsFlag, expect: ArsFields, message: str, step: StepName
     ) -> None:
         log.error("ars refused", step=step, asset_guid=track.id, flag=flag, error=message)
-        await self._set(
-            track, {flag: ERROR, "ars_error": message}, expect=expect, cause=f"{step}: {message}"
-        )
+        fields: ArsFields = {"ars_error": message}
+        fields[flag] = ERROR
+        await self._set(track, fields, expect=expect, cause=f"{step}: {message}")
 
     async def _claim_or_resume(
-        self, track: Track, flag: str, free: Flag, taken: Flag, step: str, **also: Flag
+        self, track: Track, flag: ArsFlag, free: Flag, taken: Flag, step: StepName,
+        also: ArsFields | None = None,
     ) -> Track | None:
         """Claim `step` (`flag`: `free` -> `taken`, while `also` holds), or take it up again
         when `flag` is already `taken` with nobody here at it: a crash mid-step, and the
         steps are repeatable. None when another writer moved the asset first."""
         if getattr(track, flag) is not free:
             return track
-        return await self._claim(track, {flag: taken}, {flag: free, **also}, step)
+        fields: ArsFields = {}
+        fields[flag] = taken
+        expect: ArsFields = {**(also or {})}
+        expect[flag] = free
+        return await self._claim(track, fields, expect, step)
 
     async def _metadata_or_fail(
-        self, track: Track, flag: str, expect: Mapping[str, Any], step: str
+        self, track: Track, flag: ArsFlag, expect: ArsFields, step: StepName
     ) -> dict[str, Any] | None:
         """The asset's metadata document; without one the step fails (`flag` -> ERROR)."""
         md = await self.stores.metadata.get(track.id)
@@ -480,7 +513,7 @@ class ArsSync:
     async def _created(
         self, track: Track, *, share_open: bool, proxy_path: str, problem: str, cause: str
     ) -> None:
-        fields: dict[str, Any] = {
+        fields: ArsFields = {
             "is_in_ars": YES,
             "has_open_share": YES if share_open else ERROR,
             "ars_error": None if share_open else f"asset created without a share: {problem}",
@@ -527,12 +560,12 @@ class ArsSync:
         if not track.temporary_path_local:
             return  # nothing to upload yet; the file's arrival wakes this step again
         claimed = await self._claim_or_resume(
-            track, "has_open_share", NO, AWAIT, "reopen", has_new_file=YES
+            track, "has_open_share", NO, AWAIT, "reopen", also={"has_new_file": YES}
         )
         if claimed is None:
             return
         track = claimed
-        expect = {"has_open_share": AWAIT}
+        expect: ArsFields = {"has_open_share": AWAIT}
         md = await self._metadata_or_fail(track, "has_open_share", expect, "reopen")
         if md is None:
             return
@@ -552,7 +585,7 @@ class ArsSync:
         except ArsRejected as exc:
             await self._fail(track, "has_open_share", expect, str(exc), "reopen")
             return
-        fields: dict[str, Any] = {
+        fields: ArsFields = {
             "has_open_share": YES,
             "erda_sync": NO,
             "erda_failures": 0,
@@ -575,7 +608,7 @@ class ArsSync:
         if claimed is None:
             return
         track = claimed
-        expect = {"has_new_file": UPLOADING}
+        expect: ArsFields = {"has_new_file": UPLOADING}
         md = await self._metadata_or_fail(track, "has_new_file", expect, "upload")
         if md is None:
             return
@@ -615,7 +648,7 @@ class ArsSync:
     # ------------------------------------------------------------------ synchronise
 
     async def _synchronise(self, track: Track) -> None:
-        expect = {"erda_sync": AWAIT}
+        expect: ArsFields = {"erda_sync": AWAIT}
         claimed = await self._claim(
             track,
             {"erda_sync": AWAIT, "erda_sync_since": utcnow()},
@@ -656,8 +689,8 @@ class ArsSync:
     # ------------------------------------------------------------------ confirm
 
     async def _confirm(self, track: Track) -> None:
-        expect = {"erda_sync": AWAIT}
-        self._polled[track.id] = utcnow()
+        expect: ArsFields = {"erda_sync": AWAIT}
+        self.confirm_schedule.asked(track.id, utcnow())
         try:
             status = await self._call(self.client.asset_status(track.id))
         except ArsUnavailable:
@@ -733,7 +766,7 @@ class ArsSync:
     async def _stuck(self, track: Track, status: AssetStatusInfo) -> None:
         """ERDA has not finished within `erda_timeout_s`: request once more; the second time,
         believe what is in ERDA rather than the status."""
-        expect = {"erda_sync": AWAIT}
+        expect: ArsFields = {"erda_sync": AWAIT}
         waited = f"{status.status} for {self._waited_s(track):.0f} s"
         if track.erda_timeouts == 0:
             await self._set(
@@ -789,7 +822,7 @@ class ArsSync:
 
     async def _metadata(self, track: Track) -> None:
         seq = track.metadata_seq  # read before the metadata document: see `metadata_seq`
-        expect = {"update_metadata": YES, "metadata_seq": seq}
+        expect: ArsFields = {"update_metadata": YES, "metadata_seq": seq}
         md = await self._metadata_or_fail(track, "update_metadata", expect, "metadata")
         if md is None:
             return
@@ -812,3 +845,75 @@ class ArsSync:
         if not done:
             self._events["metadata"].set()  # changed meanwhile: push once more
 
+
+
+class ConfirmSchedule:
+    """When to ask next about each asset awaiting ERDA: at once, then at gaps growing with
+    the sync's age up to `confirm_poll_s`, so that a quick sync is confirmed quickly (and
+    frees its place under `max_awaiting_erda`) while a slow one costs few calls."""
+
+    def __init__(self, confirm_poll_s: float) -> None:
+        self.confirm_poll_s = confirm_poll_s
+        #: When each asset awaiting ERDA was last asked about in this process.
+        self._asked: dict[str, datetime] = {}
+
+    def asked(self, guid: str, at: datetime) -> None:
+        self._asked[guid] = at
+
+    def __contains__(self, guid: object) -> bool:
+        return guid in self._asked
+
+    def next_polls(self, awaiting: list[Track], now: datetime) -> dict[str, datetime]:
+        """When to ask about each of `awaiting` (the assets awaiting ERDA now); forgets the
+        assets no longer among them."""
+        self._asked = {t.id: self._asked[t.id] for t in awaiting if t.id in self._asked}
+        polls = {}
+        for track in awaiting:
+            last = self._asked.get(track.id)
+            since = track.erda_sync_since
+            if last is None or since is None:
+                polls[track.id] = now  # not asked yet (in this process): ask now
+                continue
+            age_s = (last - since).total_seconds()
+            gap_s = min(self.confirm_poll_s, max(MIN_CONFIRM_GAP_S, age_s / 2))
+            polls[track.id] = last + timedelta(seconds=gap_s)
+        return polls
+
+
+#: The steps, in the order the module docstring describes them.
+STEPS: tuple[Step, ...] = (
+    Step(
+        "create",
+        FlagQuery("is_in_ars", (NO, AWAIT), AVAILABLE),
+        ArsSync._create,
+        # A parent's files arrived: its derivatives may go into ARS now.
+        also_wakes=lambda track: track.has_new_file is AWAIT,
+        opens_shares=True,
+    ),
+    Step(
+        "reopen",
+        FlagQuery("has_new_file", (YES,),
+                  {"is_in_ars": (YES,), "has_open_share": (NO, AWAIT), **AVAILABLE}),
+        ArsSync._reopen,
+        opens_shares=True,
+    ),
+    Step(
+        "upload",
+        FlagQuery("has_new_file", (YES, UPLOADING),
+                  {"is_in_ars": (YES,), "has_open_share": (YES,), **AVAILABLE}),
+        ArsSync._upload,
+    ),
+    Step(
+        "synchronise",
+        FlagQuery("has_new_file", (AWAIT,), {"erda_sync": (NO,), "is_in_ars": (YES,), **AVAILABLE}),
+        ArsSync._synchronise,
+    ),
+    Step("confirm", FlagQuery("erda_sync", (AWAIT,), AVAILABLE), ArsSync._confirm),
+    Step(
+        "metadata",
+        FlagQuery("update_metadata", (YES,), {"is_in_ars": (YES,), **AVAILABLE}),
+        ArsSync._metadata,
+        metadata_side=True,
+    ),
+)  # fmt: skip
+STEP: dict[StepName, Step] = {step.name: step for step in STEPS}

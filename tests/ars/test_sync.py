@@ -486,11 +486,13 @@ async def test_confirm_asks_soon_after_a_sync_and_less_often_as_it_ages(
     async with ArsClient(sim.settings()) as client:
         sync = ArsSync(stores, client, stopping=anyio.Event(),
                        options=with_options(confirm_poll_s=2.0))
-        sync._polled = {"young": since + timedelta(seconds=0.2),
-                        "old": since + timedelta(seconds=60), "gone": since}
+        schedule = sync.confirm_schedule
+        schedule.asked("young", since + timedelta(seconds=0.2))
+        schedule.asked("old", since + timedelta(seconds=60))
+        schedule.asked("gone", since)
         now = since + timedelta(seconds=61)
-        polls = sync._confirm_polls([young, old, new], now)
+        polls = schedule.next_polls([young, old, new], now)
     assert polls["young"] == since + timedelta(seconds=0.3)  # half its age later
     assert polls["old"] == since + timedelta(seconds=62)  # at most confirm_poll_s apart
     assert polls["new"] == now  # never asked: at once
-    assert "gone" not in sync._polled  # no longer awaiting: forgotten
+    assert "gone" not in schedule  # no longer awaiting: forgotten

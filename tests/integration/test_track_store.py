@@ -13,12 +13,15 @@ from pymongo.asynchronous.collection import AsyncCollection
 from dasscod.model import Flag, JobStatus, Track, utcnow
 from dasscod.pipeline import Event, JobEvent
 from dasscod.pipelines import load_pipelines
+from dasscod.queues import FlagQuery
 from dasscod.store import AssetExists, AssetNotFound, Stores, TrackStore, TransitionConflict
 from dasscod.store.track import MAX_CONFLICTS
 from tests.conftest import make_track
 
 S = JobStatus
 GUID = "asset-0001"
+
+NOT_IN_ARS = FlagQuery("is_in_ars", (Flag.NO,))
 
 
 class SpyCollection:
@@ -278,10 +281,10 @@ async def test_a_change_decided_on_a_remembered_copy_loses_the_guard(
 
 async def test_the_queue_queries_follow_the_flags_written(stores: Stores) -> None:
     await stores.track.insert(make_track(GUID))
-    assert [t.id for t in await stores.track.ars_queue("is_in_ars", [Flag.NO], 10)] == [GUID]
+    assert [t.id for t in await stores.track.ars_queue(NOT_IN_ARS, 10)] == [GUID]
     await stores.track.set_fields(GUID, {"is_in_ars": Flag.YES, "has_open_share": Flag.AWAIT},
                                   cause="test")
-    assert await stores.track.ars_queue("is_in_ars", [Flag.NO, Flag.AWAIT], 10) == []
+    assert await stores.track.ars_queue(FlagQuery("is_in_ars", (Flag.NO, Flag.AWAIT)), 10) == []
     assert await stores.track.open_shares() == [(0.0, False)]
     await stores.track.set_fields(GUID, {"available_for_services": Flag.PAUSED}, cause="test")
     assert [t.id for t in await stores.track.paused()] == [GUID]
@@ -303,7 +306,7 @@ async def test_an_earlier_versions_database_is_brought_up_to_date(stores: Stores
     await stores.ensure_indexes()
     assert [t.id for t in await stores.track.in_flight()] == [GUID]
     assert [t.id for t in await stores.track.active_on("local")] == [GUID]
-    assert [t.id for t in await stores.track.ars_queue("is_in_ars", [Flag.NO], 10)] == [GUID]
+    assert [t.id for t in await stores.track.ars_queue(NOT_IN_ARS, 10)] == [GUID]
     indexes = await stores.track.collection.index_information()
     assert "in_flight" not in indexes and "is_in_ars" not in indexes
     assert {"queues", "ready_queue"} <= set(indexes)

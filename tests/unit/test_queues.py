@@ -7,7 +7,7 @@ import pytest
 from dasscod.model import Flag, JobStatus
 from dasscod.pipeline import derive
 from dasscod.pipelines import load_pipelines
-from dasscod.queues import flag_tag, queue_tags
+from dasscod.queues import ArsFlag, flag_tag, queue_tags
 from tests.conftest import make_track
 
 
@@ -43,6 +43,6 @@ def test_operators_find_an_asset_by_status_by_its_failed_job_and_by_an_ars_refus
 
 
 @pytest.mark.parametrize(("flag", "value"), [("erda_sync", Flag.YES), ("has_new_file", Flag.YES)])
-def test_asking_for_an_untagged_value_is_an_error(flag: str, value: Flag) -> None:
+def test_asking_for_an_untagged_value_is_an_error(flag: ArsFlag, value: Flag) -> None:
     with pytest.raises(ValueError, match="not a queue"):
         flag_tag(flag, value)
