@@ -97,9 +97,9 @@ class Daemon:
             self.pipelines,
             timeout_s=self.settings.mongo.timeout_s,
             policy=RetryPolicy(timing.retry_backoff_s, timing.retry_backoff_max_s),
-            on_change=self._on_change,
             listeners=self.command_listeners,
         )
+        self.stores.track.subscribe(self._on_change)
         self.clusters: dict[str, Cluster] = build_clusters(self.settings.clusters)
         self.launcher = Launcher(
             stores=self.stores,
@@ -211,7 +211,7 @@ class Daemon:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._serve_listener)
                 for name, factory in self._supervisors().items():
-                    tg.start_soon(self._supervise, name, factory)
+                    tg.start_soon(self.supervise, name, factory)
                 tg.start_soon(self._announce_ready)
                 await self.stopping.wait()
                 log.info("stopping", grace_s=self.settings.timing.shutdown_s)
@@ -298,7 +298,7 @@ class Daemon:
         if not self._running:
             self._idle.set()
 
-    async def _supervise(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+    async def supervise(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         """Run one supervisor until the daemon stops; restart it with backoff if it crashes,
         so one broken part (a cluster, a malformed document) never takes the daemon down."""
         backoff = RESTART_BACKOFF_S[0]

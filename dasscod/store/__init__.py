@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from pymongo import AsyncMongoClient
 from pymongo.monitoring import CommandListener
 
 from dasscod.log import get_logger
-from dasscod.model import Track
 from dasscod.pipeline import Pipeline, RetryPolicy
 from dasscod.store.control import AUDIT_INDEXES, AuditStore, ControlStore
 from dasscod.store.metadata import MetadataStore
@@ -56,11 +55,10 @@ class Stores:
         pipelines: Mapping[str, Pipeline],
         *,
         policy: RetryPolicy = RetryPolicy(),
-        on_change: Callable[[Track], None] | None = None,
     ) -> None:
         self.client = client
         self.db = client[database]
-        self.track = TrackStore(self.db["track"], pipelines, policy=policy, on_change=on_change)
+        self.track = TrackStore(self.db["track"], pipelines, policy=policy)
         self.metadata = MetadataStore(self.db["metadata"])
         self.mos = MosStore(self.db["mos"], self.metadata)
         self.track_queries = TrackQueries(self.db["track"])
@@ -76,7 +74,6 @@ class Stores:
         *,
         timeout_s: float = 10.0,
         policy: RetryPolicy = RetryPolicy(),
-        on_change: Callable[[Track], None] | None = None,
         listeners: list[CommandListener] | None = None,
     ) -> Stores:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
@@ -87,7 +84,7 @@ class Stores:
             event_listeners=listeners or [],
             appname="dasscod",
         )
-        return cls(client, database, pipelines, policy=policy, on_change=on_change)
+        return cls(client, database, pipelines, policy=policy)
 
     async def ensure_indexes(self) -> None:
         """Idempotent: creating an index that exists with the same spec is a no-op. Also

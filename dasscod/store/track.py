@@ -8,6 +8,7 @@ found to be a no-op by the state machine; nothing is ever overwritten blindly.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -91,12 +92,12 @@ class TrackStore:
         pipelines: Mapping[str, Pipeline],
         *,
         policy: RetryPolicy = RetryPolicy(),
-        on_change: Callable[[Track], None] | None = None,
     ) -> None:
         self.collection = collection
         self.pipelines = pipelines
         self.policy = policy
-        self._on_change = on_change
+        #: Told every document this process writes (see `subscribe`).
+        self._subscribers: list[Callable[[Track], None]] = []
         self._recent: OrderedDict[str, Track] = OrderedDict()
         #: guid -> (lock, holders and waiters): one write at a time per asset in this process.
         self._writers: dict[str, tuple[anyio.Lock, list[int]]] = {}
@@ -385,6 +386,18 @@ class TrackStore:
             jobs.setdefault(str(key["job"]), {})[str(key["status"])] = int(row["n"])
         return {"assets": assets, "jobs": jobs}
 
+    def subscribe(self, callback: Callable[[Track], None]) -> Callable[[], None]:
+        """Call `callback` with every document this process writes (a no-op write is not
+        one), right after the write; returns the function that ends the subscription. The
+        callback runs in the writer's task: it must be quick and must not raise."""
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
     def _notify(self, track: Track) -> None:
-        if self._on_change is not None:
-            self._on_change(track)
+        for callback in tuple(self._subscribers):
+            callback(track)

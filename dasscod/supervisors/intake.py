@@ -86,8 +86,8 @@ class IntakeSupervisor:
     """Watches `settings.folder` and turns each complete delivery into a tracked asset.
 
     `on_new` is called with each new track after it was inserted. `TrackStore.insert` already
-    reports every new track to the store's `on_change`, so pass `on_new` only for what that does
-    not cover (the daemon relies on `on_change`).
+    reports every new track to the store's subscribers, so pass `on_new` only for what that does
+    not cover (the daemon relies on its subscription).
     """
 
     def __init__(

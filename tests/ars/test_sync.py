@@ -49,14 +49,14 @@ async def running(
     stopping = anyio.Event()
     async with ArsClient(sim.settings()) as client:
         sync = ArsSync(stores, client, stopping=stopping, options=options)
-        stores.track._on_change = sync.offer
+        unsubscribe = stores.track.subscribe(sync.offer)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(sync.run)
                 yield sync
                 stopping.set()
         finally:
-            stores.track._on_change = None
+            unsubscribe()
 
 
 async def add_asset(

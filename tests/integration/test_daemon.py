@@ -69,7 +69,7 @@ async def test_a_crashing_supervisor_is_restarted_with_backoff(
         await daemon.stopping.wait()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(daemon._supervise, "flaky", flaky)
+        tg.start_soon(daemon.supervise, "flaky", flaky)
         with anyio.fail_after(10):
             await fourth.wait()
         daemon.stop()

@@ -41,8 +41,8 @@ def dispatcher_for(stores: Stores, tmp_path: Path, *, slots: int, sweep_s: float
     wakeups = Wakeups()
     throttle = Throttle(assets_in_flight=10, jobs_per_cluster={"near": slots}, wakeups=wakeups)
     # As in the daemon: the throttle follows every transition written (claims take slots).
-    stores.track = TrackStore(stores.track.collection, pipelines, policy=stores.track.policy,
-                              on_change=throttle.observe)
+    stores.track = TrackStore(stores.track.collection, pipelines, policy=stores.track.policy)
+    stores.track.subscribe(throttle.observe)
     dispatcher = load_dispatcher(stores, clusters, pipelines, throttle, stopping=stopping,
                                  sweep_s=sweep_s)
     # Every slot is taken by another asset's jobs.

@@ -221,16 +221,21 @@ async def test_retries_become_due_at_their_not_before_time(stores: Stores) -> No
     assert abs(next_due - not_before) < timedelta(milliseconds=1)  # BSON keeps milliseconds
 
 
-async def test_on_change_sees_every_write_and_no_no_op(mongo_uri: str, stores: Stores) -> None:
+async def test_subscribers_see_every_write_and_no_no_op(mongo_uri: str, stores: Stores) -> None:
     seen: list[Track] = []
-    other = Stores.connect(mongo_uri, stores.db.name, load_pipelines(), on_change=seen.append)
+    also: list[Track] = []
+    other = Stores.connect(mongo_uri, stores.db.name, load_pipelines())
+    other.track.subscribe(seen.append)
+    unsubscribe = other.track.subscribe(also.append)
     try:
         await other.track.insert(make_track(GUID))
+        unsubscribe()
         await other.track.apply(GUID, [JobEvent("load", Event.CLAIM)], cause="d")
         await other.track.apply(GUID, [JobEvent("load", Event.CLAIM)], cause="d")  # no-op
     finally:
         await other.close()
     assert [(x.version, x.job("load").status) for x in seen] == [(0, S.WAITING), (1, S.STARTING)]
+    assert [x.version for x in also] == [0]  # told nothing after it unsubscribed
 
 
 async def test_a_no_op_decided_on_a_remembered_copy_is_confirmed_against_the_store(
