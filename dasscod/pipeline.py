@@ -145,7 +145,7 @@ class Event(StrEnum):
     FINISHED = "finished"  # HPC callback
     FAILED = "failed"  # HPC callback
     LOST = "lost"  # watcher: the job left the scheduler without a final callback
-    TIMED_OUT = "timed_out"  # housekeeping: no final callback within the job's limit
+    TIMED_OUT = "timed_out"  # the watcher: running past its limit, or queued too long
     RETRY_DUE = "retry_due"  # housekeeping: a RETRY job's not-before time has passed
     CANCEL = "cancel"  # e.g. a device target: the rest of the pipeline is not needed
     UNSUBMITTED = "unsubmitted"  # reconcile after a crash: the claim never reached the scheduler

@@ -1,5 +1,5 @@
-"""Stand-in HPC modules for the daemon's tests, used until the real HERB0001 modules exist in
-`hpc/dassco_hpc/modules/`.
+"""Stand-in HPC modules for the daemon's tests and benchmark: the orchestration without the
+image processing of the real modules in `hpc/dassco_hpc/modules/`.
 
 Jobs point at it with `DASSCO_HPC_MODULES=tests.hpc_test_module` (the repository root on
 PYTHONPATH). `MODULES` covers every job of HERB0001 and PIOF0001 (load, barcode, ocr,

@@ -24,7 +24,7 @@ import anyio
 from pymongo import AsyncMongoClient
 
 from dasscod.daemon import Daemon
-from dasscod.devstack.demo import STANDINS, draw_batch
+from dasscod.devstack.demo import REAL_MODULES, draw_batch
 from dasscod.devstack.mongo import mongo_server
 from dasscod.devstack.stack import REPO_ROOT, LocalStack, deliver
 from dasscod.log import configure_logging
@@ -43,7 +43,7 @@ def _progress(message: str) -> None:
 async def demo_phase(uri: str, root: Path) -> dict[str, Any]:
     if shutil.which("tesseract") is None:
         return {"demo_skipped": "tesseract is not installed (tests/infra/install_packages.sh)"}
-    stack = LocalStack(root / "demo", uri, database="bench_demo", hpc_modules=STANDINS)
+    stack = LocalStack(root / "demo", uri, database="bench_demo", hpc_modules=REAL_MODULES)
     stack.write_config()
     data = stack.settings_data()
     data["log_level"] = "WARNING"

@@ -47,7 +47,8 @@ TIMEOUT_S = float(os.environ.get("DEMO_TIMEOUT_S", "600"))
 ERDA_DELAY_S = float(os.environ.get("DEMO_ERDA_DELAY_S", "0.2"))
 #: After the originals have settled, how long derivatives may take to settle in ARS.
 DERIVATIVE_GRACE_S = 30.0
-STANDINS = "dasscod.devstack.hpc_standins"
+#: No stand-ins: every job runs the real module from `hpc/`.
+REAL_MODULES = ""
 ARS_CLIENT_ID = "dasscod"
 ARS_FLAGS = ("is_in_ars", "has_new_file", "erda_sync", "update_metadata")
 
@@ -104,7 +105,7 @@ def main() -> int:
         root = Path(keep) if keep else Path(tmp)
         with mongo_server(root / "mongo") as uri, ars_simulator_process(root / "ars") as ars:
             stack = LocalStack(root / "stack", uri, database=f"demo_{uuid.uuid4().hex[:8]}",
-                               hpc_modules=STANDINS, ars=ars)
+                               hpc_modules=REAL_MODULES, ars=ars)
             stack.write_config()
             say(f"stack in {root}; daemon log: {stack.root / 'daemon.log'}")
             say(f"ARS simulator at {ars['base_url']} (ERDA delay {ERDA_DELAY_S} s)")

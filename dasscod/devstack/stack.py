@@ -21,7 +21,8 @@ from typing import Any
 from dasscod.devstack.mongo import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-#: The stand-in HPC module used until the real HERB0001 modules exist (see tests/).
+#: The stand-in HPC module of the daemon's tests and benchmark (tests/hpc_test_module.py):
+#: the orchestration without the image processing.
 TEST_MODULES = "tests.hpc_test_module"
 
 

@@ -14,7 +14,6 @@ from dasscod.store.control import AUDIT_INDEXES, AuditStore, ControlStore
 from dasscod.store.metadata import MetadataStore
 from dasscod.store.mos import MOS_INDEXES, MosMember, MosStore
 from dasscod.store.track import (
-    RETIRED_INDEXES,
     TRACK_INDEXES,
     Applied,
     AssetExists,
@@ -87,25 +86,15 @@ class Stores:
         return cls(client, database, pipelines, policy=policy)
 
     async def ensure_indexes(self) -> None:
-        """Idempotent: creating an index that exists with the same spec is a no-op. Also
-        brings a database of an earlier version up to date: its documents get their `queues`
-        tags, then the indexes those replaced are dropped."""
+        """Idempotent: creating an index that exists with the same spec is a no-op."""
         await self.db["track"].create_indexes(TRACK_INDEXES)
         await self.db["mos"].create_indexes(MOS_INDEXES)
         await self.db["audit"].create_indexes(AUDIT_INDEXES)
-        filled = await self.track.backfill_queues()
-        if filled:
-            log.info("track documents given their queue tags", documents=filled)
         if await self.control.schema_version("queue_tags") < QUEUE_TAGS_VERSION:
             # Once per database: documents of an earlier version get the tags added since.
-            filled = await self.track.backfill_queues(every=True)
+            filled = await self.track.retag()
             await self.control.set_schema_version("queue_tags", QUEUE_TAGS_VERSION)
             log.info("track documents given the new queue tags", documents=filled)
-        existing = await self.db["track"].index_information()
-        for name in RETIRED_INDEXES:
-            if name in existing:
-                await self.db["track"].drop_index(name)
-                log.info("retired index dropped", collection="track", index=name)
 
     async def ping(self) -> bool:
         try:

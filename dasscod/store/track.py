@@ -38,13 +38,6 @@ TRACK_INDEXES = [
     # Set by a reported file outside the planned transitions, so not among the tags.
     IndexModel([("has_new_file", ASCENDING)], name="has_new_file"),
 ]
-#: Indexes of earlier versions that the `queues` tags replaced: dropped at start-up, since
-#: every index costs work on every write.
-RETIRED_INDEXES = (
-    "in_flight", "active_clusters", "jobs_status", "parent_guid", "available_for_services",
-    "is_in_ars", "erda_sync", "update_metadata", "has_open_share",
-)  # fmt: skip
-
 #: Conflicts in a row before a transition gives up; each one means another writer made
 #: progress on the same asset, so this only trips on a pathological storm.
 MAX_CONFLICTS = 20
@@ -341,14 +334,12 @@ class TrackStore:
         cursor = self.collection.find({"queues": IN_FLIGHT})
         return [Track.model_validate(doc) async for doc in cursor]
 
-    async def backfill_queues(self, *, every: bool = False) -> int:
-        """Give documents written by a version without the `queues` tags their tags (once,
-        at start-up: until then no queue query would find them). Returns how many. With
-        `every`, every document is re-tagged whose tags differ from what this version derives
-        (once, when the set of tags grew; the caller records that it was done)."""
+    async def retag(self) -> int:
+        """Re-tag every document whose `queues` tags differ from what this version derives
+        (once, when the set of tags grew; the caller records that it was done). Returns how
+        many were re-tagged."""
         filled = 0
-        query: dict[str, Any] = {} if every else {"queues": {"$exists": False}}
-        async for doc in self.collection.find(query, {"history": 0}):
+        async for doc in self.collection.find({}, {"history": 0}):
             track = Track.model_validate(doc)
             tags = derive(track, pipeline=self.pipeline_of(track), now=utcnow())["queues"]
             if doc.get("queues") == tags:
