@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
+from dasscod.holds import INTAKE, PAUSE, Hold
 from dasscod.listener.app import create_app
-from dasscod.model import JobStatus
+from dasscod.model import JobStatus, utcnow
 from dasscod.pipelines import load_pipelines
 from dasscod.settings import IntakeSettings
 from dasscod.store import Stores
@@ -145,3 +146,18 @@ async def test_disabled_without_a_configured_credential(stores: Stores) -> None:
         answer = await c.post("/api/v1/assets", **upload(meta("api-10")))
     assert answer.status_code == 403
     assert "DASSCOD_INTAKE__API_TOKEN" in answer.json()["detail"]
+
+
+async def test_while_intake_is_paused_an_upload_is_refused_with_503_and_nothing_kept(
+    client: httpx.AsyncClient, stores: Stores, intake: IntakeSupervisor
+) -> None:
+    intake.holds.put(Hold(PAUSE, INTAKE, by="alice", at=utcnow(), reason="disk check"))
+    answer = await client.post("/api/v1/assets", **upload(meta("api-held")))
+    assert answer.status_code == 503
+    assert answer.json()["detail"].startswith("intake is paused (by alice at ")
+    assert "disk check); deliver again once it is resumed" in answer.json()["detail"]
+    assert answer.headers["Retry-After"] == "60"
+    assert await stores.track.get("api-held") is None
+    intake.holds.remove(PAUSE, INTAKE)
+    again = await client.post("/api/v1/assets", **upload(meta("api-held")))
+    assert again.status_code == 201, again.text
