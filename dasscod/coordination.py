@@ -221,9 +221,13 @@ class Throttle:
     def set_limits(self, *, assets_in_flight: int, jobs_per_cluster: Mapping[str, int]) -> None:
         """Limits changed at run time: a raised limit serves the waiting dispatchers now; a
         lowered one lets the jobs in flight finish and takes no new ones until below it."""
+        raised = assets_in_flight > self.max_assets or any(
+            limit > self.max_jobs.get(cluster, 0) for cluster, limit in jobs_per_cluster.items()
+        )
         self.max_assets = assets_in_flight
         self.max_jobs.update(jobs_per_cluster)
-        self.wake_blocked()
+        if raised:  # housekeeping sets them on every pass: wake nobody for nothing
+            self.wake_blocked()
 
     def unreachable_until(self, cluster: str) -> float | None:
         """Monotonic time until which `cluster` takes no new jobs after a failure (None:
