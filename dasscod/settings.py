@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     SecretStr,
@@ -31,19 +29,21 @@ from pydantic_settings import (
 
 from dasscod.ars.settings import ArsSettings
 from dasscod.pipelines import BUILTIN_PIPELINES
+from dasscod.secret_files import CredentialsSource, FileSecrets, read_secret_table
 
 ENV_PREFIX = "DASSCOD_"
 ENV_NESTED_DELIMITER = "__"
 CONFIG_ENV = "DASSCOD_CONFIG"
 
 
-class _Section(BaseModel):
+class _Section(FileSecrets):
     model_config = ConfigDict(extra="forbid")
 
 
 class MongoSettings(_Section):
     #: A URI may carry a password, so it is a secret.
     uri: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
+    uri_file: Path | None = None
     database: str = "dasscod"
     timeout_s: float = Field(default=10.0, gt=0)
 
@@ -107,6 +107,7 @@ class ClusterSettings(_Section):
     #: has not reported the scheduler's job id by then, the job is handed out again (and the
     #: agent looks for it by name before submitting, so it never runs twice).
     agent_token: SecretStr | None = None
+    agent_token_file: Path | None = None
     pull_submit: Literal["torque", "slurm"] = "torque"
     lease_s: float = Field(default=600.0, gt=0)
 
@@ -147,6 +148,7 @@ class IntakeSettings(_Section):
     #: Bearer credential of the ingestion client for `POST /api/v1/assets`; unset, that
     #: endpoint is disabled and only the folder takes deliveries.
     api_token: SecretStr | None = None
+    api_token_file: Path | None = None
     #: Largest delivery the intake API accepts, all files together.
     api_max_mb: float = Field(default=2000.0, gt=0)
 
@@ -174,8 +176,9 @@ class TimingSettings(_Section):
 
 
 class SecuritySettings(_Section):
-    #: Signs each job's callback token. Set it from the environment
-    #: (`DASSCOD_SECURITY__TOKEN_SECRET`) or a file (`token_secret_file`), never in a shared file.
+    #: Signs each job's callback token. Give it as a systemd credential
+    #: (`LoadCredential=security.token_secret:...`), a file (`token_secret_file`) or the
+    #: environment (`DASSCOD_SECURITY__TOKEN_SECRET`), never in a shared file.
     token_secret: SecretStr | None = None
     token_secret_file: Path | None = None
     token_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
@@ -187,17 +190,11 @@ class SecuritySettings(_Section):
             _check_secret_length(value.get_secret_value())
         return value
 
-    @field_validator("token_secret_file")
-    @classmethod
-    def _readable(cls, path: Path | None) -> Path | None:
-        if path is not None:
-            _check_secret_length(_read_secret(path))
-        return path
-
     @model_validator(mode="after")
-    def _read_secret_file(self) -> SecuritySettings:
-        if self.token_secret is None and self.token_secret_file is not None:
-            self.token_secret = SecretStr(_read_secret(self.token_secret_file))
+    def _file_long_enough(self) -> SecuritySettings:
+        # After the file mixin: a secret read from token_secret_file is checked too.
+        if self.token_secret is not None and self.token_secret_file is not None:
+            _check_secret_length(self.token_secret.get_secret_value())
         return self
 
     def secret(self) -> str:
@@ -266,16 +263,7 @@ def _check_control_tokens(tokens: dict[str, SecretStr]) -> None:
 
 
 def _read_tokens_file(path: Path) -> dict[str, SecretStr]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"cannot read control tokens_file {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError:
-        # The message would quote the line, and the line holds a token.
-        raise ValueError(f"control tokens_file {path} is not TOML of name = \"token\" lines"
-                         ) from None
-    if not all(isinstance(v, str) for v in data.values()):
-        raise ValueError(f"control tokens_file {path}: every value must be a token string")
+    data = read_secret_table(path, "control tokens_file")
     tokens = {name: SecretStr(value) for name, value in data.items()}
     _check_control_tokens(tokens)
     return tokens
@@ -314,13 +302,6 @@ class ArsSyncSettings(_Section):
 
 #: HS256 keys must be at least as long as the hash (RFC 7518, section 3.2).
 MIN_SECRET_LENGTH = 32
-
-
-def _read_secret(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read token_secret_file {path}: {exc.strerror}") from exc
 
 
 def _check_secret_length(secret: str) -> None:
@@ -365,7 +346,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+        return (init_settings, env_settings, CredentialsSource(settings_cls),
+                TomlConfigSettingsSource(settings_cls))
 
     @model_validator(mode="after")
     def _control_tokens_are_their_own(self) -> Settings:
@@ -428,7 +410,25 @@ def _shown_input(field: str, value: object) -> str:
     return f", got {value!r}"
 
 
+MASK = "**********"
+#: An environment variable whose name says it holds a credential.
+_SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSW|PASSPHRASE|CREDENTIAL|PRIVATE|API_?KEY|AUTH|"
+                          r"(^|_)KEY($|_)|(^|_)PW($|_)", re.IGNORECASE)
+#: user:password@ in a URL (a database or proxy URL given to jobs).
+_URL_PASSWORD = re.compile(r"(?<=://)[^/@\s]*:[^/@\s]*@")
+
+
 def masked(settings: Settings) -> dict[str, Any]:
-    """The effective configuration as plain data, secrets shown as '**********'."""
+    """The effective configuration as plain data, secrets shown as '**********': every
+    SecretStr, every cluster `env` value whose name looks secret, and passwords inside URLs."""
     data: dict[str, Any] = settings.model_dump(mode="json")
+    for cluster in data["clusters"].values():
+        cluster["env"] = {name: masked_env_value(name, value)
+                          for name, value in cluster["env"].items()}
     return data
+
+
+def masked_env_value(name: str, value: str) -> str:
+    if _SECRET_NAME.search(name):
+        return MASK
+    return _URL_PASSWORD.sub(MASK + "@", value)

@@ -2,18 +2,21 @@
 
 It lives here, not in `dasscod/settings.py`, so the ARS package can be used and tested on its
 own; `dasscod.settings` imports it, never the other way round (no import cycle). The secret
-comes from the environment (`DASSCOD_ARS__CLIENT_SECRET`) or a file named by it
-(`client_secret_file`), never from a shared TOML file, and prints masked.
+comes from a systemd credential (`ars.client_secret`), the environment
+(`DASSCOD_ARS__CLIENT_SECRET`) or a file named by it (`client_secret_file`), never from a shared
+TOML file, and prints masked.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import ConfigDict, Field, SecretStr, model_validator
+
+from dasscod.secret_files import FileSecrets
 
 
-class ArsSettings(BaseModel):
+class ArsSettings(FileSecrets):
     model_config = ConfigDict(extra="forbid")
 
     #: Asset service root, up to and excluding `/v1`, e.g. https://storage.test.dassco.dk/ars/api
@@ -48,12 +51,7 @@ class ArsSettings(BaseModel):
 
     @model_validator(mode="after")
     def _secret(self) -> ArsSettings:
-        if self.client_secret is None and self.client_secret_file is not None:
-            try:
-                text = self.client_secret_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ValueError(f"cannot read ars.client_secret_file: {exc}") from None
-            self.client_secret = SecretStr(text)
+        # client_secret_file was read by FileSecrets, before this validator.
         if self.client_secret is None:
             raise ValueError(
                 "ars.client_secret is not set: set DASSCOD_ARS__CLIENT_SECRET "
