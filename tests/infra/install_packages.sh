@@ -1,9 +1,10 @@
 #!/bin/sh
 # Debian packages the HPC modules' tests and the demo need (tesseract for OCR, a TrueType font
-# for the synthetic labels). Idempotent: installs only what is missing. Without root or apt it
-# says so and exits 0: the tests that need these packages then skip with their reason.
+# for the synthetic labels) and systemd (`systemd-analyze` checks the unit). Idempotent:
+# installs only what is missing. Without root or apt it says so and exits 0: the tests that
+# need these packages then skip with their reason.
 set -eu
-PACKAGES="tesseract-ocr fonts-dejavu-core"
+PACKAGES="tesseract-ocr fonts-dejavu-core systemd"
 
 missing=""
 for pkg in $PACKAGES; do
