@@ -297,26 +297,6 @@ async def test_the_queue_queries_follow_the_flags_written(stores: Stores) -> Non
         await stores.track.count_flag("erda_sync", Flag.YES)  # the steady state: no tag
 
 
-async def test_an_earlier_versions_database_is_brought_up_to_date(stores: Stores) -> None:
-    """Documents without `queues` get their tags at start-up, and the per-flag indexes the
-    tags replaced are dropped: nothing an earlier version wrote is left unfound."""
-    track = await stores.track.insert(make_track(GUID))
-    await stores.track.apply(GUID, [JobEvent("load", Event.CLAIM, cluster="local")],
-                             cause="dispatch", known=track)
-    await stores.track.collection.update_one({"_id": GUID}, {"$unset": {"queues": ""}})
-    await stores.track.collection.create_index("in_flight", name="in_flight")
-    await stores.track.collection.create_index("is_in_ars", name="is_in_ars")
-    assert await stores.track.in_flight() == []  # as the new version would see it
-
-    await stores.ensure_indexes()
-    assert [t.id for t in await stores.track.in_flight()] == [GUID]
-    assert [t.id for t in await stores.track.active_on("local")] == [GUID]
-    assert [t.id for t in await stores.track.ars_queue(NOT_IN_ARS, 10)] == [GUID]
-    indexes = await stores.track.collection.index_information()
-    assert "in_flight" not in indexes and "is_in_ars" not in indexes
-    assert {"queues", "ready_queue"} <= set(indexes)
-
-
 async def test_concurrent_writes_to_one_asset_take_turns_instead_of_racing(
     stores: Stores,
 ) -> None:
