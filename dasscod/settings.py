@@ -99,6 +99,10 @@ class ClusterSettings(_Section):
     account: str | None = None
     accounting: Literal["auto", "sacct", "completion", "none"] = "auto"
     sbatch_options: list[str] = Field(default_factory=list)
+    #: Slurm, Torque: how long sbatch/qsub may take. A submission without an answer by then may
+    #: still create its job, so the watcher keeps looking for it by name at least this long
+    #: before the attempt counts as never submitted.
+    submit_timeout_s: float = Field(default=120.0, gt=0)
     #: Torque: the queue (defaults to `partition`) and extra #PBS lines (e.g. "-W group_list=x").
     queue: str | None = None
     pbs_options: list[str] = Field(default_factory=list)

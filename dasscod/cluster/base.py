@@ -103,6 +103,10 @@ class Scheduler(Protocol):
     """A batch system (or none) reached through a transport."""
 
     kind: str
+    #: How long one submission may take before its outcome counts as unknown (a submission
+    #: still running on the cluster may yet create the job): the watcher keeps looking the
+    #: job up by name at least this long before it declares the attempt unsubmitted.
+    submit_timeout_s: float
 
     async def submit(self, spec: JobSpec) -> str:
         """Start the job and return the scheduler's job id. Raises SchedulerError/TransportError."""
@@ -119,6 +123,12 @@ class Scheduler(Protocol):
         ...
 
     async def cancel(self, job_id: str) -> None: ...
+
+    async def ours(self) -> list[JobInfo] | None:
+        """The live (pending or running) jobs this scheduler instance submitted, in one query,
+        or None where it cannot tell: the watcher cancels those no live attempt accounts for
+        (a late submission, a duplicate)."""
+        ...
 
 
 class Named(Protocol):

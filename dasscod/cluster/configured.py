@@ -68,10 +68,12 @@ def _scheduler(cfg: ClusterSettings, transport: Transport) -> Scheduler:
         return SlurmScheduler(
             transport, state_dir=state_dir, partition=cfg.partition, account=cfg.account,
             accounting=cfg.accounting, sbatch_options=cfg.sbatch_options,
+            submit_timeout_s=cfg.submit_timeout_s,
         )  # fmt: skip
     if cfg.scheduler == "torque":
         return TorqueScheduler(
             transport, state_dir=state_dir, queue=cfg.queue or cfg.partition,
             account=cfg.account, pbs_options=cfg.pbs_options,
+            submit_timeout_s=cfg.submit_timeout_s,
         )  # fmt: skip
     return DirectScheduler(transport, state_dir=state_dir)

@@ -53,6 +53,7 @@ class PullScheduler:
         self.renderer = renderer
         #: What the agent submits with: "torque" (qsub) or "slurm" (sbatch).
         self.submit_with = renderer.kind
+        self.submit_timeout_s = renderer.submit_timeout_s
 
     def render(self, spec: JobSpec) -> str:
         """The batch script the agent submits. Raises a non-retryable SchedulerError for a
@@ -86,3 +87,6 @@ class PullScheduler:
 
     async def cancel(self, job_id: str) -> None:
         raise self._refuse()
+
+    async def ours(self) -> list[JobInfo] | None:
+        return None  # the agent finds its jobs by name before it submits

@@ -80,6 +80,7 @@ class SlurmScheduler:
         account: str | None = None,
         accounting: Accounting = "auto",
         sbatch_options: Sequence[str] = (),
+        submit_timeout_s: float = SUBMIT_TIMEOUT_S,
     ) -> None:
         """`partition` and `account` apply to jobs whose spec names none. `sbatch_options`
         are extra ``#SBATCH`` lines (e.g. ``--qos=short``), set by the operator, not by
@@ -96,13 +97,14 @@ class SlurmScheduler:
         self.account = account
         self.accounting: Accounting = accounting
         self.sbatch_options = tuple(sbatch_options)
+        self.submit_timeout_s = submit_timeout_s
 
     # -- submission
 
     async def submit(self, spec: JobSpec) -> str:
         return await batch.submit_script(
             self.transport, tool="sbatch", snippet=SUBMIT, state_dir=self.state_dir,
-            spec=spec, script=self.render(spec), timeout=SUBMIT_TIMEOUT_S,
+            spec=spec, script=self.render(spec), timeout=self.submit_timeout_s,
             parse_job_id=parse.parse_job_id, permanent=parse.submit_error_is_permanent,
         )  # fmt: skip
 
@@ -198,6 +200,14 @@ class SlurmScheduler:
             else:
                 infos[job_id] = record.info()
         return infos
+
+    async def ours(self) -> list[JobInfo]:
+        """The live jobs this adapter submitted (their scripts are in its state folder), in
+        one squeue call: how the watcher finds jobs no live attempt accounts for."""
+        result = await self._query(
+            ["squeue", "--noheader", "--me", f"--Format={parse.OURS_FORMAT}"]
+        )
+        return parse.parse_ours(result.stdout, str(self.state_dir))
 
     async def cancel(self, job_id: str) -> None:
         """scancel says nothing (and exits 0) for a job that has already ended or is unknown,

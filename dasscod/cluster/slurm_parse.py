@@ -37,6 +37,8 @@ JOB_ID = re.compile(r"[0-9]+(?:_[0-9]+|\+[0-9]+)?")
 
 #: The format the adapter asks squeue for; parse_squeue reads exactly this.
 SQUEUE_FORMAT = "JobID:0|,State:0|,exit_code:0|,Reason:0|,Name:0|"
+#: The format of the orphan sweep's squeue (the cluster user's live jobs and their scripts).
+OURS_FORMAT = "JobID:0|,State:0|,Command:0|,Name:0|"
 #: The fields the adapter asks sacct for (with -P); parse_sacct reads exactly these.
 SACCT_FIELDS = "JobID,State,ExitCode,Reason,JobName"
 
@@ -176,6 +178,29 @@ def _parse(stdout: str, exit_code: Callable[[str], int | None]) -> list[Record]:
             )
         )
     return records
+
+
+def parse_ours(stdout: str, script_dir: str) -> list[JobInfo]:
+    """Jobs of `squeue --noheader --me -O OURS_FORMAT` whose batch script is
+    `<script_dir>/<name>.sh`: the jobs this daemon's adapter submitted (another daemon, or a
+    person, using the same account has other scripts). Their state and name only."""
+    prefix = script_dir.rstrip("/") + "/"
+    found: list[JobInfo] = []
+    for line in stdout.splitlines():
+        line = line.strip().removesuffix("|")
+        fields = line.split("|", 2)
+        if len(fields) != 3 or not JOB_ID.fullmatch(fields[0]):
+            continue
+        job_id, state_text, rest = fields
+        if not rest.startswith(prefix):
+            continue
+        name = rest[len(prefix):].split(".sh|", 1)[0]
+        if rest != f"{prefix}{name}.sh|{name}" or not NAME.fullmatch(name):
+            continue
+        state, _ = parse_state(state_text)
+        if not state.finished:
+            found.append(JobInfo(job_id, name, state))
+    return found
 
 
 def parse_job_id(stdout: str) -> str | None:

@@ -92,6 +92,19 @@ echo {parse.QUERY_MARK}
 exec {" ".join(QSTAT_FULL)} "$@"
 """
 
+#: The orphan sweep: `sh -c OURS dasscod-qstat STATE_DIR` prints ``dasscod-script NAME`` for
+#: each job script in the state folder (the jobs this adapter submitted), then QUERY_MARK,
+#: then execs ``qstat -f -1`` (all jobs).
+OURS = f"""\
+for f in "$1"/*.sh; do
+    [ -f "$f" ] || continue
+    n=${{f##*/}}
+    echo "{parse.SCRIPT_LINE} ${{n%.sh}}"
+done
+echo {parse.QUERY_MARK}
+exec {" ".join(QSTAT_FULL)}
+"""
+
 
 class TorqueScheduler:
     """Torque through a transport. See the module docstring."""
@@ -107,6 +120,7 @@ class TorqueScheduler:
         account: str | None = None,
         pbs_options: Sequence[str] = (),
         exit_file_wait_s: float = EXIT_FILE_WAIT_S,
+        submit_timeout_s: float = SUBMIT_TIMEOUT_S,
     ) -> None:
         """`queue` and `account` apply to jobs whose spec names none (the spec's `partition`
         is the queue). `pbs_options` are extra ``#PBS`` lines set by the operator (e.g.
@@ -128,6 +142,7 @@ class TorqueScheduler:
         self.account = account
         self.pbs_options = tuple(pbs_options)
         self.exit_file_wait_s = exit_file_wait_s
+        self.submit_timeout_s = submit_timeout_s
         #: When each ended job without an exit_status and without an exit file was first
         #: seen so (monotonic clock), by job key: see EXIT_FILE_WAIT_S.
         self._awaiting_exit_file: dict[str, float] = {}
@@ -137,7 +152,7 @@ class TorqueScheduler:
     async def submit(self, spec: JobSpec) -> str:
         return await batch.submit_script(
             self.transport, tool="qsub", snippet=SUBMIT, state_dir=self.state_dir,
-            spec=spec, script=self.render(spec), timeout=SUBMIT_TIMEOUT_S,
+            spec=spec, script=self.render(spec), timeout=self.submit_timeout_s,
             parse_job_id=parse.parse_job_id, permanent=parse.submit_error_is_permanent,
         )  # fmt: skip
 
@@ -234,6 +249,23 @@ class TorqueScheduler:
             return None
         return JobInfo(job_id, record.name, SchedulerState.RUNNING, None,
                        "ended (Torque state C); waiting for its exit file to say how")
+
+    async def ours(self) -> list[JobInfo]:
+        """The live jobs this adapter submitted (a job script of that name is in its state
+        folder), in one command: how the watcher finds jobs no live attempt accounts for."""
+        result = await self.transport.run(
+            ["sh", "-c", OURS, "dasscod-qstat", str(self.state_dir)], timeout=QUERY_TIMEOUT_S
+        )
+        parsed = parse.parse_scripts(result.stdout)
+        no_jobs = result.exit_status == parse.EXIT_UNKNOWN_JOB and not result.stderr.strip()
+        if parsed is None or (result.exit_status != 0 and not no_jobs):
+            raise SchedulerError(
+                f"qstat failed (exit status {result.exit_status}): {batch.message(result)}",
+                retryable=True,
+            )
+        scripts, qstat = parsed
+        return [record.info() for record in parse.parse_qstat_full(qstat)
+                if record.name in scripts and not record.ended]
 
     async def cancel(self, job_id: str) -> None:
         """Deleting a job that has already ended or is unknown is no error: Torque's qdel says

@@ -190,6 +190,8 @@ WALLTIME_SLACK_S = 2
 QUERY_MARK = "dasscod-qstat"
 #: The start of each exit-file line in the status query's stdout.
 EXIT_LINE = "dasscod-exit"
+#: The orphan sweep's line per job script in the state folder.
+SCRIPT_LINE = "dasscod-script"
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,21 @@ def parse_query(stdout: str) -> tuple[dict[str, ExitRecord], str] | None:
         if record is not None:
             records[name] = record
     return records, "\n".join(lines[at + 1 :])
+
+
+def parse_scripts(stdout: str) -> tuple[set[str], str] | None:
+    """The orphan sweep prints one ``dasscod-script NAME`` per job script, then QUERY_MARK,
+    then qstat's output: the names and qstat's text (None when the mark is missing)."""
+    lines = stdout.split("\n")
+    if QUERY_MARK not in lines:
+        return None
+    at = lines.index(QUERY_MARK)
+    names = set()
+    for line in lines[:at]:
+        tag, _, name = line.partition(" ")
+        if tag == SCRIPT_LINE and NAME.fullmatch(name):
+            names.add(name)
+    return names, "\n".join(lines[at + 1 :])
 
 
 def job_key(job_id: str) -> str | None:

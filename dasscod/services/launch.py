@@ -32,6 +32,16 @@ def scheduler_job_name(asset_guid: str, job: str, attempt: int) -> str:
 AttemptKey = tuple[str, str, int]
 
 
+def parse_job_name(name: str) -> AttemptKey | None:
+    """(asset guid, job, attempt) of a name scheduler_job_name made; None for other names."""
+    if not name.startswith("dassco."):
+        return None
+    parts = name.removeprefix("dassco.").rsplit(".", 2)
+    if len(parts) != 3 or not parts[0] or not parts[1] or not parts[2].isdigit():
+        return None
+    return parts[0], parts[1], int(parts[2])
+
+
 class Reachability(Protocol):
     def unreachable(self, cluster: str, error: str) -> None: ...
 

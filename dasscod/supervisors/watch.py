@@ -5,22 +5,31 @@ It catches what callbacks cannot report: a job that left the scheduler without a
 callback (crashed, killed, node lost), a job past its time limit, a job stuck in the queue,
 and STARTING jobs whose submission outcome is unknown (a crash or a lost answer between the
 claim and the recorded job id) -- those are looked up by their deterministic name, so an
-attempt that reached the scheduler is never submitted again.
+attempt that reached the scheduler is never submitted again. A submission whose answer was
+lost may still be running on the cluster (sbatch waiting for a busy controller), so a job not
+found by name counts as never submitted only once the scheduler's submit timeout has passed
+since the claim.
+
+Each check also asks the scheduler for the live jobs this daemon submitted (their scripts are
+in its state folder) and cancels those no live attempt accounts for: a late submission's job,
+a second job for one attempt, the job of an attempt that has moved on. A job that is the
+recorded job of an attempt that just ended is given `grace_s` to leave the queue by itself.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 import anyio
 
-from dasscod.cluster.base import SchedulerError, TransportError
+from dasscod.cluster.base import JobInfo, SchedulerError, SchedulerState, TransportError
 from dasscod.cluster.configured import Cluster
 from dasscod.log import get_logger
 from dasscod.model import Job, JobStatus, Track, utcnow
 from dasscod.pipeline import Event, JobEvent, Pipeline
-from dasscod.services.launch import Launcher, scheduler_job_name
+from dasscod.services.launch import AttemptKey, Launcher, parse_job_name, scheduler_job_name
 from dasscod.services.lost import adopted, has_ended, lost
 from dasscod.settings import TimingSettings
 from dasscod.store import Stores
@@ -29,6 +38,13 @@ log = get_logger(__name__)
 
 #: A STARTING job younger than this is left to its submission (in this or another process).
 RECONCILE_AFTER_S = 10.0
+#: An attempt in these states may have a job on the cluster.
+LIVE = (JobStatus.STARTING, JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+def _same_job(recorded: str, listed: str) -> bool:
+    """Torque may print `123.server` where qsub said `123`: the number decides."""
+    return recorded == listed or recorded.split(".", 1)[0] == listed.split(".", 1)[0]
 
 
 class Watcher:
@@ -50,6 +66,11 @@ class Watcher:
         self.stopping = stopping
         self.started_at = utcnow()
         self.log = log.bind(cluster=cluster.name)
+        #: Attempts whose submission outcome is still unknown (logged once each).
+        self._looking: set[AttemptKey] = set()
+        #: Jobs on the cluster no live attempt accounts for: when first seen (monotonic), and
+        #: whether their cancel was logged.
+        self._strays: dict[str, tuple[float, bool]] = {}
 
     async def run(self) -> None:
         while not self.stopping.is_set():
@@ -78,9 +99,10 @@ class Watcher:
         unknown_outcome = [(t, j) for t, j in mine if self._needs_lookup(t, j, now)]
         try:
             if unknown_outcome:
-                await self._reconcile(unknown_outcome)
+                await self._reconcile(unknown_outcome, now)
             if submitted:
                 await self._check(submitted, now)
+            await self._cancel_strays()
         except TransportError as exc:
             self.log.warning("cluster query failed; will try again", error=str(exc))
             if self.launcher.reachability is not None:
@@ -98,11 +120,23 @@ class Watcher:
             now - claimed > timedelta(seconds=RECONCILE_AFTER_S)
         )
 
-    async def _reconcile(self, pairs: list[tuple[Track, Job]]) -> None:
+    async def _reconcile(self, pairs: list[tuple[Track, Job]], now: datetime) -> None:
         names = {scheduler_job_name(t.id, j.name, j.attempt): (t, j) for t, j in pairs}
         found = await self.cluster.scheduler.lookup(names)
+        patience = timedelta(seconds=self.cluster.scheduler.submit_timeout_s + RECONCILE_AFTER_S)
         for name, (track, job) in names.items():
             info = found.get(name)
+            key = (track.id, job.name, job.attempt)
+            claimed = job.job_claimed_time
+            if info is None and claimed is not None and now - claimed < patience:
+                # Its submission may still be running on the cluster: keep looking.
+                if key not in self._looking:
+                    self._looking.add(key)
+                    self.log.info("submission outcome unknown; looking for the job by name",
+                                  asset_guid=track.id, job=job.name, attempt=job.attempt,
+                                  until=(claimed + patience).isoformat(timespec="seconds"))
+                continue
+            self._looking.discard(key)
             if info is None:
                 self.log.info("claimed job never reached the scheduler; back to waiting",
                               asset_guid=track.id, job=job.name, attempt=job.attempt)
@@ -117,6 +151,62 @@ class Watcher:
             await self.stores.track.apply(
                 track.id, adopted(job, info.job_id, info), cause="watcher: reconcile"
             )
+
+    async def _cancel_strays(self) -> None:
+        """Cancel the jobs of ours on the cluster that no live attempt accounts for."""
+        live = await self.cluster.scheduler.ours()
+        if live is None:
+            return
+        seen = {info.job_id for info in live}
+        for job_id in [j for j in self._strays if j not in seen]:
+            del self._strays[job_id]  # gone
+        named = [(info, parse_job_name(info.name)) for info in live]
+        guids = sorted({key[0] for _, key in named if key is not None})
+        if not guids:
+            return
+        # Read after the scheduler answered: a job it lists was claimed before it was
+        # submitted, so its live attempt is in what we read now.
+        tracks = {t.id: t for t in await self.stores.track.find(guids)}
+        now = time.monotonic()
+        for info, key in named:
+            if key is None or key in self.launcher.submitting:
+                continue
+            why, at_once = self._unaccounted(tracks.get(key[0]), key, info)
+            if why is None:
+                self._strays.pop(info.job_id, None)
+                continue
+            first, logged = self._strays.setdefault(info.job_id, (now, False))
+            if not at_once and now - first < self.timing.grace_s:
+                continue  # an attempt that just ended: its job is leaving by itself
+            if not logged:
+                self.log.warning(
+                    "cancelling a job on the cluster that no live attempt accounts for",
+                    hpc_job_id=info.job_id, scheduler_job=info.name, asset_guid=key[0],
+                    job=key[1], attempt=key[2], state=str(info.state), reason=why,
+                )
+                self._strays[info.job_id] = (first, True)
+            await self.cluster.scheduler.cancel(info.job_id)
+
+    def _unaccounted(self, track: Track | None, key: AttemptKey,
+                     info: JobInfo) -> tuple[str | None, bool]:
+        """Why the scheduler's job `info` (named after attempt `key`) is not the live job of
+        that attempt, and whether to cancel it at once; (None, False) when it is."""
+        guid, name, attempt = key
+        pending = info.state is SchedulerState.PENDING
+        if track is None:
+            return f"asset {guid} is not tracked by this daemon", True
+        job = next((j for j in track.job_list if j.name == name), None)
+        if job is None:
+            return f"asset {guid} has no job {name}", True
+        if job.cluster != self.cluster.name and job.status in LIVE:
+            return f"the live attempt runs on cluster {job.cluster}", True
+        if job.attempt != attempt:
+            return f"attempt {attempt} is not the live attempt ({job.attempt})", pending
+        if job.has_scheduler_id and not _same_job(str(job.hpc_job_id), info.job_id):
+            return f"a second job for the attempt (its job is {job.hpc_job_id})", True
+        if job.status not in LIVE:
+            return f"the attempt is {job.status}", pending
+        return None, False
 
     async def _check(self, pairs: list[tuple[Track, Job]], now: datetime) -> None:
         by_id = {str(j.hpc_job_id): (t, j) for t, j in pairs}

@@ -193,3 +193,26 @@ async def test_over_its_walltime_is_a_timeout(
     assert (info.state, info.exit_code) == (SchedulerState.TIMEOUT, 143)
     assert "at its walltime of 60 s" in (info.reason or "")
     assert "JobState=TIMEOUT" in slurm_job(job_id)
+
+
+async def test_ours_lists_the_live_jobs_this_adapter_submitted(
+    torque: TorqueScheduler, tmp_path: Path, slurm_cluster: LocalCluster
+) -> None:
+    # The watcher's orphan sweep: a job named like ours but submitted from elsewhere (another
+    # daemon, a person) has no script in our state folder and is not listed.
+    spec = job(tmp_path, "sleep 60")
+    job_id = await torque.submit(spec)
+    lookalike = (await anyio.run_process(
+        ["sbatch", "--parsable", f"--partition={slurm_cluster.partition}",
+         f"--job-name=dassco.{uuid.uuid4()}.test.1", "--output=/dev/null", "--wrap=sleep 60"],
+    )).stdout.decode().strip()
+    try:
+        listed = await torque.ours()
+        assert [(i.job_id, i.name) for i in listed] == [(job_id, spec.name)]
+        assert listed[0].state in (SchedulerState.PENDING, SchedulerState.RUNNING)
+        await torque.cancel(job_id)
+        await wait_until(torque, job_id, spec.name, lambda i: i.reason is not None
+                         or i.state.finished)
+        assert await torque.ours() == []
+    finally:
+        await anyio.run_process(["scancel", job_id, lookalike], check=False)

@@ -63,6 +63,9 @@ class DirectScheduler:
     by definition: "direct" runs on the daemon's machine."""
 
     kind = "direct"
+    #: A job's state folder exists before its launch starts, so lookup never misses a launch
+    #: under way (and a launch past its timeout was killed): no reason to wait.
+    submit_timeout_s = 0.0
 
     def __init__(
         self,
@@ -102,6 +105,11 @@ class DirectScheduler:
 
     async def status(self, jobs: Mapping[str, str]) -> dict[str, JobInfo]:
         return await self._local(self._status, dict(jobs), frozenset(self._launching))
+
+    async def ours(self) -> list[JobInfo] | None:
+        """Not needed: a launch on this machine either started its job folder or did not,
+        and lookup reads the folders."""
+        return None
 
     async def cancel(self, job_id: str) -> None:
         """Mark the job cancelled, then SIGTERM the wrapper's process group: the wrapper
