@@ -42,6 +42,14 @@ RECONCILE_AFTER_S = 10.0
 LIVE = (JobStatus.STARTING, JobStatus.QUEUED, JobStatus.RUNNING)
 
 
+def _patience(submit_timeout_s: float) -> timedelta:
+    """How long after its claim a job not found by name may still appear: the submit timeout,
+    plus a margin for the command's own start (none where lookup cannot miss a launch)."""
+    if submit_timeout_s <= 0:
+        return timedelta(0)
+    return timedelta(seconds=submit_timeout_s + RECONCILE_AFTER_S)
+
+
 def _same_job(recorded: str, listed: str) -> bool:
     """Torque may print `123.server` where qsub said `123`: the number decides."""
     return recorded == listed or recorded.split(".", 1)[0] == listed.split(".", 1)[0]
@@ -123,7 +131,7 @@ class Watcher:
     async def _reconcile(self, pairs: list[tuple[Track, Job]], now: datetime) -> None:
         names = {scheduler_job_name(t.id, j.name, j.attempt): (t, j) for t, j in pairs}
         found = await self.cluster.scheduler.lookup(names)
-        patience = timedelta(seconds=self.cluster.scheduler.submit_timeout_s + RECONCILE_AFTER_S)
+        patience = _patience(self.cluster.scheduler.submit_timeout_s)
         for name, (track, job) in names.items():
             info = found.get(name)
             key = (track.id, job.name, job.attempt)

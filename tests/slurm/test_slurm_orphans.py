@@ -19,7 +19,8 @@ from dasscod.cluster.base import CommandResult, Transport, TransportError
 from dasscod.cluster.configured import Cluster, build_clusters
 from dasscod.cluster.slurm import SlurmScheduler
 from dasscod.model import JobStatus
-from dasscod.pipeline import Event, JobEvent, load_pipelines
+from dasscod.pipeline import Event, JobEvent
+from dasscod.pipelines import load_pipelines
 from dasscod.services.launch import Launcher, scheduler_job_name
 from dasscod.settings import ClusterSettings, SshSettings, TimingSettings
 from dasscod.store import Stores
