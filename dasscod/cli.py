@@ -11,6 +11,7 @@ from typing import Any, TypeVar, cast
 
 import anyio
 import click
+from pymongo.errors import ConfigurationError
 
 from dasscod.control_cli import register as register_control_commands
 from dasscod.log import configure_logging
@@ -18,6 +19,7 @@ from dasscod.pipeline import PipelineError
 from dasscod.pipelines import load_pipelines
 from dasscod.settings import ConfigError, Settings, load_settings, masked
 from dasscod.store import Stores
+from dasscod.store.errors import MongoConfigurationError
 
 T = TypeVar("T")
 
@@ -50,12 +52,20 @@ def _with_stores(settings: Settings, work: Callable[[Stores], Awaitable[T]]) -> 
             settings.mongo.database,
             pipelines,
             timeout_s=settings.mongo.timeout_s,
+            operation_timeout_s=settings.mongo.operation_timeout_s,
         )
         try:
-            if not await stores.ping():
+            ping = await stores.ping()
+            if ping.fatal:
                 raise click.ClickException(
-                    f"MongoDB is unreachable within {settings.mongo.timeout_s:g} s: check "
-                    "mongo.uri (DASSCOD_MONGO__URI) and that the server runs"
+                    f"MongoDB refused us: {ping.error}; check the user, password and "
+                    "database in mongo.uri (DASSCOD_MONGO__URI)"
+                )
+            if not ping:
+                raise click.ClickException(
+                    f"MongoDB is unreachable within {settings.mongo.timeout_s:g} s "
+                    f"({ping.error}): check mongo.uri (DASSCOD_MONGO__URI) and that the "
+                    "server runs"
                 )
             return await work(stores)
         finally:
@@ -79,8 +89,12 @@ def run(config: Path | None) -> None:
 
     try:
         anyio.run(run_daemon, settings)
-    except (ConfigError, PipelineError, ValueError) as exc:
+    except (ConfigError, PipelineError, ValueError, MongoConfigurationError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except ConfigurationError as exc:  # PyMongo's: a malformed mongo.uri, an unknown option
+        raise click.ClickException(
+            f"mongo.uri is not usable: {exc}; fix mongo.uri (DASSCOD_MONGO__URI)"
+        ) from exc
 
 
 @main.command("check-config")

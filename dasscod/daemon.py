@@ -39,6 +39,7 @@ from dasscod.services.control_reads import ControlReads
 from dasscod.services.launch import Launcher
 from dasscod.settings import Settings
 from dasscod.store import Stores
+from dasscod.store.errors import MongoConfigurationError
 from dasscod.supervisors.ars_sync import ArsSync, SyncOptions, require_files_in_ars
 from dasscod.supervisors.dispatch import Dispatcher
 from dasscod.supervisors.housekeeping import Housekeeping
@@ -96,6 +97,7 @@ class Daemon:
             self.settings.mongo.database,
             self.pipelines,
             timeout_s=self.settings.mongo.timeout_s,
+            operation_timeout_s=self.settings.mongo.operation_timeout_s,
             policy=RetryPolicy(timing.retry_backoff_s, timing.retry_backoff_max_s),
             listeners=self.command_listeners,
         )
@@ -355,13 +357,27 @@ class Daemon:
 
     async def _wait_for_mongodb(self) -> None:
         """MongoDB may come up after us (systemd ordering, a restart): wait, logging once per
-        attempt with growing gaps, rather than crash-looping."""
+        attempt with growing gaps, rather than crash-looping. systemd is told what we wait for
+        and given more start-up time for each attempt, so TimeoutStartSec= does not kill us.
+        A refusal no retry can fix (a wrong password, a bad URI) stops the daemon."""
         delay = 1.0
+        timeout_s = self.settings.mongo.timeout_s
         while not self.stopping.is_set():
-            if await self.stores.ping():
+            ping = await self.stores.ping()
+            if ping.fatal:
+                raise MongoConfigurationError(
+                    f"MongoDB refused us: {ping.error}; check the user, password and database "
+                    "in mongo.uri (DASSCOD_MONGO__URI)"
+                )
+            if ping:
                 return
             log.warning("MongoDB unreachable; waiting", database=self.settings.mongo.database,
-                        retry_in_s=delay)
+                        error=ping.error, retry_in_s=delay)
+            sd_notify.notify(
+                f"STATUS=waiting for MongoDB: {ping.error}",
+                # This wait, the next ping and some slack.
+                f"EXTEND_TIMEOUT_USEC={int((delay + timeout_s + 5) * 1_000_000)}",
+            )
             with anyio.move_on_after(delay):
                 await self.stopping.wait()
             delay = min(delay * 2, 30.0)

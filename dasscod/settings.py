@@ -45,7 +45,10 @@ class MongoSettings(_Section):
     uri: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
     uri_file: Path | None = None
     database: str = "dasscod"
+    #: Server selection and connecting: how long a request waits for an unreachable server.
     timeout_s: float = Field(default=10.0, gt=0)
+    #: Client-side limit on one operation, retries included (PyMongo's timeoutMS).
+    operation_timeout_s: float = Field(default=30.0, gt=0)
 
 
 class ListenerSettings(_Section):

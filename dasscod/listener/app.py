@@ -243,8 +243,11 @@ def create_app(
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
         """MongoDB answers: the daemon can take callbacks."""
-        if await stores.ping():
+        ping = await stores.ping()
+        if ping:
             return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "mongodb unreachable"}, status_code=503)
+        return JSONResponse(
+            {"status": "mongodb unreachable", "error": ping.error}, status_code=503
+        )
 
     return app

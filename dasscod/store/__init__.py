@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pymongo import AsyncMongoClient
@@ -11,6 +12,7 @@ from pymongo.monitoring import CommandListener
 from dasscod.log import get_logger
 from dasscod.pipeline import Pipeline, RetryPolicy
 from dasscod.store.control import AUDIT_INDEXES, AuditStore, ControlStore
+from dasscod.store.errors import describe, is_fatal
 from dasscod.store.metadata import MetadataStore
 from dasscod.store.mos import MOS_INDEXES, MosMember, MosStore
 from dasscod.store.track import (
@@ -38,10 +40,23 @@ __all__ = [
     "MetadataStore",
     "MosMember",
     "MosStore",
+    "Ping",
     "Stores",
     "TrackStore",
     "TransitionConflict",
 ]
+
+
+@dataclass(frozen=True)
+class Ping:
+    """The answer to a ping: true when MongoDB answered."""
+
+    error: str | None = None
+    #: Authentication or configuration: retrying cannot help.
+    fatal: bool = False
+
+    def __bool__(self) -> bool:
+        return self.error is None
 
 
 class Stores:
@@ -72,6 +87,7 @@ class Stores:
         pipelines: Mapping[str, Pipeline],
         *,
         timeout_s: float = 10.0,
+        operation_timeout_s: float | None = None,
         policy: RetryPolicy = RetryPolicy(),
         listeners: list[CommandListener] | None = None,
     ) -> Stores:
@@ -80,6 +96,9 @@ class Stores:
             tz_aware=True,
             serverSelectionTimeoutMS=int(timeout_s * 1000),
             connectTimeoutMS=int(timeout_s * 1000),
+            # Every operation, retries included, ends by then: a hung server cannot hang a
+            # supervisor (an outage then reads as a timeout, handled like any other).
+            timeoutMS=int((operation_timeout_s or 3 * timeout_s) * 1000),
             event_listeners=listeners or [],
             appname="dasscod",
         )
@@ -96,12 +115,14 @@ class Stores:
             await self.control.set_schema_version("queue_tags", QUEUE_TAGS_VERSION)
             log.info("track documents given the new queue tags", documents=filled)
 
-    async def ping(self) -> bool:
+    async def ping(self) -> Ping:
+        """Whether MongoDB answers, and if not, why (the server's message, and whether
+        waiting can help)."""
         try:
             await self.client.admin.command("ping")
-        except Exception:
-            return False
-        return True
+        except Exception as exc:
+            return Ping(error=describe(exc), fatal=is_fatal(exc))
+        return Ping()
 
     async def close(self) -> None:
         await self.client.close()

@@ -85,6 +85,7 @@ def test_status_says_when_mongodb_is_unreachable(env: dict[str, str]) -> None:
     result = CliRunner().invoke(main, ["status"], env=env)
     assert result.exit_code != 0
     assert "MongoDB is unreachable" in result.output
+    assert "[Errno 111]" in result.output  # the reason, not only the verdict
 
 
 def test_the_hpc_contract_file_matches_the_listener() -> None:
