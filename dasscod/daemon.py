@@ -23,12 +23,14 @@ import anyio
 import uvicorn
 from pymongo.monitoring import CommandListener
 
-from dasscod import sd_notify
+from dasscod import metrics, sd_notify
 from dasscod.ars import ArsClient
+from dasscod.ars.health import BreakerState
 from dasscod.cluster.configured import Cluster, build_clusters
 from dasscod.coordination import Throttle, Wakeups
 from dasscod.holds import Holds
 from dasscod.listener.app import create_app
+from dasscod.listener.observe import metrics_app
 from dasscod.log import get_logger
 from dasscod.model import Track
 from dasscod.pipeline import Pipeline, RetryPolicy, pipeline_stages
@@ -40,6 +42,7 @@ from dasscod.services.launch import Launcher
 from dasscod.settings import Settings
 from dasscod.store import Stores
 from dasscod.store.errors import MongoConfigurationError
+from dasscod.store.stats import take_snapshot
 from dasscod.supervisors.ars_sync import ArsSync, SyncOptions, require_files_in_ars
 from dasscod.supervisors.dispatch import Dispatcher
 from dasscod.supervisors.housekeeping import Housekeeping
@@ -145,6 +148,8 @@ class Daemon:
                     slots=self.throttle,
                     control=(self.control, control_reads),
                     control_tokens=self.settings.control.named(),
+                    metrics_route=self.settings.metrics.enabled
+                    and self.settings.metrics.port is None,
                 ),
                 host=self.settings.listener.host,
                 port=self.settings.listener.port,
@@ -158,6 +163,31 @@ class Daemon:
                 timeout_graceful_shutdown=max(1, int(timing.shutdown_s / 2)),
             )
         )
+
+        self.metrics = metrics.DaemonCollector(
+            clusters=lambda: {n: self.throttle.reachable(n) for n in self.clusters},
+            breaker_open=self._breaker_open,
+            folders=[intake.folder, intake.work_area, intake.quarantine] if intake.enabled else [],
+        )
+        self.snapshots = metrics.SnapshotRefresher(
+            self.metrics,
+            lambda: take_snapshot(self.stores.track.collection),
+            interval_s=self.settings.metrics.snapshot_s,
+            stopping=self.stopping,
+        )
+        self.metrics_server: _InLoopServer | None = None
+        if self.settings.metrics.enabled and self.settings.metrics.port is not None:
+            self.metrics_server = _InLoopServer(uvicorn.Config(
+                metrics_app(), host=self.settings.metrics.host, port=self.settings.metrics.port,
+                lifespan="off", log_config=None, access_log=False,
+                timeout_graceful_shutdown=1,
+            ))
+            self._running.add("metrics listener")
+
+    def _breaker_open(self) -> bool | None:
+        if self.ars_sync is None:
+            return None
+        return self.ars_sync.breaker.state is not BreakerState.CLOSED
 
     def _check_clusters(self) -> None:
         """Every job must be able to run somewhere: a pipeline naming only unknown clusters is
@@ -210,8 +240,12 @@ class Daemon:
             await self.stores.ensure_indexes()
             await self.control.reload()  # pauses and limits survive restarts
             self.throttle.rebuild(await self.stores.track.in_flight(), queried_at=time.monotonic())
+            if self.settings.metrics.enabled:
+                metrics.REGISTRY.register(self.metrics)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._serve_listener)
+                if self.metrics_server is not None:
+                    tg.start_soon(self._serve_metrics)
                 for name, factory in self._supervisors().items():
                     tg.start_soon(self.supervise, name, factory)
                 tg.start_soon(self._announce_ready)
@@ -219,6 +253,8 @@ class Daemon:
                 log.info("stopping", grace_s=self.settings.timing.shutdown_s)
                 sd_notify.notify("STOPPING=1")
                 self.server.should_exit = True
+                if self.metrics_server is not None:
+                    self.metrics_server.should_exit = True
                 self.wakeups.notify_all()
                 with anyio.move_on_after(self.settings.timing.shutdown_s - 1) as scope:
                     await self._wait_idle()
@@ -226,6 +262,8 @@ class Daemon:
                     log.warning("supervisors did not stop in time; cancelling them")
                 tg.cancel_scope.cancel()
         finally:
+            with contextlib.suppress(KeyError):  # never registered: stopped before start
+                metrics.REGISTRY.unregister(self.metrics)
             with anyio.CancelScope(shield=True):
                 for cluster in self.clusters.values():
                     await cluster.transport.close()
@@ -283,6 +321,8 @@ class Daemon:
             also=self.control.reload,
         )
         supervisors["housekeeping"] = housekeeping.run
+        if self.settings.metrics.enabled:
+            supervisors["metrics"] = self.snapshots.run
         if self.settings.ars is not None:
             if self.ars_sync is None:
                 self.ars_sync = ArsSync(
@@ -314,6 +354,7 @@ class Daemon:
                     if time.monotonic() - started > HEALTHY_RUN_S:
                         backoff = RESTART_BACKOFF_S[0]
                     logger.exception("supervisor crashed; restarting", restart_in_s=backoff)
+                    metrics.SUPERVISOR_RESTARTS.labels(supervisor=name).inc()
                     with anyio.move_on_after(backoff):
                         await self.stopping.wait()
                     backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
@@ -335,6 +376,17 @@ class Daemon:
                 host=self.settings.listener.host,
                 port=self.settings.listener.port,
             )
+            self.stop()
+
+    async def _serve_metrics(self) -> None:
+        assert self.metrics_server is not None
+        try:
+            await self.metrics_server.serve()
+        finally:
+            self._finished("metrics listener")
+        if not self.stopping.is_set():
+            log.error("metrics listener stopped: is the port free?",
+                      host=self.settings.metrics.host, port=self.settings.metrics.port)
             self.stop()
 
     async def _announce_ready(self) -> None:

@@ -182,6 +182,18 @@ class TimingSettings(_Section):
     shutdown_s: float = Field(default=10.0, gt=0)
 
 
+class MetricsSettings(_Section):
+    """`GET /metrics` (Prometheus text format)."""
+
+    enabled: bool = True
+    #: Serve the metrics on their own port (e.g. not exposed to the cluster network) instead
+    #: of the listener's; None serves them on the listener.
+    port: int | None = Field(default=None, ge=0, le=65535)
+    host: str = "127.0.0.1"
+    #: How often the store snapshot behind the asset and job gauges is refreshed.
+    snapshot_s: float = Field(default=15.0, gt=0)
+
+
 class SecuritySettings(_Section):
     #: Signs each job's callback token. Give it as a systemd credential
     #: (`LoadCredential=security.token_secret:...`), a file (`token_secret_file`) or the
@@ -337,6 +349,7 @@ class Settings(BaseSettings):
     timing: TimingSettings = TimingSettings()
     security: SecuritySettings = SecuritySettings()
     control: ControlSettings = ControlSettings()
+    metrics: MetricsSettings = MetricsSettings()
     #: ARS connection; None (the default) runs without ARS sync.
     ars: ArsSettings | None = None
     ars_sync: ArsSyncSettings = ArsSyncSettings()

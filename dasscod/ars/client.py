@@ -27,6 +27,7 @@ from urllib.parse import quote
 import httpx
 import stamina
 
+from dasscod import metrics
 from dasscod.ars.auth import BearerAuth, ClientCredentials
 from dasscod.ars.errors import (
     ArsError,
@@ -371,15 +372,30 @@ class ArsClient:
                         timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
                     )
                 except httpx.TransportError as exc:
+                    self._count_call(method, url, "unreachable")
                     error: ArsError = ArsUnavailable(f"{what}: {type(exc).__name__}: {exc}")
                     self._log_failure(method, url, attempt_no, error)
                     raise error from exc
                 if response.is_success:
+                    self._count_call(method, url, "ok")
                     return response
+                self._count_call(method, url, str(response.status_code))
                 error = error_from_response(response, what=what)
                 self._log_failure(method, url, attempt_no, error)
                 raise error
         raise AssertionError("stamina.retry_context ended without a result")  # pragma: no cover
+
+    def _count_call(self, method: str, url: str, outcome: str) -> None:
+        """`dasscod_ars_calls_total`: the kind is the method and the first path segment below
+        the ARS or file-proxy root (never a guid, so the label set stays small)."""
+        rest = url
+        for root in (self._base, self._proxy.rstrip("/")):
+            if url.startswith(root):
+                rest = url[len(root):]
+                break
+        parts = [p for p in httpx.URL(rest).path.split("/") if p and p != "v1"]
+        kind = f"{method} {parts[0] if parts else ''}".strip()
+        metrics.ARS_CALLS.labels(kind=kind, outcome=outcome).inc()
 
     @staticmethod
     def _log_failure(method: str, url: str, attempt: int, error: ArsError) -> None:
@@ -396,3 +412,4 @@ class ArsClient:
             error=error.message,
             retryable=isinstance(error, ArsUnavailable),
         )
+

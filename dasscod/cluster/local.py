@@ -13,6 +13,7 @@ import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process
 
 from dasscod.cluster.base import CommandResult, TransportError
+from dasscod.cluster.timing import timed_command
 
 #: Commands are shown in error messages only up to this length (a wrapper script is long).
 SHOWN_COMMAND_CHARS = 200
@@ -41,6 +42,17 @@ class LocalTransport:
         stdin: str | None = None,
         timeout: float = 30.0,
         env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        with timed_command(self.name, argv):
+            return await self._run(argv, stdin=stdin, timeout=timeout, env=env)
+
+    async def _run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: str | None,
+        timeout: float,
+        env: Mapping[str, str] | None,
     ) -> CommandResult:
         if not argv:
             raise TransportError(f"{self.name}: refusing to run an empty command")

@@ -28,6 +28,7 @@ import anyio
 import asyncssh
 
 from dasscod.cluster.base import CommandResult, TransportError
+from dasscod.cluster.timing import timed_command
 from dasscod.log import get_logger
 
 log = get_logger(__name__)
@@ -66,6 +67,17 @@ class SshTransport:
         stdin: str | None = None,
         timeout: float = 30.0,
         env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        with timed_command(self.name, argv):
+            return await self._run(argv, stdin=stdin, timeout=timeout, env=env)
+
+    async def _run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: str | None,
+        timeout: float,
+        env: Mapping[str, str] | None,
     ) -> CommandResult:
         if env:
             raise ValueError(

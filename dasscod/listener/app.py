@@ -20,6 +20,7 @@ from dasscod.filenames import FILE_NAME_PATTERN
 from dasscod.listener.agent_api import agent_router
 from dasscod.listener.control_api import install_control_api
 from dasscod.listener.intake_api import Intake, intake_router
+from dasscod.listener.observe import install_metrics
 from dasscod.log import get_logger
 from dasscod.model import GUID_PATTERN, Metadata
 from dasscod.protocol.callbacks import (
@@ -66,6 +67,7 @@ def create_app(
     slots: Slots | None = None,
     control: tuple[ControlService, ControlReads] | None = None,
     control_tokens: dict[str, str] | None = None,
+    metrics_route: bool = False,
 ) -> FastAPI:
     service = CallbackService(stores, slots)
     app = FastAPI(
@@ -250,4 +252,5 @@ def create_app(
             {"status": "mongodb unreachable", "error": ping.error}, status_code=503
         )
 
+    install_metrics(app, route=metrics_route)
     return app

@@ -21,8 +21,9 @@ from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
+from dasscod import metrics
 from dasscod.log import get_logger
-from dasscod.model import FileEntry, Flag, HistoryEntry, Track, utcnow
+from dasscod.model import FileEntry, Flag, HistoryEntry, JobStatus, Track, as_utc, utcnow
 from dasscod.pipeline import JobEvent, Pipeline, RetryPolicy, derive, new_track_fields, plan
 from dasscod.queues import IN_FLIGHT, PAUSED, ArsFlag, FlagQuery, flag_tag, on_cluster
 from dasscod.store.codec import to_bson
@@ -46,6 +47,45 @@ MAX_CONFLICTS = 20
 #: read; if another writer got there first the version guard fails and the store re-reads, so
 #: a stale entry costs one round trip and is never written over anything.
 RECENT_TRACKS = 1024
+
+
+#: Job statuses that end an attempt (its run time is known).
+_ATTEMPT_ENDS = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.RETRY, JobStatus.ERROR,
+                           JobStatus.CRITICAL_ERROR})
+_ERRORS = frozenset({JobStatus.ERROR, JobStatus.CRITICAL_ERROR})
+
+
+def _report_transition(guid: str, entry: HistoryEntry, old: Track, new: Track) -> None:
+    """Log one written transition (a job ERROR at error level, with its reason) and count it
+    in the metrics: the transition, the attempt's queue wait and run time, and how long the
+    job waited to be claimed."""
+    fields = {"asset_guid": guid, "job": entry.job, "attempt": entry.attempt,
+              "cluster": entry.cluster, "from_": entry.from_, "to": entry.to,
+              "cause": entry.cause}
+    if entry.job is not None and entry.to in _ERRORS:
+        job = new.job(entry.job)
+        log.error("job failed for good: the asset waits for an operator",
+                  error=entry.error or job.last_error or entry.cause, **fields)
+    else:
+        log.info("transition", **fields)
+    if entry.job is None:
+        return
+    metrics.TRANSITIONS.labels(job=entry.job, to=entry.to).inc()
+    job = new.job(entry.job)
+    cluster = job.cluster or ""
+    if entry.to == JobStatus.STARTING and old.ready_since is not None:
+        metrics.observe_seconds(metrics.DISPATCH_LATENCY,
+                                (entry.at - as_utc(old.ready_since)).total_seconds())
+    elif entry.to == JobStatus.RUNNING and job.job_start_time and job.job_queued_time:
+        metrics.observe_seconds(
+            metrics.JOB_QUEUE_WAIT,
+            (as_utc(job.job_start_time) - as_utc(job.job_queued_time)).total_seconds(),
+            job=entry.job, cluster=cluster)
+    elif entry.to in _ATTEMPT_ENDS and job.job_start_time and job.job_end_time:
+        metrics.observe_seconds(
+            metrics.JOB_DURATION,
+            (as_utc(job.job_end_time) - as_utc(job.job_start_time)).total_seconds(),
+            job=entry.job, cluster=cluster)
 
 
 def files_mb(doc: Mapping[str, Any]) -> float:
@@ -217,15 +257,7 @@ class TrackStore:
                     new.version = current.version + 1
                     new.history = [*current.history, *result.history]
                     for entry in result.history:
-                        log.info(
-                            "transition",
-                            asset_guid=guid,
-                            job=entry.job,
-                            attempt=entry.attempt,
-                            from_=entry.from_,
-                            to=entry.to,
-                            cause=entry.cause,
-                        )
+                        _report_transition(guid, entry, current, new)
                     self._remember(new)
                     self._notify(new)
                     return Applied(True, new, result.ignored)

@@ -40,6 +40,7 @@ import anyio
 from anyio import to_thread
 from pymongo.errors import ConnectionFailure
 
+from dasscod import metrics
 from dasscod.delivery import (
     READY_MARKER,
     REASON_FILE,
@@ -400,6 +401,7 @@ class IntakeSupervisor:
         self._reported.pop(str(path), None)
         self._unfinished.discard(path)
         self._settle.forget(path.name)
+        metrics.INTAKE_QUARANTINED.inc()
         log.warning("delivery quarantined", folder=str(path), quarantine=str(dest), reason=reason)
 
     # ------------------------------------------------------------------ blocking helpers

@@ -33,6 +33,7 @@ from dasscod.cluster.direct.folder import (
 )
 from dasscod.cluster.direct.warm import WARM_LOG, WARM_MODULES, WARM_NAME, WarmLauncher
 from dasscod.cluster.local import LocalTransport
+from dasscod.cluster.timing import timed_command
 
 #: How long submit waits for the wrapper to record its pid before giving the launch up.
 SUBMIT_WAIT_S = 10.0
@@ -127,7 +128,10 @@ class DirectScheduler:
         problem = f"its wrapper recorded no pid within {SUBMIT_WAIT_S:g} s"
         # A failed warm launch falls back to the shell wrapper. Should the warm wrapper have
         # started after all (its answer lost), the shell wrapper's claim fails and it exits.
-        warm = await self._warm.launch(folder.path, spec) if self._warm is not None else None
+        warm = None
+        if self._warm is not None:
+            with timed_command(self.transport.name, ["warm-launch"]):
+                warm = await self._warm.launch(folder.path, spec)
         if warm is not None:
             claim = await self._await_claim(folder, warm)
         else:

@@ -1,0 +1,65 @@
+"""The store's counts behind the metrics' gauges (`dasscod.metrics.Snapshot`).
+
+Each query is driven by the `queues` tags (see `dasscod.queues`), so none scans the
+collection: the unfinished assets (few) are read with a projection and counted here; the
+finished ones are counted per pipeline from their `status:` tag; each ARS step's backlog is
+one indexed count. The daemon runs this in the background, never on a scrape.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+
+from dasscod.metrics import Snapshot
+from dasscod.model import JobStatus, as_utc
+from dasscod.queues import TAGGED_FLAGS, status_tag
+
+#: Overall statuses of an asset whose pipeline has not finished (ERROR waits for an operator).
+UNFINISHED = (JobStatus.WAITING, JobStatus.RUNNING, JobStatus.RETRY, JobStatus.PAUSED,
+              JobStatus.ERROR)
+#: Of those, the ones the daemon itself still has to move on.
+MOVING = (JobStatus.WAITING, JobStatus.RUNNING, JobStatus.RETRY)
+FINISHED = (JobStatus.DONE, JobStatus.CANCELLED)
+
+_PROJECTION = {
+    "_id": 0, "pipeline": 1, "jobs_status": 1, "created_timestamp": 1,
+    "job_list.name": 1, "job_list.status": 1, "job_list.cluster": 1,
+}
+
+
+async def take_snapshot(collection: AsyncCollection[dict[str, Any]]) -> Snapshot:
+    started = time.monotonic()
+    assets: dict[tuple[str, str], int] = {}
+    jobs: dict[tuple[str, str, str, str], int] = {}
+    oldest: float | None = None
+    cursor = collection.find(
+        {"queues": {"$in": [status_tag(s) for s in UNFINISHED]}}, _PROJECTION
+    )
+    async for doc in cursor:
+        pipeline, status = str(doc.get("pipeline", "")), str(doc.get("jobs_status", ""))
+        assets[pipeline, status] = assets.get((pipeline, status), 0) + 1
+        for job in doc.get("job_list", []):
+            key = (pipeline, str(job.get("name")), str(job.get("status")),
+                   str(job.get("cluster") or ""))
+            jobs[key] = jobs.get(key, 0) + 1
+        created = doc.get("created_timestamp")
+        if status in MOVING and created is not None:
+            stamp = as_utc(created).timestamp()
+            oldest = stamp if oldest is None else min(oldest, stamp)
+    for status in FINISHED:
+        async for row in await collection.aggregate([
+            {"$match": {"queues": status_tag(status)}},
+            {"$group": {"_id": "$pipeline", "n": {"$sum": 1}}},
+        ]):
+            assets[str(row["_id"]), str(status)] = int(row["n"])
+    backlog: dict[str, int] = {}
+    for flag, values in TAGGED_FLAGS.items():
+        for value in sorted(values):
+            backlog[f"{flag}={value}"] = await collection.count_documents(
+                {"queues": f"{flag}={value}"}
+            )
+    return Snapshot(assets=assets, jobs=jobs, ars_backlog=backlog, oldest_unfinished=oldest,
+                    taken_at=time.time(), took_s=time.monotonic() - started)
