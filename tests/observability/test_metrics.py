@@ -115,7 +115,7 @@ async def test_metrics_on_the_listener_and_a_restarted_supervisor_counted(
             await daemon.ready.wait()
         before = value(parse((await httpx.AsyncClient().get(url)).text),
                        "dasscod_supervisor_restarts_total", supervisor="test-crash")
-        tg.start_soon(daemon._supervise, "test-crash", crashes_once)
+        tg.start_soon(daemon.supervise, "test-crash", crashes_once)
         await scrape_until(url, lambda s: value(
             s, "dasscod_supervisor_restarts_total", supervisor="test-crash") == before + 1)
         daemon.stop()
