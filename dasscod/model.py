@@ -1,6 +1,6 @@
 """Documents and vocabularies shared by every part of the daemon.
 
-Field names follow DOMAIN.md so that data and HPC scripts from the current DaSSCo integration
+Field names follow docs/domain.md so that data and HPC scripts from the current DaSSCo integration
 server stay recognisable; what we add (attempt, cluster, end time, last error, history, version)
 sits beside them.
 """
@@ -175,7 +175,7 @@ class Track(BaseModel):
     active_clusters: list[str] = Field(default_factory=list)
     #: What the supervisors' queries look for (see `dasscod.queues`): derived, like `ready`.
     queues: list[str] = Field(default_factory=list)
-    # ARS / storage flags (DOMAIN.md); the ARS supervisor drives most of them.
+    # ARS / storage flags (docs/domain.md); the ARS supervisor drives most of them.
     is_in_ars: Flag = Flag.NO
     has_new_file: Flag = Flag.NO
     has_open_share: Flag = Flag.NO

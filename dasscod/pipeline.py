@@ -449,7 +449,7 @@ def _failure_target(job: Job, ev: JobEvent, *, allow_failure: bool) -> JobStatus
 
 
 def jobs_status(jobs: Iterable[Job]) -> JobStatus:
-    """The asset's overall status (DOMAIN.md): CANCELLED (an operator's decision) wins, then
+    """The asset's overall status (docs/domain.md): CANCELLED (an operator's decision) wins, then
     ERROR, then DONE when every job settled, RUNNING while any is active, RETRY while any waits
     for a retry, else WAITING."""
     statuses = [j.status for j in jobs]

@@ -1,6 +1,6 @@
 """The pure job state machine (`dasscod.pipeline.plan`) and the state derived from it.
 
-The expectations below are written out by hand from DOMAIN.md and the pipeline module's
+The expectations below are written out by hand from docs/domain.md and the pipeline module's
 documented rules; they are deliberately not computed from `TRANSITIONS`, so a change to the
 table that breaks a rule shows up here.
 """
