@@ -153,6 +153,7 @@ class Event(StrEnum):
     LEASE = "lease"  # a pull cluster's agent takes a claimed job to submit it (until lease_until)
     OPERATOR_CANCEL = "operator_cancel"  # `dasscod cancel`: every unfinished job is CANCELLED
     OPERATOR_RERUN = "operator_rerun"  # `dasscod retry --from`: a settled job runs again
+    REFUSED = "refused"  # dispatch: the job cannot run here at all (its pipeline is unknown)
 
 
 S = JobStatus
@@ -186,6 +187,7 @@ TRANSITIONS: dict[Event, dict[JobStatus, JobStatus | str]] = {
     Event.OPERATOR_RETRY: {S.ERROR: S.WAITING, S.CRITICAL_ERROR: S.WAITING, S.FAILED: S.WAITING},
     Event.LEASE: {S.STARTING: S.STARTING},
     Event.OPERATOR_CANCEL: {s: S.CANCELLED for s in CANCELLABLE},
+    Event.REFUSED: {S.WAITING: S.ERROR, S.RETRY: S.ERROR},
     # Not from an active status: an asset is re-run from a job only when nothing of it runs.
     Event.OPERATOR_RERUN: {
         s: S.WAITING for s in (S.DONE, S.FAILED, S.ERROR, S.CRITICAL_ERROR, S.STOPPED,
@@ -394,6 +396,9 @@ def _apply_job_event(
             updated.max_attempts = job.attempt + (
                 pipeline.spec(job.name).max_attempts if pipeline and _has(pipeline, job.name) else 1
             )
+            updated.not_before = None
+        case Event.REFUSED:
+            updated.last_error = ev.error or str(ev.event)
             updated.not_before = None
         case Event.OPERATOR_CANCEL:
             updated.not_before = None

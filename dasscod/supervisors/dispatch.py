@@ -2,8 +2,12 @@
 them to the launcher.
 
 Woken at once by any transition that makes its job ready somewhere; a slow sweep catches
-what a lost wake-up or a restart left behind. An asset whose job failed leaves the ready set
-(RETRY with a not-before time), so it never blocks the assets behind it.
+what a lost wake-up or a restart left behind. Nothing one asset does holds up the assets
+behind it: an asset whose job failed leaves the ready set (RETRY with a not-before time); one
+whose clusters are full, paused or unreachable is skipped for this pass (and kept for the pass
+a freed slot wakes), not waited on; one that cannot run here at all (its pipeline or job is
+unknown, none of its clusters is configured) goes to ERROR with the reason; and an unexpected
+error for one asset is logged with back-off (`RepeatedErrors`) while the pass goes on.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from datetime import datetime
 
 import anyio
 from anyio.abc import TaskGroup
+from pymongo.errors import PyMongoError
 
 from dasscod.cluster.configured import Cluster
 from dasscod.coordination import Throttle, Wakeups
@@ -20,6 +25,7 @@ from dasscod.holds import Holds
 from dasscod.log import get_logger
 from dasscod.model import JobStatus, Track
 from dasscod.pipeline import Event, JobEvent, Pipeline
+from dasscod.repeated import RepeatedErrors
 from dasscod.services.launch import AttemptKey, Launcher
 from dasscod.store import Stores
 
@@ -73,6 +79,8 @@ class Dispatcher:
         #: transition of this process offered, such as another process's writes.
         self._sweep = True
         self.log = log.bind(job=job)
+        #: Assets whose dispatch failed unexpectedly: left alone for a back-off.
+        self.errors = RepeatedErrors()
 
     def offer(self, track: Track) -> None:
         """A transition this process wrote made our job ready on `track`: claim it from this
@@ -118,43 +126,85 @@ class Dispatcher:
             )
             more_in_store = len(tracks) >= BATCH
         claimed = 0
-        for i, track in enumerate(tracks):
+        waiting: list[Track] = []  # no slot on their clusters now: kept for a freed slot
+        for track in tracks:
             if self.stopping.is_set():
                 break
-            if self.job not in track.ready:
+            if self.job not in track.ready or not self.errors.due(track.id):
                 continue
             if self.holds.pipeline_paused(track.pipeline) or (
                 self.holds.draining and self.throttle.entering(track)
             ):
                 continue  # held by an operator; found again by the sweep a resume asks for
-            pipeline = self.pipelines.get(track.pipeline)
-            if pipeline is None:
-                self.log.error("asset names an unknown pipeline; skipped",
-                               asset_guid=track.id, pipeline=track.pipeline)
-                continue
-            preferred = [c for c in pipeline.spec(self.job).clusters if c in self.clusters]
-            cluster = self.throttle.reserve(track, preferred, self.job)
-            if cluster is None:
-                self._keep(tracks[i:], more_in_store=more_in_store)
-                return claimed, True, from_offers
             try:
-                result = await self.stores.track.apply(
-                    track.id,
-                    [JobEvent(self.job, Event.CLAIM, cluster=cluster)],
-                    cause="dispatch",
-                    known=track,
-                )
-            finally:
-                self.throttle.release(track.id, cluster)
-            if not result.applied or result.track.job(self.job).status is not JobStatus.STARTING:
-                continue  # someone else claimed it, or it stopped being ready
-            key = self.launcher.hold(result.track, self.job)
-            claimed += 1
-            tg.start_soon(self._submit, result.track, key)
+                outcome = await self._claim(track, tg)
+            except PyMongoError:
+                raise  # the store's trouble, not this asset's
+            except Exception as exc:
+                self.errors.failed(track.id, exc, "dispatching an asset failed; it waits",
+                                   asset_guid=track.id, job=self.job)
+                continue
+            if outcome is None:
+                waiting.append(track)
+            elif outcome:
+                claimed += 1
+        if waiting:
+            self._keep(waiting, more_in_store=more_in_store)
+            return claimed, True, from_offers
         if not from_offers:
             self._backlog = False
         self.throttle.served(self.job)
         return claimed, False, from_offers
+
+    async def _claim(self, track: Track, tg: TaskGroup) -> bool | None:
+        """Claim our job of `track` on a cluster with room and start its submission: True
+        when claimed, False when not (someone else did, it cannot run here), None when its
+        clusters have no room now."""
+        refusal = self._refusal(track)
+        if refusal is not None:
+            self.log.warning("job cannot run; asset put in ERROR", asset_guid=track.id,
+                             pipeline=track.pipeline, reason=refusal)
+            await self.stores.track.apply(
+                track.id, [JobEvent(self.job, Event.REFUSED, error=refusal)],
+                cause="dispatch: refused", known=track,
+            )
+            return False
+        pipeline = self.pipelines[track.pipeline]
+        preferred = [c for c in pipeline.spec(self.job).clusters if c in self.clusters]
+        cluster = self.throttle.reserve(track, preferred, self.job)
+        if cluster is None:
+            return None
+        try:
+            result = await self.stores.track.apply(
+                track.id,
+                [JobEvent(self.job, Event.CLAIM, cluster=cluster)],
+                cause="dispatch",
+                known=track,
+            )
+        finally:
+            self.throttle.release(track.id, cluster)
+        self.errors.cleared(track.id)
+        if not result.applied or result.track.job(self.job).status is not JobStatus.STARTING:
+            return False  # someone else claimed it, or it stopped being ready
+        key = self.launcher.hold(result.track, self.job)
+        tg.start_soon(self._submit, result.track, key)
+        return True
+
+    def _refusal(self, track: Track) -> str | None:
+        """Why our job of `track` can never run on this daemon as configured (None: it can)."""
+        pipeline = self.pipelines.get(track.pipeline)
+        if pipeline is None:
+            known = ", ".join(sorted(self.pipelines)) or "none"
+            return (f"pipeline {track.pipeline!r} is not known to this daemon (known: {known});"
+                    f" restore it, then `dasscod retry {track.id}`")
+        if self.job not in {spec.name for spec in pipeline.jobs}:
+            return (f"pipeline {pipeline.name} has no job {self.job!r} any more; "
+                    f"`dasscod retry {track.id}` once it has")
+        wanted = pipeline.spec(self.job).clusters
+        if not any(c in self.clusters for c in wanted):
+            return (f"none of the clusters of job {self.job} in pipeline {pipeline.name} "
+                    f"({', '.join(wanted) or 'none'}) is configured")
+        return None
 
     def _keep(self, unclaimed: list[Track], *, more_in_store: bool) -> None:
         """No slot for these: keep them for the pass a freed slot wakes, so that it claims
@@ -169,4 +219,13 @@ class Dispatcher:
 
     async def _submit(self, track: Track, key: AttemptKey) -> None:
         async with self._submits:
-            await self.launcher.submit(track, self.job, key)
+            try:
+                await self.launcher.submit(track, self.job, key)
+            except PyMongoError as exc:
+                # The claim stands; the watcher reconciles the attempt by its name.
+                self.log.warning("recording a submission failed; the watcher reconciles it",
+                                 asset_guid=track.id, error=str(exc))
+            except Exception as exc:
+                # Outcome unknown: the attempt stays STARTING for the watcher to look up.
+                self.errors.failed(track.id, exc, "submitting a job failed unexpectedly",
+                                   asset_guid=track.id, job=self.job)

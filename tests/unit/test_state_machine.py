@@ -61,6 +61,8 @@ EXPECTED: dict[Event, dict[JobStatus, JobStatus]] = {
     E.OPERATOR_RERUN: {S.DONE: S.WAITING, S.FAILED: S.WAITING, S.ERROR: S.WAITING,
                        S.CRITICAL_ERROR: S.WAITING, S.STOPPED: S.WAITING,
                        S.CANCELLED: S.WAITING, S.RETRY: S.WAITING},
+    # dispatch: a job that cannot run at all (its pipeline is unknown) is in ERROR at once.
+    E.REFUSED: {S.WAITING: S.ERROR, S.RETRY: S.ERROR},
 }
 
 #: Everything that reaches the state machine from outside the operator's hands.
