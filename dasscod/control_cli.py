@@ -245,8 +245,8 @@ def _show_timeline(t: dict[str, Any]) -> None:
         click.echo(f"  to retry: dasscod retry {t['guid']} {failed}")
     click.echo("\nJOBS")
     table(["JOB", "STATUS", "ATTEMPT", "CLUSTER", "SCHEDULER ID", "CLAIMED", "ENDED", "ERROR"],
-          [[j["name"], j["status"], f"{j['attempt']}/{j['max_attempts']}", j["cluster"],
-            a["hpc_job_id"], when(a["claimed"]), when(a["ended"]),
+          [[j["name"], _attempt_status(j, a), f"{a['attempt']}/{j['max_attempts']}",
+            a["cluster"], a["hpc_job_id"], when(a["claimed"]), when(a["ended"]),
             (a["error"] or "")[:70] or None]
            for j in t["jobs"] for a in (j["attempts"] or [_never(j)])])
     click.echo("\nTIMELINE")
@@ -269,7 +269,15 @@ def _show_timeline(t: dict[str, Any]) -> None:
 
 
 def _never(job: dict[str, Any]) -> dict[str, Any]:
-    return {"hpc_job_id": None, "claimed": None, "ended": None, "error": job["last_error"]}
+    """The row of a job that never ran."""
+    return {"attempt": 0, "cluster": None, "hpc_job_id": None, "claimed": None, "ended": None,
+            "error": job["last_error"], "outcome": None}
+
+
+def _attempt_status(job: dict[str, Any], attempt: dict[str, Any]) -> str:
+    """An earlier attempt shows how it ended; the current one the job's status."""
+    current = attempt["attempt"] == job["attempt"]
+    return str(job["status"] if current else attempt["outcome"] or "-")
 
 
 @click.command()

@@ -114,7 +114,7 @@ class ControlService:
         changed = await self.stores.control.put(hold)
         if changed:
             self.holds.put(hold)
-        detail = f"{target} paused" if changed else f"{target} was already paused"
+        detail = "paused" if changed else "was already paused"
         if kind == "cluster":
             detail += "; its running jobs finish, no new job is submitted there"
         return await self._audit(f"pause {kind}", target, changed, detail, by, reason)
@@ -128,7 +128,7 @@ class ControlService:
         self.holds.remove(PAUSE, target)
         if changed:
             self.released()
-        detail = f"{target} resumed" if changed else f"{target} was not paused"
+        detail = "resumed" if changed else "was not paused"
         return await self._audit(f"resume {kind}", target, changed, detail, by, reason)
 
     async def drain(self, on: bool, *, by: str, reason: str | None) -> ActionResult:
@@ -159,14 +159,14 @@ class ControlService:
         if value is None:
             changed = await self.stores.control.remove(LIMIT, target)
             self.holds.remove(LIMIT, target)
-            detail = f"{target} back to its configured limit {configured}"
+            detail = f"back to its configured limit {configured}"
         else:
             if value < 1:
                 raise ControlError(422, f"{target}: a limit must be at least 1, not {value}")
             hold = Hold(LIMIT, target, by=by, at=utcnow(), reason=reason, value=value)
             changed = await self.stores.control.put(hold)
             self.holds.put(hold)
-            detail = f"{target} limit {value} (configured: {configured})"
+            detail = f"limit {value} (configured: {configured})"
         self._apply_limits()
         if changed:
             self.released()

@@ -222,7 +222,7 @@ async def test_a_paused_asset_waits_and_intake_pauses_until_resumed(
         ok(cli(stack, "pause", "intake", "--reason", "disk check"))
         deliver(stack.intake, "held-1")
         ok(cli(stack, "pause", "pipeline", "PIPEHERB0001"))
-        assert "intake resumed" in ok(cli(stack, "resume", "intake"))
+        assert "intake: resumed" in ok(cli(stack, "resume", "intake"))
         await until("intake took the delivery", lambda: track.count_documents({"_id": "held-1"}))
         doc = await track.find_one({"_id": "held-1"})
         assert doc is not None and all(j["attempt"] == 0 for j in doc["job_list"])
