@@ -13,6 +13,7 @@ import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process
 
 from dasscod.cluster.base import CommandResult, TransportError
+from dasscod.cluster.environment import job_environment
 from dasscod.cluster.timing import timed_command
 
 #: Commands are shown in error messages only up to this length (a wrapper script is long).
@@ -20,7 +21,8 @@ SHOWN_COMMAND_CHARS = 200
 
 
 class LocalTransport:
-    """Runs argv lists as child processes of the daemon.
+    """Runs argv lists as child processes of the daemon, in the basic environment of
+    `dasscod.cluster.environment` plus `env`: never the daemon's own (it holds secrets).
 
     Each command gets its own process group (a new session), so a timeout can kill everything
     it started, not just the first process, and the daemon's terminal signals (Ctrl-C) are not
@@ -61,7 +63,7 @@ class LocalTransport:
             process = await anyio.open_process(
                 list(argv),
                 stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                env={**os.environ, **env} if env else None,
+                env=job_environment(env),
                 start_new_session=True,
             )
         except OSError as exc:

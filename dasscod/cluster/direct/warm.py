@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -19,6 +18,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from dasscod.cluster.base import JobSpec
 from dasscod.cluster.direct.folder import KILL_AFTER_S
+from dasscod.cluster.environment import job_environment
 from dasscod.log import get_logger
 
 log = get_logger(__name__)
@@ -72,7 +72,7 @@ class WarmLauncher:
         argv = spec.argv
         if len(argv) < 3 or argv[1] != "-m" or argv[2] not in self.modules:
             return None
-        env = {**os.environ, **spec.env}
+        env = job_environment(spec.env)
         key = (argv[0], frozenset((k, v) for k, v in env.items() if k.startswith("PYTHON")))
         if key in self._failed:
             return None
