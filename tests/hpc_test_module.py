@@ -101,7 +101,7 @@ MODULES: dict[str, Callable[[JobContext], Results]] = {
             }
         }
     ),
-    "ocr": _module(lambda ctx: {"metadata": {"ocr_text": f"Test OCR text of {ctx.guid}"}}),
+    "ocr": _module(lambda ctx: {"metadata": {"tags": {"ocr": f"Test OCR text of {ctx.guid}"}}}),
     "derivatives": _module(lambda ctx: {"derivatives": []}),
     "upload": _module(lambda ctx: {}),
     "clean_up": _module(lambda ctx: {"clean_up": True}),

@@ -64,7 +64,9 @@ class Planned:
 
     @property
     def expected_type(self) -> str:
-        return {"target": "DEVICE_TARGET", "mos_label": "LABEL"}.get(self.kind, "SPECIMEN")
+        if self.kind in ("target", "colour_checker"):
+            return "DEVICE_TARGET"
+        return "LABEL" if self.kind == "mos_label" else "SPECIMEN"
 
     @property
     def expected_barcodes(self) -> list[str]:
@@ -76,21 +78,23 @@ def say(message: str) -> None:
 
 
 def kinds(n: int) -> list[tuple[str, int]]:
-    """(kind, seed) per asset: a MOS pair (same seed: same disposable id), a colour target,
-    then ordinary specimens and a sheet with two specimens."""
-    plan = [("mos_specimen", 7), ("mos_label", 7), ("target", 3)]
-    plan += [("mso" if i % 4 == 3 else "specimen", 100 + i) for i in range(max(0, n - 3))]
+    """(kind, seed) per asset: a MOS pair (same seed: same disposable id), a colour target
+    with its printed code and one without, then specimens (each label placed, sized, set in
+    a font, rotated and worded differently) and a sheet with two specimens."""
+    plan = [("mos_specimen", 7), ("mos_label", 7), ("target", 3), ("colour_checker", 4)]
+    plan += [("mso" if i % 4 == 3 else "specimen", 100 + i) for i in range(max(0, n - 4))]
     return plan[:n]
 
 
 def draw_batch(folder: Path, n: int, size: tuple[int, int]) -> list[tuple[Planned, Path]]:
-    from dassco_hpc.synthetic import write  # needs the hpc `modules` extra (Pillow, zxing-cpp)
+    from dassco_hpc.synthetic import varied, write  # needs the hpc `modules` extra
 
     batch = []
     for i, (kind, seed) in enumerate(kinds(n)):
         guid = f"demo-{i:02d}-{kind.replace('_', '-')}-{uuid.uuid4().hex[:4]}"
         path = folder / f"{guid}.tif"
-        sheet = write(path, kind, size, seed)
+        sheet = write(path, kind, size, seed,
+                      variation=varied(seed) if kind in ("specimen", "mso") else None)
         words = [w for line in sheet.label_lines for w in line.split()]
         batch.append((Planned(guid, kind, sheet.payloads, words), path))
     return batch
@@ -282,6 +286,15 @@ def check(outcome: Outcome) -> list[str]:
             problems.append(f"{p.guid}: barcodes {sorted(missing)} not read")
         if p.kind in ("specimen", "mso") and outcome.derivatives.get(p.guid, 0) == 0:
             problems.append(f"{p.guid}: no derivative registered")
+        tags = meta.get("tags") or {}
+        if p.kind in ("specimen", "mso"):
+            read = set(str(tags.get("ocr") or "").split())
+            found = sum(w in read for w in p.label_words)
+            if found < 0.8 * len(p.label_words):
+                problems.append(f"{p.guid}: OCR read {found} of the label's "
+                                f"{len(p.label_words)} words ({tags.get('ocr_reason', '')})")
+        if p.expected_type == "DEVICE_TARGET" and not tags.get("device_target"):
+            problems.append(f"{p.guid}: not marked as a device target in its metadata tags")
         if ars_state(track) != "ERDA":
             problems.append(f"{p.guid}: ARS {ars_state(track)}, expected ERDA"
                             + (f" ({track['ars_error']})" if track.get("ars_error") else ""))
@@ -302,16 +315,27 @@ def check(outcome: Outcome) -> list[str]:
 
 def table(outcome: Outcome) -> None:
     say("")
-    say(f"{'asset':<30}{'type':<15}{'barcodes':<28}{'OCR (first words)':<30}"
-        f"{'deriv.':>7}  {'ARS':<10}{'status':<8}")
+    say(f"{'asset':<30}{'type':<15}{'barcodes':<28}{'OCR (first words) / target':<38}"
+        f"{'conf':>5} {'words':>5}{'deriv.':>7}  {'ARS':<10}{'status':<8}")
     for p in outcome.planned:
         track = outcome.tracks.get(p.guid, {})
         meta = outcome.metadata.get(p.guid, {})
+        tags = meta.get("tags") or {}
         barcodes = ",".join(meta.get("barcode", [])) or "-"
-        ocr = " ".join(str(meta.get("ocr_text") or "").split()[:4]) or "-"
-        say(f"{p.guid:<30}{track.get('asset_type', '?'):<15}{barcodes[:27]:<28}{ocr[:29]:<30}"
+        if tags.get("device_target"):
+            read = f"target: {tags['device_target']}"
+        elif tags.get("ocr_status") == "NO_TEXT":
+            read = f"no text: {tags.get('ocr_reason', '')}"
+        else:
+            read = " ".join(str(tags.get("ocr") or "").split()[:5]) or "-"
+        confidence = tags.get("ocr_confidence")
+        say(f"{p.guid:<30}{track.get('asset_type', '?'):<15}{barcodes[:27]:<28}{read[:37]:<38}"
+            f"{confidence if confidence is not None else '-':>5} "
+            f"{len(tags.get('ocr_words') or []) or '-':>5}"
             f"{outcome.derivatives.get(p.guid, 0):>7}  {ars_state(track) if track else '?':<10}"
             f"{track.get('jobs_status', '?'):<8}")
+    say("(OCR: metadata tags ocr, ocr_confidence, ocr_words, ocr_label_box; a device target's "
+        "tag device_target says how it was recognised)")
     say("(ARS: ERDA = in ARS, files archived in ERDA, metadata pushed; checked in ARS itself)")
     children = list(outcome.children.values())
     if children:

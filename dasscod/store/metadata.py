@@ -42,12 +42,23 @@ class MetadataStore:
         return [doc async for doc in self.collection.find({"_id": {"$in": list(guids)}})]
 
     async def merge(self, guid: str, data: Mapping[str, Any], *, updated_by: str) -> bool:
-        """`$set` each top-level field of `data`; returns False if the asset has no metadata."""
+        """`$set` each top-level field of `data`; returns False if the asset has no metadata.
+
+        `tags` is merged tag by tag: a job adds or replaces its own tags (OCR's `ocr`, the
+        barcode reader's `device_target`) and keeps everyone else's, such as the
+        `metadataTemplate` the digitiser set (the current system's OCR replaced the whole
+        object and lost it)."""
         bad = sorted(k for k in data if k in PROTECTED_FIELDS or k.startswith("$") or "." in k)
+        tags = data.get("tags") or {}
+        if not isinstance(tags, Mapping):
+            raise ValueError(f"metadata tags must be an object, not {type(tags).__name__}")
+        bad += sorted(f"tags.{k}" for k in tags if not k or k.startswith("$") or "." in k)
         if bad:
             raise ValueError(f"these metadata fields cannot be set by a job: {', '.join(bad)}")
+        plain = {k: v for k, v in data.items() if k != "tags"}
         fields = {
-            **to_bson(dict(data)),
+            **to_bson(plain),
+            **{f"tags.{k}": v for k, v in to_bson(dict(tags)).items()},
             "date_metadata_updated": utcnow(),
             "metadata_updated_by": updated_by,
         }

@@ -4,7 +4,10 @@
 # installs only what is missing. Without root or apt it says so and exits 0: the tests that
 # need these packages then skip with their reason.
 set -eu
-PACKAGES="tesseract-ocr fonts-dejavu-core systemd"
+# tesseract-ocr-dan/-eng/-lat: the OCR module's default languages; fonts-urw-base35 (Z003, a
+# chancery hand), fonts-liberation and fonts-freefont-ttf: the varied synthetic labels.
+PACKAGES="tesseract-ocr tesseract-ocr-dan tesseract-ocr-eng tesseract-ocr-lat fonts-dejavu-core"
+PACKAGES="$PACKAGES fonts-urw-base35 fonts-liberation fonts-freefont-ttf systemd"
 
 missing=""
 for pkg in $PACKAGES; do

@@ -1,34 +1,43 @@
-"""HERB0001 `ocr`: read the label text with tesseract.
+"""HERB0001 `ocr`: find the label text on the sheet and read it with tesseract.
 
-Where the label is cannot be found cheaply and reliably on real sheets (labels, annotation
-slips and stamps look alike to a threshold), so tesseract reads the whole sheet, trimmed of
-the scanner background and scaled so that its long side is at most DASSCO_OCR_MAX_PX (default
-2500: label text stays ~20 px high on a 4000x6000 scan, and tesseract's time grows with the
-pixel count). DASSCO_OCR_REGION="x0,y0,x1,y1" (fractions of the trimmed sheet, e.g.
-"0.4,0.7,1,1" for the customary bottom-right label) narrows it where a collection's layout is
-known. Words below DASSCO_OCR_MIN_CONFIDENCE (default 50) are dropped: the plant, the Data
-Matrix and the ruler otherwise come back as confident-looking garbage with low scores.
+Tesseract's default page segmentation over a whole sheet returns nothing useful: the plant,
+the ruler and the codes swamp its layout analysis. So the text blocks are found first
+(`dassco_hpc.layout`: strokes of glyph size in rows, on a downscaled copy; nothing assumes the
+label's colour, border or place), and each block is cut from the full-size image, levelled
+(labels are glued on askew), scaled so that its text is ~`GLYPH_PX` high (what tesseract reads
+best, and what keeps its time independent of the scan's resolution) and read with a page
+segmentation mode for a sparse block of lines (DASSCO_OCR_PSM, default 11: "sparse text", which
+does not expect a full page). DASSCO_OCR_REGION="x0,y0,x1,y1" (fractions of the image) narrows
+the search where a collection's layout is known.
 
-Result: `metadata.ocr_text` (lines in reading order), `ocr_language` (the tesseract language
-string, DASSCO_OCR_LANG, default "eng"; e.g. "eng+dan+lat" if those language packs are
-installed) and `ocr_confidence` (mean word confidence 0-100 of the kept words; null when
-there is no text). An empty label gives empty text, not a failure. A missing tesseract binary
-or language pack is a non-retryable failure naming what to install.
+Languages: DASSCO_OCR_LANG, default "dan+eng+lat" (a Danish herbarium's labels; Debian packages
+tesseract-ocr-dan, -eng, -lat). Words below DASSCO_OCR_MIN_CONFIDENCE (default 50) are dropped:
+the plant and a Data Matrix otherwise come back as garbage with low scores.
+
+Result, in the asset's metadata `tags` (DaSSCo's OCR wrote `tags.ocr`; see docs/modules.md):
+`ocr` (the text, lines in reading order), `ocr_status` (`TEXT_FOUND` or `NO_TEXT`),
+`ocr_reason` (why nothing was read, with `NO_TEXT`), `ocr_language`, `ocr_confidence` (mean
+word confidence, 0-100), `ocr_label_box` (the image and box of the block with the most words),
+`ocr_words` (each word with its confidence, image and box, in the image's pixels). A missing
+tesseract binary or language pack is a non-retryable failure naming what to install.
 
 Tesseract runs single-threaded unless OMP_THREAD_LIMIT says otherwise (see `TESSERACT_THREADS`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dassco_hpc.context import JobContext
 from dassco_hpc.errors import ModuleFailed
-from dassco_hpc.imaging import content_box, number, open_image, optional, source_images
+from dassco_hpc.imaging import number, open_image, optional, source_images
+from dassco_hpc.layout import TextBlock, text_blocks
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -38,6 +47,19 @@ if TYPE_CHECKING:
 #: machine a 1200x1800 sheet took 0.55-0.65 CPU-s with the default and 0.22 CPU-s with one
 #: thread (0.63-0.73 s against 0.32-0.39 s wall). An OMP_THREAD_LIMIT the operator set is kept.
 TESSERACT_THREADS = "1"
+DEFAULT_LANG = "dan+eng+lat"
+#: Glyph height (median of a block's marks, about a capital's) that a block is scaled to:
+#: tesseract reads 20-40 px text best.
+GLYPH_PX = 32
+TEXT_FOUND, NO_TEXT = "TEXT_FOUND", "NO_TEXT"
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    confidence: float
+    box: tuple[int, int, int, int]
+    line: tuple[int, int, int, int]
 
 
 def region(env: Mapping[str, str]) -> tuple[float, float, float, float]:
@@ -56,37 +78,40 @@ def region(env: Mapping[str, str]) -> tuple[float, float, float, float]:
     return (x0, y0, x1, y1)
 
 
-def prepare(img: Image, env: Mapping[str, str]) -> Image:
-    """The part of the sheet to read, in grey, scaled down to the configured size."""
-    left, top, right, bottom = content_box(img)
+def find_blocks(img: Image, env: Mapping[str, str]) -> list[TextBlock]:
+    """The text blocks of the image (within DASSCO_OCR_REGION), in full-size pixels."""
+    np = optional("numpy", "numpy")
     x0, y0, x1, y1 = region(env)
-    w, h = right - left, bottom - top
     box = (
-        left + round(x0 * w), top + round(y0 * h), left + round(x1 * w), top + round(y1 * h),
+        round(x0 * img.width), round(y0 * img.height), round(x1 * img.width),
+        round(y1 * img.height),
     )  # fmt: skip
-    part = img.crop(box).convert("L")
-    max_px = number(env, "DASSCO_OCR_MAX_PX", 2500, minimum=200)
-    scale = max_px / max(part.size)
-    if scale < 1:
-        part = part.resize(
-            (max(1, round(part.width * scale)), max(1, round(part.height * scale))),
-            resample=optional("PIL.Image", "Pillow").Resampling.LANCZOS,
+    gray = np.asarray(img.crop(box).convert("L") if box != (0, 0, *img.size) else img.convert("L"))
+    limit = round(number(env, "DASSCO_OCR_MAX_BLOCKS", 4, minimum=1))
+    return [
+        TextBlock(
+            box=(b.box[0] + box[0], b.box[1] + box[1], b.box[2] + box[0], b.box[3] + box[1]),
+            glyph_px=b.glyph_px,
+            angle=b.angle,
+            glyphs=b.glyphs,
         )
-    return part
+        for b in text_blocks(gray, limit=limit)
+    ]
 
 
-def read_text(img: Image, lang: str, min_confidence: float) -> tuple[str, float | None]:
-    """(text, mean confidence) of the words tesseract is at least `min_confidence` sure of."""
+def _tesseract(page: Image, lang: str, psm: int) -> dict[str, list[Any]]:
     tess = optional("pytesseract", "pytesseract")
     os.environ.setdefault("OMP_THREAD_LIMIT", TESSERACT_THREADS)  # tesseract inherits it
     with tempfile.TemporaryDirectory(prefix="dassco-ocr-") as tmp:
         # Given an image object, pytesseract writes it as a PNG for tesseract to read, and
-        # zlib spent more time on that (0.5 s for a 4000x6000 sheet) than tesseract on the
-        # reading; an uncompressed greyscale PGM costs nothing to write and reads the same.
-        page = Path(tmp) / "page.pgm"
-        (img if img.mode == "L" else img.convert("L")).save(page, format="PPM")
+        # zlib costs more than tesseract's reading of a label; an uncompressed greyscale PGM
+        # costs nothing to write and reads the same.
+        path = Path(tmp) / "block.pgm"
+        page.save(path, format="PPM")
         try:
-            data = tess.image_to_data(str(page), lang=lang, output_type=tess.Output.DICT)
+            data: dict[str, list[Any]] = tess.image_to_data(
+                str(path), lang=lang, config=f"--psm {psm}", output_type=tess.Output.DICT
+            )
         except tess.TesseractNotFoundError:
             raise ModuleFailed(
                 "the tesseract binary is not installed or not on PATH (Debian: apt-get install "
@@ -94,44 +119,142 @@ def read_text(img: Image, lang: str, min_confidence: float) -> tuple[str, float 
                 retryable=False,
             ) from None
         except tess.TesseractError as exc:
+            packs = " ".join(f"tesseract-ocr-{code}" for code in lang.split("+"))
             raise ModuleFailed(
                 f"tesseract failed with language {lang!r}: {exc} "
-                "(is the language pack installed?)",
+                f"(is the language pack installed? Debian: apt-get install {packs})",
                 retryable=False,
             ) from None
-    lines: dict[tuple[int, int, int], list[str]] = {}
-    confidences: list[float] = []
-    for i, word in enumerate(data["text"]):
+    return data
+
+
+def read_block(
+    img: Image, block: TextBlock, lang: str, psm: int, min_confidence: float
+) -> list[Word]:
+    """The words tesseract is at least `min_confidence` sure of in one block, with boxes in
+    the image's pixels, in reading order."""
+    pil = optional("PIL.Image", "Pillow")
+    left, top, right, bottom = block.box
+    crop = img.crop(block.box).convert("L")
+    levelled = crop.rotate(-block.angle, resample=pil.Resampling.BICUBIC, expand=True,
+                           fillcolor=255) if abs(block.angle) >= 0.3 else crop  # fmt: skip
+    scale = min(2.5, max(0.2, GLYPH_PX / max(block.glyph_px, 1.0)))
+    page = levelled.resize(
+        (max(1, round(levelled.width * scale)), max(1, round(levelled.height * scale))),
+        resample=pil.Resampling.LANCZOS,
+    )
+    data = _tesseract(page, lang, psm)
+    theta = math.radians(-block.angle if levelled is not crop else 0.0)
+    cx, cy = crop.width / 2, crop.height / 2
+    rx, ry = levelled.width / 2, levelled.height / 2
+
+    def back(u: float, v: float) -> tuple[float, float]:
+        """A point of the page in the image: undo the scaling, the rotation, the crop."""
+        du, dv = u / scale - rx, v / scale - ry
+        x = du * math.cos(theta) - dv * math.sin(theta) + cx
+        y = du * math.sin(theta) + dv * math.cos(theta) + cy
+        return left + x, top + y
+
+    def box_of(x: int, y: int, w: int, h: int) -> tuple[int, int, int, int]:
+        corners = [back(x, y), back(x + w, y), back(x, y + h), back(x + w, y + h)]
+        xs, ys = [c[0] for c in corners], [c[1] for c in corners]
+        return (
+            max(left, math.floor(min(xs))), max(top, math.floor(min(ys))),
+            min(right, math.ceil(max(xs))), min(bottom, math.ceil(max(ys))),
+        )  # fmt: skip
+
+    on_page: list[Word] = []
+    for i, raw in enumerate(data["text"]):
+        text = str(raw).strip()
         conf = float(data["conf"][i])
-        if not word.strip() or conf < min_confidence:
+        if not text or conf < min_confidence:
             continue
-        key = (int(data["block_num"][i]), int(data["par_num"][i]), int(data["line_num"][i]))
-        lines.setdefault(key, []).append(word.strip())
-        confidences.append(conf)
-    text = "\n".join(" ".join(words) for _, words in sorted(lines.items()))
-    mean = round(sum(confidences) / len(confidences), 1) if confidences else None
-    return text, mean
+        x, y, w, h = (int(data[k][i]) for k in ("left", "top", "width", "height"))
+        on_page.append(Word(text=text, confidence=conf, box=(x, y, x + w, y + h), line=(0,) * 4))
+    # Lines are found on the levelled page, where they are horizontal; then each box goes
+    # back to where it is in the image.
+    return [
+        Word(w.text, w.confidence, box_of(w.box[0], w.box[1], w.box[2] - w.box[0],
+                                          w.box[3] - w.box[1]), w.line)
+        for w in _reading_order(on_page)
+    ]  # fmt: skip
+
+
+def _reading_order(words: list[Word]) -> list[Word]:
+    """Words in lines top to bottom, left to right. Sparse-text mode numbers every word
+    apart, so lines are made from the words' vertical overlap instead of its numbering."""
+    ordered = sorted(words, key=lambda w: (w.box[1] + w.box[3]) / 2)
+    lines: list[list[Word]] = []
+    for word in ordered:
+        middle = (word.box[1] + word.box[3]) / 2
+        if lines:
+            last = lines[-1]
+            top = min(w.box[1] for w in last)
+            bottom = max(w.box[3] for w in last)
+            if top <= middle <= bottom:
+                last.append(word)
+                continue
+        lines.append([word])
+    out: list[Word] = []
+    for number_, line in enumerate(lines):
+        for word in sorted(line, key=lambda w: w.box[0]):
+            out.append(Word(word.text, word.confidence, word.box, (number_, 0, 0, 0)))
+    return out
+
+
+def _text(words: list[Word]) -> str:
+    lines: dict[tuple[int, int, int, int], list[str]] = {}
+    for word in words:
+        lines.setdefault(word.line, []).append(word.text)
+    return "\n".join(" ".join(v) for v in lines.values())
 
 
 def run(ctx: JobContext) -> dict[str, Any]:
     env = os.environ
-    lang = env.get("DASSCO_OCR_LANG", "").strip() or "eng"
+    lang = env.get("DASSCO_OCR_LANG", "").strip() or DEFAULT_LANG
     min_confidence = number(env, "DASSCO_OCR_MIN_CONFIDENCE", 50)
+    psm = round(number(env, "DASSCO_OCR_PSM", 11, minimum=0))
     texts: list[str] = []
-    confidences: list[float] = []
+    all_words: list[dict[str, Any]] = []
+    blocks_seen = 0
+    label: tuple[int, dict[str, Any]] | None = None
     for path in source_images(ctx):
-        text, confidence = read_text(prepare(open_image(path), env), lang, min_confidence)
-        ctx.log(f"{path.name}: {len(text.split())} word(s), mean confidence {confidence}")
-        if text:
-            texts.append(text)
-        if confidence is not None:
-            confidences.append(confidence)
-    return {
-        "metadata": {
-            "ocr_text": "\n\n".join(texts),
-            "ocr_language": lang,
-            "ocr_confidence": (
-                round(sum(confidences) / len(confidences), 1) if confidences else None
-            ),
+        img = open_image(path)
+        blocks = find_blocks(img, env)
+        blocks_seen += len(blocks)
+        for block in blocks:
+            words = read_block(img, block, lang, psm, min_confidence)
+            ctx.log(
+                f"{path.name}: block {block.box} ({block.glyphs} marks, skew "
+                f"{block.angle:.1f} deg): {len(words)} word(s)"
+            )
+            if not words:
+                continue
+            texts.append(_text(words))
+            all_words.extend(
+                {"text": w.text, "confidence": round(w.confidence, 1), "image": path.name,
+                 "box": list(w.box)}
+                for w in words
+            )  # fmt: skip
+            if label is None or len(words) > label[0]:
+                label = (len(words), {"image": path.name, "box": list(block.box)})
+    tags: dict[str, Any] = {"ocr": "\n\n".join(texts), "ocr_language": lang}
+    if all_words:
+        confidences = [float(w["confidence"]) for w in all_words]
+        tags |= {
+            "ocr_status": TEXT_FOUND,
+            "ocr_confidence": round(sum(confidences) / len(confidences), 1),
+            "ocr_label_box": label[1] if label else None,
+            "ocr_words": all_words,
         }
-    }
+    else:
+        reason = (
+            "no text block was found on the image(s)"
+            if not blocks_seen
+            else f"{blocks_seen} text block(s) found, but no word was read with confidence "
+            f">= {min_confidence:g}"
+        )
+        ctx.log(f"no text: {reason}")
+        tags |= {"ocr_status": NO_TEXT, "ocr_reason": reason, "ocr_confidence": None,
+                 "ocr_label_box": None, "ocr_words": []}  # fmt: skip
+    return {"metadata": {"tags": tags}}
