@@ -67,6 +67,10 @@ class _InLoopServer(uvicorn.Server):
 
 @dataclass
 class Daemon:
+    """All of the daemon's objects, wired once in `__post_init__` (the only place that builds
+    them: stores, clusters, throttle, services, listener, supervisors); `run` only runs them.
+    Build one with `build_daemon`."""
+
     settings: Settings
     #: Extra PyMongo command listeners (the benchmark counts commands with one).
     command_listeners: list[CommandListener] = field(default_factory=list)
@@ -79,11 +83,9 @@ class Daemon:
         if self.settings.ars is not None:
             # The load job fetches the files from ARS: it waits until they are there.
             self.pipelines = require_files_in_ars(self.pipelines)
-        self.ars_sync: ArsSync | None = None
         self._check_clusters()
         self.wakeups = Wakeups()
         self._running: set[str] = {"listener"}
-        self.dispatchers: dict[str, Dispatcher] = {}
         self._idle = anyio.Event()
         #: Operators' pauses, drain and limits (the `control` collection's copy in memory).
         self.holds = Holds()
@@ -183,6 +185,30 @@ class Daemon:
                 timeout_graceful_shutdown=1,
             ))
             self._running.add("metrics listener")
+        self.dispatchers: dict[str, Dispatcher] = {
+            job: Dispatcher(
+                job,
+                stores=self.stores,
+                pipelines=self.pipelines,
+                clusters=self.clusters,
+                launcher=self.launcher,
+                throttle=self.throttle,
+                wakeups=self.wakeups,
+                stopping=self.stopping,
+                sweep_s=timing.sweep_s,
+            )
+            for job in self.job_names
+        }
+        self.ars_sync: ArsSync | None = None
+        if self.settings.ars is not None:
+            self.ars_sync = ArsSync(
+                self.stores,
+                ArsClient(self.settings.ars),
+                stopping=self.stopping,
+                options=SyncOptions(**self.settings.ars_sync.model_dump()),
+            )
+        #: Every supervisor by name; `run` starts each under `supervise`.
+        self.supervisors = self._build_supervisors()
 
     def _breaker_open(self) -> bool | None:
         if self.ars_sync is None:
@@ -246,7 +272,8 @@ class Daemon:
                 tg.start_soon(self._serve_listener)
                 if self.metrics_server is not None:
                     tg.start_soon(self._serve_metrics)
-                for name, factory in self._supervisors().items():
+                self._running.update(self.supervisors)
+                for name, factory in self.supervisors.items():
                     tg.start_soon(self.supervise, name, factory)
                 tg.start_soon(self._announce_ready)
                 await self.stopping.wait()
@@ -284,24 +311,13 @@ class Daemon:
                 self.stop()
                 return
 
-    def _supervisors(self) -> dict[str, Callable[[], Awaitable[None]]]:
+    def _build_supervisors(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """Every supervisor, by name (part of the wiring: called once, from __post_init__)."""
         timing = self.settings.timing
         supervisors: dict[str, Callable[[], Awaitable[None]]] = {}
         if self.intake is not None:
             supervisors["intake"] = functools.partial(self.intake.run, self.stopping)
-        for job in self.job_names:
-            dispatcher = Dispatcher(
-                job,
-                stores=self.stores,
-                pipelines=self.pipelines,
-                clusters=self.clusters,
-                launcher=self.launcher,
-                throttle=self.throttle,
-                wakeups=self.wakeups,
-                stopping=self.stopping,
-                sweep_s=timing.sweep_s,
-            )
-            self.dispatchers[job] = dispatcher
+        for job, dispatcher in self.dispatchers.items():
             supervisors[f"dispatch.{job}"] = dispatcher.run
         for cluster in self.clusters.values():
             watcher = Watcher(
@@ -323,16 +339,8 @@ class Daemon:
         supervisors["housekeeping"] = housekeeping.run
         if self.settings.metrics.enabled:
             supervisors["metrics"] = self.snapshots.run
-        if self.settings.ars is not None:
-            if self.ars_sync is None:
-                self.ars_sync = ArsSync(
-                    self.stores,
-                    ArsClient(self.settings.ars),
-                    stopping=self.stopping,
-                    options=SyncOptions(**self.settings.ars_sync.model_dump()),
-                )
+        if self.ars_sync is not None:
             supervisors["ars_sync"] = self.ars_sync.run
-        self._running.update(supervisors)
         return supervisors
 
     def _finished(self, name: str) -> None:
@@ -435,9 +443,16 @@ class Daemon:
             delay = min(delay * 2, 30.0)
 
 
+def build_daemon(
+    settings: Settings, *, command_listeners: list[CommandListener] | None = None
+) -> Daemon:
+    """The daemon for `settings`, every object built and wired, nothing started yet."""
+    return Daemon(settings, command_listeners=command_listeners or [])
+
+
 async def run_daemon(settings: Settings) -> None:
     """`dasscod run`: the daemon plus signal handling."""
-    daemon = Daemon(settings)
+    daemon = build_daemon(settings)
     async with anyio.create_task_group() as tg:
         tg.start_soon(daemon.handle_signals)
         await daemon.run()
