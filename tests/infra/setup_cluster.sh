@@ -36,7 +36,9 @@ WAIT_S=${DASSCOD_TEST_CLUSTER_WAIT:-60}
 USER_NAME=dassco
 PARTITION=dassco
 NODE=localhost
-PACKAGES=(munge slurm-wlm slurm-wlm-torque openssh-server openssh-client)
+# python3/python3-venv: the cluster's own Python, which runs the job runner from a venv on the
+# cluster's disk (the tests install it there, as a site would; see tests/slurm/conftest.py).
+PACKAGES=(munge slurm-wlm slurm-wlm-torque openssh-server openssh-client python3 python3-venv)
 START=$(date +%s)
 
 say() { printf 'setup_cluster: %s\n' "$*"; }

@@ -9,19 +9,30 @@ with the reason printed (pytest -ra).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-SETUP = Path(__file__).parents[1] / "infra" / "setup_cluster.sh"
+REPO = Path(__file__).parents[2]
+SETUP = REPO / "tests" / "infra" / "setup_cluster.sh"
 #: setup_cluster.sh's "impossible on this machine" status.
 SETUP_IMPOSSIBLE = 77
+#: The cluster's own Python (setup_cluster.sh installs it), which the runner's venv is made from.
+CLUSTER_PYTHON = Path("/usr/bin/python3")
+#: What the jobs import (source in the checkout -> name in the runner's site-packages): the
+#: runner, and the test module the end-to-end tests run in place of the image modules.
+RUNNER_SOURCES = {
+    REPO / "hpc" / "dassco_hpc": "dassco_hpc",
+    REPO / "tests" / "hpc_test_module.py": "tests/hpc_test_module.py",
+}
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,62 @@ def slurm_cluster() -> LocalCluster:
         pytest.skip(f"test cluster set up but not answering ({ping.stderr.strip()}): "
                     f"run {SETUP} again")
     return LocalCluster(_read_env(env_file))
+
+
+@pytest.fixture(scope="session")
+def cluster_python(slurm_cluster: LocalCluster) -> str:
+    """The Python that runs jobs on the test cluster: a venv on the cluster's disk with the job
+    runner installed in it, as a real cluster has it. Never the checkout itself, which the
+    cluster user may not be able to read (a clone under a 0700 home or `mktemp -d`). One venv
+    per content of the sources, shared by concurrent test sessions and made atomically."""
+    if not CLUSTER_PYTHON.exists():
+        pytest.skip(f"{CLUSTER_PYTHON} missing: the cluster has no Python for jobs (run {SETUP})")
+    digest = hashlib.sha256()
+    for source in sorted(RUNNER_SOURCES):
+        for path in sorted(source.rglob("*.py")) if source.is_dir() else [source]:
+            digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    state = Path(slurm_cluster.env.get("DASSCOD_TEST_CLUSTER_DIR", ""))
+    root = (state if state.is_dir() and os.access(state, os.W_OK)
+            else Path(tempfile.gettempdir())) / "dasscod-runners"
+    root.mkdir(mode=0o755, exist_ok=True)
+    final = root / digest.hexdigest()[:16]
+    if not (final / "ready").exists():
+        _make_runner(root, final)
+    return str(final / "bin" / "python")
+
+
+def _make_runner(root: Path, final: Path) -> None:
+    building = root / f".{final.name}.{uuid.uuid4().hex[:8]}"
+    try:
+        subprocess.run([str(CLUSTER_PYTHON), "-m", "venv", "--without-pip", str(building)],
+                       check=True, capture_output=True, timeout=120)
+        purelib = subprocess.run(
+            [str(building / "bin" / "python"), "-c",
+             "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            check=True, capture_output=True, text=True, timeout=60,
+        ).stdout.strip()
+        for source, name in RUNNER_SOURCES.items():
+            target = Path(purelib) / name
+            if source.is_dir():
+                shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                (target.parent / "__init__.py").touch()
+                shutil.copy(source, target)
+        for top, _, files in os.walk(building):  # readable by the cluster user
+            folder = Path(top)
+            folder.chmod(0o755)
+            for path in (folder / name for name in files):
+                if not path.is_symlink():
+                    path.chmod(0o755 if os.access(path, os.X_OK) else 0o644)
+        (building / "ready").touch(mode=0o644)
+        try:
+            building.rename(final)
+        except OSError:
+            if not (final / "ready").exists():  # not another session's finished copy
+                raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
 
 
 @pytest.fixture

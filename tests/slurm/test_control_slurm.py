@@ -21,11 +21,7 @@ from dasscod.devstack.stack import REPO_ROOT, LocalStack, deliver
 from tests.slurm.conftest import LocalCluster
 from tests.slurm.test_daemon_slurm_e2e import job_log, settings_for
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not Path("/usr/bin/python3").exists(),
-                       reason="/usr/bin/python3 missing: the cluster user has no Python for jobs"),
-]
+pytestmark = pytest.mark.e2e
 
 TOKEN = "carol-slurm-token-0123456789"
 
@@ -46,14 +42,16 @@ async def dasscod(port: int, *args: str) -> tuple[int, str]:
 
 
 async def test_cancel_takes_a_live_slurm_job_off_the_queue_and_the_asset_ends_cancelled(
-    slurm_cluster: LocalCluster, shared: Path, tmp_path: Path, mongo_uri: str
+    slurm_cluster: LocalCluster, shared: Path, tmp_path: Path, mongo_uri: str,
+    cluster_python: str,
 ) -> None:
     runs = job_log(shared)
     stack = LocalStack(tmp_path / "stack", mongo_uri, database=f"slurm_{uuid.uuid4().hex[:8]}",
                        control_tokens={"carol": TOKEN})
     stack.write_config()
     # Jobs that run long enough to be cancelled while they run.
-    settings = settings_for(slurm_cluster, stack, shared, runs, DASSCO_TEST_SLEEP_S="120")
+    settings = settings_for(slurm_cluster, stack, shared, runs, cluster_python,
+                            DASSCO_TEST_SLEEP_S="120")
     guid = f"cancel-{uuid.uuid4().hex[:6]}"
     deliver(stack.intake, guid)
     daemon = Daemon(settings)

@@ -31,11 +31,12 @@ from tests.slurm.conftest import LocalCluster
 
 pytestmark = pytest.mark.e2e
 
-SYSTEM_PYTHON = "/usr/bin/python3"
 AGENT_TOKEN = "pull-agent-credential-0123456789"
 
 
-def pull_settings(stack: LocalStack, shared: Path, runs: Path, partition: str) -> Settings:
+def pull_settings(stack: LocalStack, shared: Path, runs: Path, partition: str,
+                  python: str = "/bin/false") -> Settings:
+    """`python`: the cluster_python fixture where jobs must run."""
     stack.write_config()
     data = stack.settings_data()
     data["clusters"] = {
@@ -48,9 +49,8 @@ def pull_settings(stack: LocalStack, shared: Path, runs: Path, partition: str) -
             "work_root": str(shared / "work"),
             # The agent's --state-dir: the job scripts' exit files are read from there.
             "state_dir": str(shared / "agent"),
-            "python": SYSTEM_PYTHON,
+            "python": python,
             "env": {
-                "PYTHONPATH": f"{REPO_ROOT / 'hpc'}:{REPO_ROOT}",
                 "DASSCO_HPC_MODULES": "tests.hpc_test_module",
                 "DASSCO_TEST_LOG": str(runs),
                 "DASSCO_CALLBACK_BACKOFF_MAX_S": "2",
@@ -97,14 +97,14 @@ def jobs_named(name: str) -> list[str]:
     return done.stdout.split()
 
 
-@pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason=f"{SYSTEM_PYTHON} missing")
 async def test_an_agent_runs_herb0001_and_repairs_a_crash_between_qsub_and_report(
-    slurm_cluster: LocalCluster, shared: Path, tmp_path: Path, mongo_uri: str
+    slurm_cluster: LocalCluster, shared: Path, tmp_path: Path, mongo_uri: str,
+    cluster_python: str,
 ) -> None:
     runs = shared / "runs.jsonl"
     runs.touch()
     stack = LocalStack(tmp_path / "stack", mongo_uri, database=f"pull_{uuid.uuid4().hex[:8]}")
-    settings = pull_settings(stack, shared, runs, slurm_cluster.partition)
+    settings = pull_settings(stack, shared, runs, slurm_cluster.partition, cluster_python)
     url = settings.listener.callback_base
     token_file = tmp_path / "agent.token"
     token_file.write_text(AGENT_TOKEN + "\n")
