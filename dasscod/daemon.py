@@ -31,6 +31,7 @@ from dasscod.coordination import Throttle, Wakeups
 from dasscod.holds import Holds
 from dasscod.listener.app import create_app
 from dasscod.listener.observe import metrics_app
+from dasscod.listener.serve import listener_config
 from dasscod.log import get_logger
 from dasscod.model import Track
 from dasscod.pipeline import Pipeline, RetryPolicy, pipeline_stages
@@ -136,7 +137,7 @@ class Daemon:
             clusters=self.clusters, configured=configured,
         )
         self.server = _InLoopServer(
-            uvicorn.Config(
+            listener_config(
                 create_app(
                     self.stores,
                     self.settings.security.secret(),
@@ -152,17 +153,10 @@ class Daemon:
                     control_tokens=self.settings.control.named(),
                     metrics_route=self.settings.metrics.enabled
                     and self.settings.metrics.port is None,
+                    docs=self.settings.listener.docs,
                 ),
-                host=self.settings.listener.host,
-                port=self.settings.listener.port,
-                lifespan="off",
-                log_config=None,
-                access_log=False,
-                # Jobs call us directly; per-request header work buys nothing on the hot path.
-                proxy_headers=False,
-                server_header=False,
-                date_header=False,
-                timeout_graceful_shutdown=max(1, int(timing.shutdown_s / 2)),
+                self.settings.listener,
+                graceful_s=max(1, int(timing.shutdown_s / 2)),
             )
         )
 

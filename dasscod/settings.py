@@ -57,10 +57,32 @@ class ListenerSettings(_Section):
     #: The URL HPC jobs call back to (the listener as seen from the cluster). Defaults to
     #: http://host:port when unset.
     public_url: str | None = None
+    #: HTTPS: the certificate chain and its private key (PEM). Without them the listener speaks
+    #: plain HTTP (put a TLS-terminating reverse proxy in front of it, see the README).
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+    #: Connections held at once (more are closed at once), how long a connection may take to
+    #: send a request's headers, and how long an idle keep-alive connection is kept.
+    max_connections: int = Field(default=1024, ge=1)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    idle_timeout_s: int = Field(default=5, ge=1)
+    #: The interactive API pages (/docs, /redoc); the OpenAPI document is always served.
+    docs: bool = False
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ListenerSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("listener.tls_certfile and listener.tls_keyfile go together: "
+                             "give both for HTTPS, or neither")
+        for path in (self.tls_certfile, self.tls_keyfile):
+            if path is not None and not path.is_file():
+                raise ValueError(f"listener TLS file {path} does not exist")
+        return self
 
     @property
     def callback_base(self) -> str:
-        base = self.public_url or f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls_certfile is not None else "http"
+        base = self.public_url or f"{scheme}://{self.host}:{self.port}"
         return base.rstrip("/") + "/api/v1"
 
 

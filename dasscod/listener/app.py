@@ -8,6 +8,8 @@ No `from __future__ import annotations` here: FastAPI reads the route annotation
 and the `Claims` alias defined inside `create_app` cannot be resolved from a string.
 """
 
+import secrets
+from collections.abc import Iterable
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
@@ -19,6 +21,7 @@ from pymongo.errors import ConnectionFailure
 from dasscod.filenames import FILE_NAME_PATTERN
 from dasscod.listener.agent_api import agent_router
 from dasscod.listener.control_api import install_control_api
+from dasscod.listener.guard import KB, Gate, Guard, Refusal, gate
 from dasscod.listener.intake_api import Intake, intake_router
 from dasscod.listener.observe import install_metrics
 from dasscod.log import get_logger
@@ -68,6 +71,7 @@ def create_app(
     control: tuple[ControlService, ControlReads] | None = None,
     control_tokens: dict[str, str] | None = None,
     metrics_route: bool = False,
+    docs: bool = False,
 ) -> FastAPI:
     service = CallbackService(stores, slots)
     app = FastAPI(
@@ -77,6 +81,10 @@ def create_app(
             "Callbacks from HPC jobs and the reads they need. Every `/api/v1` route takes the "
             "job's bearer token (DASSCO_TOKEN), which names one asset, job and attempt."
         ),
+        # The interactive pages load scripts from a CDN and show every route to anyone:
+        # off unless listener.docs is set. /openapi.json (the hpc/ contract) stays.
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
     )
 
     async def claims(
@@ -253,4 +261,74 @@ def create_app(
         )
 
     install_metrics(app, route=metrics_route)
+    agent_tokens = [] if agent is None else [
+        c.settings.agent_token.get_secret_value() for c in agent.clusters.values()
+        if c.pull and c.settings.agent_token is not None]
+    app.add_middleware(Guard, gates=_gates(
+        token_secret, intake_token, int(intake_max_mb * 1_000_000), agent_tokens,
+        list((control_tokens or {}).values())))
     return app
+
+
+#: Job callbacks are small JSON documents (a metadata update with OCR text is the largest).
+CALLBACK_MAX_BYTES = 256 * KB
+AGENT_MAX_BYTES = 1024 * KB
+#: The metadata part and the multipart framing of an intake upload, beyond its files.
+INTAKE_OVERHEAD_BYTES = 1024 * KB
+
+
+def _gates(token_secret: str, intake_token: str | None, intake_max_bytes: int,
+           agent_tokens: list[str], control_tokens: list[str]) -> list[Gate]:
+    """Who may send a body to which route, and how large (see `dasscod.listener.guard`)."""
+
+    def job(token: str | None) -> Refusal:
+        if token is None:
+            return 401, ("missing bearer token: send the job's DASSCO_TOKEN as "
+                         "'Authorization: Bearer'")
+        try:
+            verify(token_secret, token)
+        except TokenError as exc:
+            return 401, str(exc)
+        return None
+
+    def intake(token: str | None) -> Refusal:
+        if intake_token is None:
+            return 403, ("the intake API is disabled: set intake.api_token "
+                         "(DASSCOD_INTAKE__API_TOKEN) to enable it")
+        return None if _one_of(token, [intake_token]) else (
+            401, "missing or wrong intake credential")
+
+    def agent_(token: str | None) -> Refusal:
+        if token is None:
+            return 401, ("missing agent credential: send the cluster's agent_token as "
+                         "'Authorization: Bearer'")
+        return None if _one_of(token, agent_tokens) else (
+            403, "not the agent credential of a pull cluster")
+
+    def operator(token: str | None) -> Refusal:
+        if not control_tokens:
+            return 403, ("the control API is off: give an admin token in control.tokens or "
+                         "control.tokens_file")
+        return None if _one_of(token, control_tokens) else (
+            401, "missing or unknown admin token: send one of control.tokens as "
+            "'Authorization: Bearer'")
+
+    prefix = API_PREFIX
+    return [
+        gate(f"{prefix}/assets", intake, intake_max_bytes + INTAKE_OVERHEAD_BYTES, ["POST"]),
+        gate(f"{prefix}/agent/.*", agent_, AGENT_MAX_BYTES),
+        gate(f"{prefix}/control(/.*)?", operator),
+        # A file's bytes: the route stops at the size the job reported for it.
+        gate(f"{prefix}/assets/[^/]+/files/[^/]+", job, intake_max_bytes, ["PUT"]),
+        gate(f"{prefix}/(jobs|assets|derivatives)(/.*)?", job, CALLBACK_MAX_BYTES),
+    ]
+
+
+def _one_of(offered: str | None, tokens: Iterable[str]) -> bool:
+    """Compares with every token, in constant time per token."""
+    if offered is None:
+        return False
+    found = False
+    for token in tokens:
+        found |= secrets.compare_digest(offered.encode(), token.encode())
+    return found

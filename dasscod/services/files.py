@@ -22,6 +22,8 @@ from dasscod.protocol.callbacks import Ack
 from dasscod.services.callbacks import CallbackRejected, CallbackService
 from dasscod.tokens import JobClaims
 
+BYTES_PER_MB = 1_000_000
+
 
 async def receive_file(
     service: CallbackService,
@@ -43,10 +45,26 @@ async def receive_file(
     await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
     part = folder / f".{name}.part"
     crc = 0
-    async with await anyio.open_file(part, "wb") as out:
-        async for chunk in body:
-            crc = zlib.crc32(chunk, crc)
-            await out.write(chunk)
+    # The job reported the size (in MB of 10^6 bytes, as dassco-hpc does): a body that goes
+    # past it is stopped there, never written to the end.
+    expected = round(entry.file_size * BYTES_PER_MB)
+    received = 0
+    try:
+        async with await anyio.open_file(part, "wb") as out:
+            async for chunk in body:
+                received += len(chunk)
+                if received > expected:
+                    raise CallbackRejected(
+                        413, f"{name}: the body is larger than the reported {expected} bytes")
+                crc = zlib.crc32(chunk, crc)
+                await out.write(chunk)
+        if received != expected:
+            raise CallbackRejected(
+                422, f"{name}: the body has {received} bytes, the reported size is {expected}")
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.Path(part).unlink(missing_ok=True)
+        raise
     if crc != entry.check_sum:
         await anyio.Path(part).unlink(missing_ok=True)
         raise CallbackRejected(

@@ -1,0 +1,117 @@
+"""Authentication on the headers and a size cap on every body, before any body is read.
+
+FastAPI reads and parses a request's body before it runs the route's dependencies, so an
+authentication dependency alone lets anyone make the daemon read (and spool to disk) a body
+of any size. This ASGI middleware runs first: it finds the request's gate by method and path,
+answers 401/403 from the `Authorization` header alone, answers 413 at once when the declared
+`Content-Length` is over the gate's cap, and counts what a streamed (chunked) body delivers,
+stopping it with 413 at the cap. Nothing past the cap is read: the server closes a connection
+whose body was not read to the end. The routes still check the credential fully (which asset,
+which job); the gate only keeps unauthenticated and oversized bodies out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+#: What a gate answers for a credential: None to let the request in, or (status, detail).
+Refusal = tuple[int, str] | None
+Check = Callable[[str | None], Refusal]
+
+KB = 1024
+#: A request whose route takes no body, or a small JSON one.
+DEFAULT_MAX_BYTES = 64 * KB
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Requests whose method is in `methods` (empty: any) and whose path matches `path`."""
+
+    path: re.Pattern[str]
+    methods: frozenset[str]
+    #: None: no credential at the gate (health, the OpenAPI document).
+    check: Check | None
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+    def matches(self, method: str, path: str) -> bool:
+        return (not self.methods or method in self.methods) and bool(self.path.fullmatch(path))
+
+
+def gate(pattern: str, check: Check | None, max_bytes: int = DEFAULT_MAX_BYTES,
+         methods: Sequence[str] = ()) -> Gate:
+    return Gate(re.compile(pattern), frozenset(methods), check, max_bytes)
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body larger than {max_bytes} bytes")
+
+
+class Guard:
+    """The ASGI middleware; the first matching gate applies, else the default cap."""
+
+    def __init__(self, app: ASGIApp, gates: Sequence[Gate]) -> None:
+        self.app = app
+        self.gates = tuple(gates)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method, path = scope["method"], scope["path"]
+        found = next((g for g in self.gates if g.matches(method, path)), None)
+        max_bytes = found.max_bytes if found is not None else DEFAULT_MAX_BYTES
+        headers = dict(scope["headers"])
+        if found is not None and found.check is not None:
+            refusal = found.check(bearer(headers.get(b"authorization")))
+            if refusal is not None:
+                await _answer(send, *refusal)
+                return
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                length = int(declared)
+            except ValueError:
+                await _answer(send, 400, "Content-Length is not a number")
+                return
+            if length > max_bytes:
+                await _answer(send, 413, f"request body larger than {max_bytes} bytes")
+                return
+
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > max_bytes:
+                    raise BodyTooLarge(max_bytes)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def bearer(header: bytes | None) -> str | None:
+    if header is None:
+        return None
+    scheme, _, value = header.decode("latin-1").partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def _answer(send: Send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode()),
+               # The body was not read: the connection cannot carry another request.
+               (b"connection", b"close")]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
