@@ -48,6 +48,7 @@ from dasscod.supervisors.ars_sync import ArsSync, SyncOptions, require_files_in_
 from dasscod.supervisors.dispatch import Dispatcher
 from dasscod.supervisors.housekeeping import Housekeeping
 from dasscod.supervisors.intake import IntakeSupervisor
+from dasscod.supervisors.retention import Retention
 from dasscod.supervisors.watch import Watcher
 
 log = get_logger(__name__)
@@ -331,6 +332,13 @@ class Daemon:
             also=self.control.reload,
         )
         supervisors["housekeeping"] = housekeeping.run
+        intake = self.settings.intake
+        retention = Retention(
+            stores=self.stores, clusters=self.clusters, work_area=intake.work_area,
+            retention_days=intake.retention_days, archived_by_ars=self.ars_sync is not None,
+            interval_s=timing.housekeeping_s, stopping=self.stopping,
+        )  # fmt: skip
+        supervisors["retention"] = retention.run
         if self.settings.metrics.enabled:
             supervisors["metrics"] = self.snapshots.run
         if self.ars_sync is not None:

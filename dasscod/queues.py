@@ -36,6 +36,8 @@ IN_FLIGHT = "in_flight"
 PAUSED = "paused"
 #: An asset whose last ARS call was refused (`ars_error` is set).
 ARS_ERROR = "ars_error"
+#: A settled asset (DONE or ERROR) whose files are still on disk: retention's queue.
+HOLDS_FILES = "holds_files"
 
 #: The ARS sync's flags, and the values its steps look for (the others are either the steady
 #: state or no step's business).
@@ -90,6 +92,8 @@ def queue_tags(
             tags.append(f"{flag}={value}")
     if track.ars_error:
         tags.append(ARS_ERROR)
+    if status in ("DONE", "ERROR") and track.temporary_files_local is Flag.YES:
+        tags.append(HOLDS_FILES)
     if status is not None:
         tags.append(status_tag(status))
     tags += [at_job(job) for job in at]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from dasscod.cluster.base import Scheduler, Transport
+from dasscod.cluster import batch
+from dasscod.cluster.base import Scheduler, SchedulerError, Transport
 from dasscod.cluster.direct import DirectScheduler
 from dasscod.cluster.local import LocalTransport
 from dasscod.cluster.pull import NoTransport, PullScheduler
@@ -29,6 +30,38 @@ class Cluster:
 
     def workdir(self, asset_guid: str) -> PurePosixPath:
         return PurePosixPath(_absolute(self.settings.work_root)) / asset_guid
+
+    def state_dir(self) -> PurePosixPath:
+        return PurePosixPath(_absolute(self.settings.state_dir))
+
+    async def forget(self, asset_guid: str, job_names: list[str]) -> bool:
+        """Remove an asset's work folder and the state files of the given jobs (scripts,
+        output, exit files; the direct scheduler's job folders) on this cluster, in one
+        command. False on a pull cluster, which the daemon cannot reach (its agent's
+        `--state-dir` and work folders are the site's to clean). Raises TransportError,
+        SchedulerError."""
+        if self.pull:
+            return False
+        result = await self.transport.run(
+            ["sh", "-c", FORGET, "dasscod-forget", str(self.state_dir()),
+             str(self.workdir(asset_guid)), *job_names],
+            timeout=120.0,
+        )
+        if result.exit_status != 0:
+            raise SchedulerError(f"removing the files of asset {asset_guid} on {self.name} "
+                                 f"failed: {batch.message(result)}", retryable=True)
+        return True
+
+
+#: `sh -c FORGET dasscod-forget STATE_DIR WORKDIR NAME...`: the values are positional arguments
+#: (names made by scheduler_job_name, guids by the asset_guid pattern), never part of the text.
+FORGET = """\
+d=$1; w=$2; shift 2
+rm -rf -- "$w" || exit 1
+for n; do
+    rm -rf -- "$d/$n" "$d/$n.sh" "$d/$n.sh.tmp" "$d/$n.out" "$d/$n.err" "$d/$n.exit" || exit 1
+done
+"""
 
 
 def _absolute(path: Path) -> str:

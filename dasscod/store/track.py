@@ -25,7 +25,15 @@ from dasscod import metrics
 from dasscod.log import get_logger
 from dasscod.model import FileEntry, Flag, HistoryEntry, JobStatus, Track, as_utc, utcnow
 from dasscod.pipeline import JobEvent, Pipeline, RetryPolicy, derive, new_track_fields, plan
-from dasscod.queues import IN_FLIGHT, PAUSED, ArsFlag, FlagQuery, flag_tag, on_cluster
+from dasscod.queues import (
+    HOLDS_FILES,
+    IN_FLIGHT,
+    PAUSED,
+    ArsFlag,
+    FlagQuery,
+    flag_tag,
+    on_cluster,
+)
 from dasscod.store.codec import to_bson
 
 log = get_logger(__name__)
@@ -349,6 +357,11 @@ class TrackStore:
     async def active_on(self, cluster: str) -> list[Track]:
         """Assets with a job starting, queued or running on `cluster`."""
         cursor = self.collection.find({"queues": on_cluster(cluster)})
+        return [Track.model_validate(doc) async for doc in cursor]
+
+    async def holding_files(self, limit: int) -> list[Track]:
+        """Settled assets (DONE or ERROR) whose files are still on disk: retention's work."""
+        cursor = self.collection.find({"queues": HOLDS_FILES}).limit(limit)
         return [Track.model_validate(doc) async for doc in cursor]
 
     async def paused(self) -> list[Track]:
