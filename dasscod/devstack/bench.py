@@ -10,8 +10,9 @@ Phases, each against a fresh database on the test store (SecantusDB, or $DASSCOD
 4. the daemon idle with 10 000 finished assets in the store: CPU and resident memory;
 5. the demo batch with the real HPC modules, and each module on a full-size sheet
    (`bench_demo.py`);
-6. ARS synchronisation (`bench_ars.py`) and the Slurm cluster (`bench_cluster.py`), run as their
-   own processes, their numbers merged under their names.
+6. ARS synchronisation (`bench_ars.py`), the Slurm cluster (`bench_cluster.py`) and the image
+   modules' quality on a varied corpus (`bench_modules.py`, under `modules`), run as their own
+   processes, their numbers merged under their names.
 Progress goes to stderr.
 """
 
@@ -109,21 +110,35 @@ async def raw_updates(uri: str, pipelines: Mapping[str, Pipeline], n_docs: int =
     await coll.create_indexes(TRACK_INDEXES)
     pipeline = pipelines["PIPEHERB0001"]
     now = datetime.now().astimezone()
-    base = to_bson(new_track_fields(
-        Track.model_validate({"_id": "x", "pipeline": pipeline.name,
-                              "job_list": pipeline.initial_jobs()}), pipeline, now
-    ).to_document())
+    base = to_bson(
+        new_track_fields(
+            Track.model_validate(
+                {"_id": "x", "pipeline": pipeline.name, "job_list": pipeline.initial_jobs()}
+            ),
+            pipeline,
+            now,
+        ).to_document()
+    )
     await coll.insert_many([{**base, "_id": f"raw-{i:05d}"} for i in range(n_docs)])
     work = [f"raw-{i:05d}" for i in range(n_docs)] * 2
-    entry = {"at": now, "job": "load", "attempt": 1, "from": "QUEUED", "to": "RUNNING",
-             "cause": "bench"}
+    entry = {
+        "at": now,
+        "job": "load",
+        "attempt": 1,
+        "from": "QUEUED",
+        "to": "RUNNING",
+        "cause": "bench",
+    }
 
     async def worker(w: int) -> None:
         for guid in work[w::CONCURRENCY]:
             await coll.update_one(
                 {"_id": guid},
-                {"$set": {"job_list.0.status": "RUNNING", "job_list.0.job_start_time": now},
-                 "$inc": {"version": 1}, "$push": {"history": entry}},
+                {
+                    "$set": {"job_list.0.status": "RUNNING", "job_list.0.job_start_time": now},
+                    "$inc": {"version": 1},
+                    "$push": {"history": entry},
+                },
             )
 
     started = time.perf_counter()
@@ -232,20 +247,25 @@ async def callbacks(stack: LocalStack, pipelines_dir: Path) -> tuple[float, int]
         now = datetime.now().astimezone()
         for guid in guids:
             track = Track.model_validate(
-                {"_id": guid, "pipeline": BENCH_PIPELINE,
-                 "job_list": pipelines[BENCH_PIPELINE].initial_jobs()}
+                {
+                    "_id": guid,
+                    "pipeline": BENCH_PIPELINE,
+                    "job_list": pipelines[BENCH_PIPELINE].initial_jobs(),
+                }
             )
             docs.append(new_track_fields(track, pipelines[BENCH_PIPELINE], now))
         # Claimed and submitted as the dispatcher would have done, without starting processes.
         for track in docs:
             await daemon.stores.track.insert(_submitted(track, pipelines[BENCH_PIPELINE]))
         items = [
-            {"guid": g, "job": "load",
-             "token": issue(settings.security.secret(), JobClaims(g, "load", 1), ttl_s=3600)}
+            {
+                "guid": g,
+                "job": "load",
+                "token": issue(settings.security.secret(), JobClaims(g, "load", 1), ttl_s=3600),
+            }
             for g in guids
         ]
-        spec = {"base": settings.listener.callback_base, "concurrency": CONCURRENCY,
-                "items": items}
+        spec = {"base": settings.listener.callback_base, "concurrency": CONCURRENCY, "items": items}
         progress(f"callbacks: {2 * len(items)} callbacks from a load generator")
         result = await anyio.run_process(
             [sys.executable, "-c", LOADGEN], input=json.dumps(spec).encode(), check=True
@@ -263,10 +283,20 @@ async def callbacks(stack: LocalStack, pipelines_dir: Path) -> tuple[float, int]
 def _submitted(track: Track, pipeline: Pipeline) -> Track:
     """The track after the dispatcher claimed `load` and the scheduler took it."""
     now = datetime.now().astimezone()
-    step = plan(track, [JobEvent("load", Event.CLAIM, cluster="local")], pipeline=pipeline,
-                now=now, cause="bench")
-    step = plan(step.track, [JobEvent("load", Event.SUBMITTED, attempt=1, hpc_job_id="1")],
-                pipeline=pipeline, now=now, cause="bench")
+    step = plan(
+        track,
+        [JobEvent("load", Event.CLAIM, cluster="local")],
+        pipeline=pipeline,
+        now=now,
+        cause="bench",
+    )
+    step = plan(
+        step.track,
+        [JobEvent("load", Event.SUBMITTED, attempt=1, hpc_job_id="1")],
+        pipeline=pipeline,
+        now=now,
+        cause="bench",
+    )
     assert step.track.job("load").status is JobStatus.QUEUED
     return step.track
 
@@ -276,21 +306,18 @@ def _submitted(track: Track, pipeline: Pipeline) -> Track:
 
 async def pipeline_run(stack: LocalStack, pipelines_dir: Path) -> dict[str, float]:
     counter = CommandCounter()
-    settings = bench_settings(stack, pipelines_dir, watch_s=10.0, housekeeping_s=15.0,
-                              sweep_s=30.0)
+    settings = bench_settings(stack, pipelines_dir, watch_s=10.0, housekeeping_s=15.0, sweep_s=30.0)
     settings.intake.settle_s = 0.0
     # Room for every asset's job at once: the latency measured is the hand-off itself, not
     # a wait for a free slot (which the throttle imposes on purpose).
-    settings.clusters["local"].max_jobs = max(settings.clusters["local"].max_jobs,
-                                              LATENCY_ASSETS)
+    settings.clusters["local"].max_jobs = max(settings.clusters["local"].max_jobs, LATENCY_ASSETS)
     settings.intake.poll_s = 0.1
     daemon = Daemon(settings, command_listeners=[counter])
     async with anyio.create_task_group() as tg:
         tg.start_soon(daemon.run)
         await daemon.ready.wait()
         # The bench's own polling goes through its own client, so that it is not counted.
-        watcher: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_uri,
-                                                                      tz_aware=True)
+        watcher: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_uri, tz_aware=True)
         coll = watcher[stack.database]["track"]
         # One asset alone: every command the daemon sends while it goes through HERB0001.
         single = f"one-{uuid.uuid4().hex[:8]}"
@@ -379,8 +406,9 @@ async def idle(stack: LocalStack, pipelines_dir: Path) -> dict[str, float]:
     coll = client[stack.database]["track"]
     progress(f"idle: inserting {IDLE_ASSETS} finished assets")
     now = datetime.now().astimezone()
-    template = Track.model_validate({"_id": "x", "pipeline": herb.name,
-                                     "job_list": herb.initial_jobs()})
+    template = Track.model_validate(
+        {"_id": "x", "pipeline": herb.name, "job_list": herb.initial_jobs()}
+    )
     for job in template.job_list:
         job.status = JobStatus.DONE
         job.attempt = 1
@@ -395,8 +423,7 @@ async def idle(stack: LocalStack, pipelines_dir: Path) -> dict[str, float]:
     if batch:
         await coll.bulk_write(batch, ordered=False)
     await client.close()
-    settings = bench_settings(stack, pipelines_dir, watch_s=10.0, housekeeping_s=15.0,
-                              sweep_s=30.0)
+    settings = bench_settings(stack, pipelines_dir, watch_s=10.0, housekeeping_s=15.0, sweep_s=30.0)
     daemon = Daemon(settings)
     me = psutil.Process()
     async with anyio.create_task_group() as tg:
@@ -449,18 +476,23 @@ async def main() -> dict[str, Any]:
     }
 
 
-#: The other benchmarks, each its own process with its own JSON line, merged into ours.
-#: `BENCH_ONLY_CORE=1` skips them (the cluster one takes minutes).
-PARTS = ("dasscod.devstack.bench_ars", "dasscod.devstack.bench_cluster")
+#: The other benchmarks, each its own process with its own JSON line, merged into ours under
+#: its name. `BENCH_ONLY_CORE=1` skips them (the cluster one takes minutes).
+PARTS = {
+    "dasscod.devstack.bench_ars": "bench_ars",
+    "dasscod.devstack.bench_cluster": "bench_cluster",
+    "dasscod.devstack.bench_modules": "modules",
+}
 
 
 def run() -> None:
     results = anyio.run(main)
     if not os.environ.get("BENCH_ONLY_CORE"):
-        for module in PARTS:
+        for module, name in PARTS.items():
             progress(f"running {module}")
-            done = subprocess.run([sys.executable, "-m", module], capture_output=True,
-                                  text=True, check=False)
+            done = subprocess.run(
+                [sys.executable, "-m", module], capture_output=True, text=True, check=False
+            )
             lines = done.stdout.strip().splitlines()
             try:
                 part = json.loads(lines[-1]) if lines else {}
@@ -468,7 +500,7 @@ def run() -> None:
                 part = {}
             if done.returncode != 0 or not isinstance(part, dict):
                 part = {"failed": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"}
-            results[module.rsplit(".", 1)[1]] = part
+            results[name] = part
     print(json.dumps(results))
 
 

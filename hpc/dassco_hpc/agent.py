@@ -51,10 +51,28 @@ COMMAND_TIMEOUT_S = 120.0
 #: The most of an exit file's line sent to the daemon (its API takes 500 characters).
 EXIT_FILE_MAX = 300
 
-TORQUE_STATES = {"Q": "PENDING", "H": "PENDING", "W": "PENDING", "T": "PENDING",
-                 "R": "RUNNING", "E": "RUNNING", "S": "RUNNING"}
-SLURM_PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
-                 "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
+TORQUE_STATES = {
+    "Q": "PENDING",
+    "H": "PENDING",
+    "W": "PENDING",
+    "T": "PENDING",
+    "R": "RUNNING",
+    "E": "RUNNING",
+    "S": "RUNNING",
+}
+SLURM_PENDING = {
+    "PENDING",
+    "CONFIGURING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SUSPENDED",
+    "STOPPED",
+    "SIGNALING",
+    "STAGE_OUT",
+    "RESV_DEL_HOLD",
+}
 SLURM_RUNNING = {"RUNNING", "COMPLETING"}
 SLURM_ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
 
@@ -91,7 +109,7 @@ def parse_name(name: str) -> tuple[str, str, int] | None:
     """``dassco.{guid}.{job}.{attempt}`` -> (guid, job, attempt); job names have no dots."""
     if not name.startswith(PREFIX):
         return None
-    parts = name[len(PREFIX):].rsplit(".", 2)
+    parts = name[len(PREFIX) :].rsplit(".", 2)
     if len(parts) != 3 or not parts[0] or not parts[1] or not parts[2].isdigit():
         return None
     return parts[0], parts[1], int(parts[2])
@@ -99,13 +117,15 @@ def parse_name(name: str) -> tuple[str, str, int] | None:
 
 def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(list(argv), capture_output=True, text=True,
-                              timeout=COMMAND_TIMEOUT_S, check=False)
+        return subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False
+        )
     except FileNotFoundError:
         raise ConfigError(f"{argv[0]} is not installed (or not on PATH)") from None
     except subprocess.TimeoutExpired:
-        raise SchedulerFailed(f"{argv[0]} did not answer within {COMMAND_TIMEOUT_S:.0f} s") \
-            from None
+        raise SchedulerFailed(
+            f"{argv[0]} did not answer within {COMMAND_TIMEOUT_S:.0f} s"
+        ) from None
 
 
 def _complaint(done: subprocess.CompletedProcess[str]) -> str:
@@ -123,8 +143,16 @@ class Torque:
         return parse_qstat(done.stdout)
 
     def submit(self, script: Path, folder: Path, name: str) -> str:
-        done = _run(["qsub", "-o", str(folder / f"{name}.out"), "-e",
-                     str(folder / f"{name}.err"), str(script)])
+        done = _run(
+            [
+                "qsub",
+                "-o",
+                str(folder / f"{name}.out"),
+                "-e",
+                str(folder / f"{name}.err"),
+                str(script),
+            ]
+        )
         return _submitted("qsub", name, done, parse_qsub(done.stdout))
 
     def cancel(self, job_id: str) -> None:
@@ -160,8 +188,12 @@ def _torque_seen(job_id: str, name: str, block: Mapping[str, str]) -> Seen:
     try:
         status = int(raw)
     except ValueError:
-        return Seen(job_id, name, "UNKNOWN",
-                    reason=f"ended (state {letter or '?'}); the scheduler keeps no exit status")
+        return Seen(
+            job_id,
+            name,
+            "UNKNOWN",
+            reason=f"ended (state {letter or '?'}); the scheduler keeps no exit status",
+        )
     if status == 0:
         return Seen(job_id, name, "COMPLETED", 0)
     if status in (-11, -12):
@@ -229,15 +261,18 @@ def parse_sbatch(stdout: str) -> str | None:
     return job_id if JOB_ID.fullmatch(job_id) else None
 
 
-def _submitted(tool: str, name: str, done: subprocess.CompletedProcess[str],
-               job_id: str | None) -> str:
+def _submitted(
+    tool: str, name: str, done: subprocess.CompletedProcess[str], job_id: str | None
+) -> str:
     """The job id, or why not: a non-zero exit status is a refusal (nothing was submitted);
     a zero one without a job id leaves it unknown whether the job went in."""
     if done.returncode != 0:
         raise SubmitRefused(tool, name, done.returncode, _complaint(done))
     if job_id is None:
-        raise SchedulerFailed(f"{tool} {name} printed no job id (exit status 0): "
-                              f"{_complaint(done)}; a later run looks for it by name")
+        raise SchedulerFailed(
+            f"{tool} {name} printed no job id (exit status 0): "
+            f"{_complaint(done)}; a later run looks for it by name"
+        )
     return job_id
 
 
@@ -303,8 +338,16 @@ class Agent:
         for job in live:
             job_id = str(job["hpc_job_id"])
             found = by_id.get(job_id)
-            seen = found if found is not None else Seen(job_id, str(job["name"]), "UNKNOWN",
-                                        reason="the scheduler no longer knows the job")
+            seen = (
+                found
+                if found is not None
+                else Seen(
+                    job_id,
+                    str(job["name"]),
+                    "UNKNOWN",
+                    reason="the scheduler no longer knows the job",
+                )
+            )
             entry = _observed(job["asset_guid"], job["job"], int(job["attempt"]), seen)
             if seen.state == "UNKNOWN":
                 entry["exit_file"] = self._exit_file(str(job["name"]))
@@ -329,8 +372,9 @@ class Agent:
         if not NAME.fullmatch(name):
             return None
         try:
-            with (self.state_dir / f"{name}.exit").open(encoding="utf-8",
-                                                        errors="replace") as handle:
+            with (self.state_dir / f"{name}.exit").open(
+                encoding="utf-8", errors="replace"
+            ) as handle:
                 line = handle.readline(EXIT_FILE_MAX).strip()
         except OSError:
             return None
@@ -351,8 +395,15 @@ class Agent:
 
 
 def _observed(guid: str, job: str, attempt: int, seen: Seen) -> dict[str, Any]:
-    return {"asset_guid": guid, "job": job, "attempt": attempt, "hpc_job_id": seen.job_id,
-            "state": seen.state, "exit_code": seen.exit_code, "reason": seen.reason}
+    return {
+        "asset_guid": guid,
+        "job": job,
+        "attempt": attempt,
+        "hpc_job_id": seen.job_id,
+        "state": seen.state,
+        "exit_code": seen.exit_code,
+        "reason": seen.reason,
+    }
 
 
 def run_agent(agent: Agent, *, loop_s: float | None, lock: Path) -> int:

@@ -58,17 +58,35 @@ def _parser() -> argparse.ArgumentParser:
         "agent", help="pull mode: take this cluster's jobs from dasscod, submit them, report"
     )
     agent.add_argument("--cluster", required=True, help="the cluster's name in dasscod's config")
-    agent.add_argument("--url", required=True,
-                       help="the listener's API base, e.g. https://dasscod.example/api/v1")
-    agent.add_argument("--token-file", required=True, type=Path,
-                       help="file holding the cluster's agent credential (agent_token)")
-    agent.add_argument("--state-dir", required=True, type=Path,
-                       help="folder for job scripts (0600), their output and the lock file")
-    agent.add_argument("--submit", choices=("torque", "slurm"), default="torque",
-                       help="qsub/qstat/qdel (default) or sbatch/squeue/scancel")
+    agent.add_argument(
+        "--url", required=True, help="the listener's API base, e.g. https://dasscod.example/api/v1"
+    )
+    agent.add_argument(
+        "--token-file",
+        required=True,
+        type=Path,
+        help="file holding the cluster's agent credential (agent_token)",
+    )
+    agent.add_argument(
+        "--state-dir",
+        required=True,
+        type=Path,
+        help="folder for job scripts (0600), their output and the lock file",
+    )
+    agent.add_argument(
+        "--submit",
+        choices=("torque", "slurm"),
+        default="torque",
+        help="qsub/qstat/qdel (default) or sbatch/squeue/scancel",
+    )
     agent.add_argument("--batch", type=int, default=20, help="jobs claimed per run")
-    agent.add_argument("--deadline", type=float, default=60.0, metavar="SECONDS",
-                       help="give up on an unreachable daemon after this long (default 60)")
+    agent.add_argument(
+        "--deadline",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up on an unreachable daemon after this long (default 60)",
+    )
     how = agent.add_mutually_exclusive_group()
     how.add_argument("--once", action="store_true", help="one run, e.g. from cron (default)")
     how.add_argument("--loop", type=float, metavar="SECONDS", help="run every SECONDS")
@@ -97,9 +115,14 @@ def _agent(args: argparse.Namespace) -> int:
         stderr_log(f"cannot run the agent: {exc}")
         return exitcodes.CONFIG
     settings = ClientSettings.from_env({})
-    client = CallbackClient(base_url=url, token=token, deadline_s=args.deadline,
-                            timeout_s=settings.timeout_s, backoff_s=settings.backoff_s,
-                            backoff_max_s=min(settings.backoff_max_s, 10.0))
+    client = CallbackClient(
+        base_url=url,
+        token=token,
+        deadline_s=args.deadline,
+        timeout_s=settings.timeout_s,
+        backoff_s=settings.backoff_s,
+        backoff_max_s=min(settings.backoff_max_s, 10.0),
+    )
     scheduler = Slurm() if args.submit == "slurm" else Torque()
     agent = Agent(args.cluster, client, scheduler, args.state_dir, batch=args.batch)
     return run_agent(agent, loop_s=args.loop, lock=args.state_dir / ".agent.lock")

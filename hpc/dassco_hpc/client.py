@@ -190,8 +190,10 @@ class CallbackClient:
     ) -> Any:
         """Send until acknowledged; return the decoded JSON answer (None if empty). `raw` sends
         bytes (a file) instead of a JSON body; `raw_answer` returns the answer's bytes."""
-        data = raw if raw is not None else (
-            None if body is None else json.dumps(body, allow_nan=False).encode()
+        data = (
+            raw
+            if raw is not None
+            else (None if body is None else json.dumps(body, allow_nan=False).encode())
         )
         content_type = "application/octet-stream" if raw is not None else "application/json"
         started = self.clock()

@@ -9,12 +9,12 @@ Steps, on a grey copy whose long side is at most `WORK_PX`:
    (strokes) and drops wide dark areas (leaves, the scanner background, shadows, uneven light);
 2. its threshold's connected components that have a glyph's size are kept (a stem or a leaf
    edge is too long, a speck too small);
-3. glyphs are smeared sideways into lines and lines downwards into blocks; a block needs
-   several glyphs of similar height in rows to count as text;
+3. glyphs are smeared sideways into lines; only lines several letters long (rows) are kept
+   and smeared downwards into blocks; a block needs several glyphs, most of one height, to
+   count as text;
 4. each block's skew is the median angle of its lines, so that it can be read level.
 
-A Data Matrix looks like text to this; tesseract reads nothing confident from it, so it costs
-a little time, not wrong words.
+A Data Matrix looks like text to this; the OCR module drops a block that is a readable code.
 """
 
 from __future__ import annotations
@@ -81,6 +81,9 @@ def text_blocks(gray: Any, *, limit: int = 4) -> list[TextBlock]:
     lines = cv2.dilate(
         glyph_mask, cv2.getStructuringElement(cv2.MORPH_RECT, (max(3, round(typical * 1.5)), 1))
     )
+    # Only rows several letters long make blocks: marks of the plant that are not in rows
+    # (veins, teeth, hairs) must neither make a block nor join a label's.
+    lines = np.where(_long_lines(cv2, np, lines, 4 * typical), lines, 0).astype(np.uint8)
     blocks = cv2.dilate(
         lines, cv2.getStructuringElement(cv2.MORPH_RECT, (1, max(3, round(typical * 2.6))))
     )
@@ -88,10 +91,12 @@ def text_blocks(gray: Any, *, limit: int = 4) -> list[TextBlock]:
     found: list[TextBlock] = []
     for i in range(1, count):
         x, y, w, h, _area = stats[i]
-        inside = glyph_mask[y : y + h, x : x + w] & np.where(
-            labels[y : y + h, x : x + w] == i, 255, 0
-        ).astype(np.uint8)
-        n, _, gstats, centres = cv2.connectedComponentsWithStats(
+        inside = (
+            glyph_mask[y : y + h, x : x + w]
+            & lines[y : y + h, x : x + w]
+            & np.where(labels[y : y + h, x : x + w] == i, 255, 0).astype(np.uint8)
+        )
+        n, _, gstats, _ = cv2.connectedComponentsWithStats(
             cv2.bitwise_and(ink[y : y + h, x : x + w], inside), connectivity=8
         )
         keep = [j for j in range(1, n) if 3 <= gstats[j][3] <= 60]
@@ -102,11 +107,6 @@ def text_blocks(gray: Any, *, limit: int = 4) -> list[TextBlock]:
         # Text has most glyphs near one height; a leaf's veins and toothed edges do not.
         similar = sum(1 for v in block_heights if 0.5 * median_h <= v <= 1.6 * median_h)
         if similar < 0.6 * len(block_heights):
-            continue
-        # ... and most of them stand in rows: in smeared lines several words long.
-        in_rows = _long_lines(cv2, np, lines[y : y + h, x : x + w], 5 * median_h)
-        rowed = sum(1 for j in keep if in_rows[int(centres[j][1]), int(centres[j][0])])
-        if rowed < 0.5 * len(keep):
             continue
         pad = median_h * 1.2
         box = (

@@ -228,3 +228,17 @@ def test_an_operators_tesseract_thread_limit_is_kept(
     seen = _capture_tesseract_call(monkeypatch)
     _ocr(stub, tmp_path, sheets["specimen"])
     assert seen["threads"] == "4"
+
+
+@needs_tesseract
+def test_data_matrix_blocks_are_not_read_as_text(stub: StubListener, tmp_path: Path) -> None:
+    image = tmp_path / "sheet.tif"
+    drawn = synthetic.write(image, "mso", (1200, 1800), seed=17, noise=3,
+                            variation=synthetic.Variation(code_px=18, code_angle=45))  # fmt: skip
+    logs: list[str] = []
+    ctx = context(stub, tmp_path / "work", job="ocr", logs=logs)
+    with_image(ctx.workdir, image)
+    words = ocr.run(ctx)["metadata"]["tags"]["ocr_words"]
+    assert sum("is a barcode, not read as text" in line for line in logs) == 2, logs
+    assert drawn.label_box is not None
+    assert words and all(_inside(w["box"], drawn.label_box, slack=8) for w in words)

@@ -46,8 +46,9 @@ def source_of(ctx: JobContext, entry: Mapping[str, Any], name: str) -> Path | No
     return next((c for c in candidates if c.is_file()), None)
 
 
-def download_verified(ctx: JobContext, name: str, target: Path, check_sum: int,
-                      size_mb: float) -> None:
+def download_verified(
+    ctx: JobContext, name: str, target: Path, check_sum: int, size_mb: float
+) -> None:
     """Fetch the file from the daemon into a partial file, then check it like a copy."""
     partial = target.with_name(f".{target.name}.download")
     try:

@@ -12,7 +12,8 @@ the search where a collection's layout is known.
 
 Languages: DASSCO_OCR_LANG, default "dan+eng+lat" (a Danish herbarium's labels; Debian packages
 tesseract-ocr-dan, -eng, -lat). Words below DASSCO_OCR_MIN_CONFIDENCE (default 50) are dropped:
-the plant and a Data Matrix otherwise come back as garbage with low scores.
+the plant otherwise comes back as garbage with low scores. A block that zxing reads as a
+barcode is not read as text.
 
 Result, in the asset's metadata `tags` (DaSSCo's OCR wrote `tags.ocr`; see docs/modules.md):
 `ocr` (the text, lines in reading order), `ocr_status` (`TEXT_FOUND` or `NO_TEXT`),
@@ -97,6 +98,25 @@ def find_blocks(img: Image, env: Mapping[str, str]) -> list[TextBlock]:
         )
         for b in text_blocks(gray, limit=limit)
     ]
+
+
+def is_a_code(img: Image, block: TextBlock) -> bool:
+    """Whether the block is a barcode rather than text: a Data Matrix is rows of dark marks
+    too, and reading it as text costs a tesseract call for nothing."""
+    zxing = optional("zxingcpp", "zxing-cpp")
+    left, top, right, bottom = block.box
+    # With a margin: the rows found may leave out a rotated code's corners.
+    mx, my = (right - left) // 4, (bottom - top) // 4
+    crop = img.crop((max(0, left - mx), max(0, top - my), min(img.width, right + mx),
+                     min(img.height, bottom + my))).convert("L")  # fmt: skip
+    area = (right - left) * (bottom - top)
+    for code in zxing.read_barcodes(crop):
+        corners = [code.position.top_left, code.position.top_right,
+                   code.position.bottom_right, code.position.bottom_left]  # fmt: skip
+        xs, ys = [c.x for c in corners], [c.y for c in corners]
+        if (max(xs) - min(xs)) * (max(ys) - min(ys)) >= 0.3 * area:
+            return True
+    return False
 
 
 def _tesseract(page: Image, lang: str, psm: int) -> dict[str, list[Any]]:
@@ -223,6 +243,9 @@ def run(ctx: JobContext) -> dict[str, Any]:
         blocks = find_blocks(img, env)
         blocks_seen += len(blocks)
         for block in blocks:
+            if is_a_code(img, block):
+                ctx.log(f"{path.name}: block {block.box} is a barcode, not read as text")
+                continue
             words = read_block(img, block, lang, psm, min_confidence)
             ctx.log(
                 f"{path.name}: block {block.box} ({block.glyphs} marks, skew "

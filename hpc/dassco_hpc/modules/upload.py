@@ -70,7 +70,9 @@ def run(ctx: JobContext) -> dict[str, Any]:
                 f"{path.name}: {size} bytes, registered as {registered_mb} MB", retryable=True
             )
         ctx.client.put_file(guid, path.name, path.read_bytes())
-        ctx.log(f"derivative {guid}: {path.name} verified (CRC-32 {crc}, {size} bytes) and "
-                "handed to the daemon for ARS")
+        ctx.log(
+            f"derivative {guid}: {path.name} verified (CRC-32 {crc}, {size} bytes) and "
+            "handed to the daemon for ARS"
+        )
         verified.append(guid)
     return {"derivatives": verified}
