@@ -38,6 +38,8 @@ log = get_logger(__name__)
 
 #: A STARTING job younger than this is left to its submission (in this or another process).
 RECONCILE_AFTER_S = 10.0
+#: How often the stray-job sweep lists the cluster's jobs (Torque's qstat lists every user's).
+STRAYS_EVERY_S = 60.0
 #: An attempt in these states may have a job on the cluster.
 LIVE = (JobStatus.STARTING, JobStatus.QUEUED, JobStatus.RUNNING)
 
@@ -79,6 +81,8 @@ class Watcher:
         #: Jobs on the cluster no live attempt accounts for: when first seen (monotonic), and
         #: whether their cancel was logged.
         self._strays: dict[str, tuple[float, bool]] = {}
+        self.strays_every_s = STRAYS_EVERY_S
+        self._strays_swept: float | None = None
 
     async def run(self) -> None:
         while not self.stopping.is_set():
@@ -162,6 +166,10 @@ class Watcher:
 
     async def _cancel_strays(self) -> None:
         """Cancel the jobs of ours on the cluster that no live attempt accounts for."""
+        now = time.monotonic()
+        if self._strays_swept is not None and now - self._strays_swept < self.strays_every_s:
+            return
+        self._strays_swept = now
         live = await self.cluster.scheduler.ours()
         if live is None:
             return
@@ -175,7 +183,6 @@ class Watcher:
         # Read after the scheduler answered: a job it lists was claimed before it was
         # submitted, so its live attempt is in what we read now.
         tracks = {t.id: t for t in await self.stores.track.find(guids)}
-        now = time.monotonic()
         for info, key in named:
             if key is None or key in self.launcher.submitting:
                 continue

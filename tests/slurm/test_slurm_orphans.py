@@ -75,8 +75,10 @@ def watcher_for(stores: Stores, cluster: Cluster, *, grace_s: float = 120.0) -> 
     launcher = Launcher(stores=stores, clusters={"local": cluster}, pipelines=pipelines,
                         callback_base="http://127.0.0.1:9/api/v1", token_secret=SECRET,
                         token_ttl_s=600)
-    return Watcher(cluster, stores=stores, pipelines=pipelines, launcher=launcher,
-                   timing=TimingSettings(grace_s=grace_s), stopping=anyio.Event())
+    watcher = Watcher(cluster, stores=stores, pipelines=pipelines, launcher=launcher,
+                      timing=TimingSettings(grace_s=grace_s), stopping=anyio.Event())
+    watcher.strays_every_s = 0  # every check sweeps (production: once a minute)
+    return watcher
 
 
 async def until_listed(name: str, count: int, within_s: float = 30) -> list[str]:
