@@ -1,5 +1,5 @@
 #!/bin/sh
-# Debian packages the HPC modules' tests and the demo need (tesseract for OCR, a TrueType font
+# Debian packages the HPC modules' tests, the alert tests and the demo need (tesseract for OCR, a TrueType font
 # for the synthetic labels) and systemd (`systemd-analyze` checks the unit). Idempotent:
 # installs only what is missing. Without root or apt it says so and exits 0: the tests that
 # need these packages then skip with their reason.
@@ -8,6 +8,9 @@ set -eu
 # chancery hand), fonts-liberation and fonts-freefont-ttf: the varied synthetic labels.
 PACKAGES="tesseract-ocr tesseract-ocr-dan tesseract-ocr-eng tesseract-ocr-lat fonts-dejavu-core"
 PACKAGES="$PACKAGES fonts-urw-base35 fonts-liberation fonts-freefont-ttf systemd"
+# prometheus (promtool) and prometheus-alertmanager: the alert rules' tests and the end-to-end
+# alert test run the real ones.
+PACKAGES="$PACKAGES prometheus prometheus-alertmanager"
 
 missing=""
 for pkg in $PACKAGES; do
