@@ -253,8 +253,8 @@ def _show_timeline(t: dict[str, Any]) -> None:
     for h in t["history"]:
         who = f" by {h['by']}" if h.get("by") else ""
         why = f" ({h['reason']})" if h.get("reason") else ""
-        what = f"{h['job']}#{h['attempt']}" if h["job"] else "asset"
-        click.echo(f"  {when(h['at'])}  {what:<16} {h['from_']} -> {h['to']}  "
+        what = f"{h['job']}#{h['attempt']}" if h["job"] else (h.get("field") or "asset")
+        click.echo(f"  {when(h['at'])}  {what:<24} {h['from_']} -> {h['to']}  "
                    f"{h['cause']}{who}{why}")
     ars = t["ars"]
     click.echo("\nARS  " + "  ".join(f"{k}={v}" for k, v in ars.items() if v not in (None, 0)))

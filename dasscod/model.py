@@ -129,6 +129,8 @@ class HistoryEntry(BaseModel):
     #: a job can be told from the history after the job's own fields moved on to the next.
     cluster: str | None = None
     hpc_job_id: str | None = None
+    #: Asset-level transitions: the flag that changed (e.g. `available_for_services`).
+    field: str | None = None
     #: A failed attempt's error, as the job's `last_error` said it at that moment.
     error: str | None = None
     #: Operator actions: the name of the control token that asked, and the reason given.
@@ -148,7 +150,7 @@ class HistoryEntry(BaseModel):
 
 
 #: HistoryEntry fields written only when they hold something.
-OPTIONAL_HISTORY_FIELDS = ("cluster", "hpc_job_id", "error", "by", "reason")
+OPTIONAL_HISTORY_FIELDS = ("field", "cluster", "hpc_job_id", "error", "by", "reason")
 
 
 class Track(BaseModel):

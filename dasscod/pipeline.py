@@ -292,7 +292,8 @@ def plan(
             result.set_fields[name] = value
             if isinstance(value, Flag | JobStatus):
                 result.history.append(
-                    HistoryEntry(at=now, job=None, from_=str(history_from), to=value, cause=cause)
+                    HistoryEntry(at=now, job=None, from_=str(history_from), to=value,
+                                 cause=cause, field=name)
                 )
     for ev in events:
         _apply_job_event(

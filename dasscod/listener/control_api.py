@@ -32,7 +32,8 @@ from dasscod.services.control_reads import (
 from dasscod.store.track_queries import AssetFilter
 
 PREFIX = "/api/v1/control"
-_bearer = HTTPBearer(auto_error=False, description="A named admin token (control.tokens)")
+_bearer = HTTPBearer(auto_error=False, scheme_name="ControlToken",
+                     description="A named admin token (control.tokens)")
 GuidPath = Annotated[str, Path(pattern=GUID_PATTERN)]
 Reason = Annotated[str | None, Field(default=None, max_length=500,
                                      description="Why: recorded in the audit")]

@@ -92,6 +92,8 @@ class JobView(BaseModel):
 class Step(BaseModel):
     at: datetime
     job: str | None = None
+    #: Asset-level steps: the flag that changed.
+    field: str | None = None
     attempt: int | None = None
     from_: str
     to: str
@@ -194,7 +196,8 @@ class ControlReads:
             paused=track.available_for_services is not Flag.YES,
             created=track.created_timestamp, failed_job=failed,
             jobs=[self._job_view(track, j) for j in track.job_list],
-            history=[Step(at=h.at, job=h.job, attempt=h.attempt, from_=h.from_, to=h.to,
+            history=[Step(at=h.at, job=h.job, field=h.field, attempt=h.attempt,
+                          from_=h.from_, to=h.to,
                           cause=h.cause, by=h.by, reason=h.reason) for h in track.history],
             ars=ars_state(track),
             files=[{"name": f.name, "size_mb": f.file_size, "crc32": f.check_sum,

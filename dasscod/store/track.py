@@ -283,6 +283,7 @@ class TrackStore:
             from_=str(Flag.NO),
             to=str(Flag.YES),
             cause=f"{cause}: file {entry.name}",
+            field="has_new_file",
         )
         async with self._one_writer(guid):
             written = await self.collection.update_one(

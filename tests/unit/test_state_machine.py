@@ -698,3 +698,13 @@ def derive_fields(track: Track) -> dict[str, object]:
     from dasscod.pipeline import derive
 
     return derive(track, pipeline=HERB, now=NOW)
+
+
+def test_an_asset_level_step_names_the_flag_it_changed() -> None:
+    result = plan(track_of(), [], pipeline=HERB, now=NOW, cause="control: pause",
+                  asset_fields={"available_for_services": Flag.PAUSED}, by="alice")
+    [entry] = result.history
+    assert (entry.field, entry.from_, entry.to, entry.by) == (
+        "available_for_services", "YES", "PAUSED", "alice")
+    assert entry.to_document()["field"] == "available_for_services"
+    assert "error" not in entry.to_document(), "empty optional fields are not stored"
