@@ -48,6 +48,21 @@ class ArsSettings(FileSecrets):
     max_connections: int = Field(default=10, ge=1)
     #: Who we are in ARS's event log (`updateUser`).
     update_user: str = "dasscod"
+    #: Plain http:// URLs carry the client secret, tokens and images in cleartext: refused
+    #: unless this is set (the simulator of the dev stack sets it).
+    allow_http: bool = False
+
+    @model_validator(mode="after")
+    def _https(self) -> ArsSettings:
+        if self.allow_http:
+            return self
+        for name in ("base_url", "file_proxy_url", "token_url"):
+            url = getattr(self, name)
+            if url is not None and not url.lower().startswith("https://"):
+                raise ValueError(f"ars.{name} must be an https:// URL (got {url!r}); plain "
+                                 "http sends the client secret and tokens in cleartext (set "
+                                 "ars.allow_http = true only for a local test service)")
+        return self
 
     @model_validator(mode="after")
     def _secret(self) -> ArsSettings:

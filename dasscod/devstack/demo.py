@@ -158,6 +158,7 @@ def ars_simulator_process(folder: Path) -> Iterator[dict[str, Any]]:
         urls = json.loads(_ready_line(proc, timeout_s=30.0).removeprefix("ready "))
         yield {
             **urls,
+            "allow_http": True,  # the simulator serves plain http on 127.0.0.1
             "client_id": ARS_CLIENT_ID,
             "client_secret_file": str(secret_file),
             "timeout_s": 10.0,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dassco_hpc import exitcodes
 from dassco_hpc._version import __version__
-from dassco_hpc.client import CallbackClient
+from dassco_hpc.client import CallbackClient, ca_bundle_from
 from dassco_hpc.config import ClientSettings, Identity, callback_url, seconds
 from dassco_hpc.errors import ConfigError
 from dassco_hpc.log import stderr_log
@@ -111,6 +111,7 @@ def _agent(args: argparse.Namespace) -> int:
         url = callback_url(args.url, "--url")
         if args.batch < 1 or args.deadline <= 0 or (args.loop is not None and args.loop <= 0):
             raise ConfigError("--batch, --deadline and --loop must be positive")
+        ca_bundle = ca_bundle_from(os.environ)
     except ConfigError as exc:
         stderr_log(f"cannot run the agent: {exc}")
         return exitcodes.CONFIG
@@ -122,6 +123,7 @@ def _agent(args: argparse.Namespace) -> int:
         timeout_s=settings.timeout_s,
         backoff_s=settings.backoff_s,
         backoff_max_s=min(settings.backoff_max_s, 10.0),
+        ca_bundle=ca_bundle,
     )
     scheduler = Slurm() if args.submit == "slurm" else Torque()
     agent = Agent(args.cluster, client, scheduler, args.state_dir, batch=args.batch)
@@ -150,6 +152,7 @@ def _replay(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if url is not None:
             url = callback_url(url, "the callback URL")
         settings = ClientSettings.from_env(env)
+        ca_bundle = ca_bundle_from(env)
         deadline = settings.deadline_s
         if args.deadline is not None:
             deadline = seconds({"--deadline": str(args.deadline)}, "--deadline", deadline)
@@ -164,6 +167,7 @@ def _replay(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         timeout_s=settings.timeout_s,
         backoff_s=settings.backoff_s,
         backoff_max_s=settings.backoff_max_s,
+        ca_bundle=ca_bundle,
     )
     return replay(workdir, client, base_url=url).exit_code
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 # socket.getaddrinfo encodes host names with this codec: imported here, a warm launcher
 # (dasscod's direct scheduler) pays for it once instead of in every job.
 import encodings.idna  # noqa: F401
+import functools
 import http.client
 import json
 import random
@@ -25,12 +26,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.message import Message
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
 
 from dassco_hpc._version import __version__
 from dassco_hpc.config import ClientSettings, callback_url, required
-from dassco_hpc.errors import CallbackRejected, CallbackUndelivered
+from dassco_hpc.errors import CallbackRejected, CallbackUndelivered, ConfigError
 from dassco_hpc.log import Logger, stderr_log, utc_timestamp
 
 USER_AGENT = f"dassco-hpc/{__version__}"
@@ -120,6 +122,17 @@ def truncate_tail(text: str, limit: int) -> str:
     return text if len(text) <= limit else marker + text[-(limit - len(marker)) :]
 
 
+CA_BUNDLE_ENV = "DASSCO_CA_BUNDLE"
+
+
+def ca_bundle_from(env: Mapping[str, str]) -> str | None:
+    """$DASSCO_CA_BUNDLE: the CA file the listener's certificate is checked against."""
+    path = env.get(CA_BUNDLE_ENV, "").strip()
+    if path and not Path(path).is_file():
+        raise ConfigError(f"{CA_BUNDLE_ENV}={path} is not a file")
+    return path or None
+
+
 @dataclass(frozen=True)
 class CallbackClient:
     """Calls the listener with the job's bearer token. Timing values are in seconds."""
@@ -131,6 +144,9 @@ class CallbackClient:
     backoff_s: float = ClientSettings.backoff_s
     backoff_max_s: float = ClientSettings.backoff_max_s
     log: Logger = field(default=stderr_log, repr=False, compare=False)
+    #: PEM file of the CA(s) the listener's certificate is checked against (an https URL);
+    #: None: the system's trusted CAs.
+    ca_bundle: str | None = None
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
     jitter: Callable[[], float] = field(default=random.random, repr=False, compare=False)
@@ -155,12 +171,24 @@ class CallbackClient:
         return cls(
             base_url=url,
             token=token or required(env, "DASSCO_TOKEN"),
+            ca_bundle=ca_bundle_from(env),
             deadline_s=settings.deadline_s,
             timeout_s=settings.timeout_s,
             backoff_s=settings.backoff_s,
             backoff_max_s=settings.backoff_max_s,
             log=log,
         )
+
+    @functools.cached_property
+    def _tls(self) -> ssl.SSLContext | None:
+        """Certificates and host names are always verified; against `ca_bundle` if given."""
+        if not self.base_url.startswith("https:"):
+            return None
+        try:
+            return ssl.create_default_context(cafile=self.ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise CallbackRejected("TLS", self.base_url, None,
+                                   f"cannot use the CA bundle {self.ca_bundle}: {exc}") from None
 
     def with_deadline(self, deadline_s: float) -> CallbackClient:
         return replace(self, deadline_s=deadline_s)
@@ -247,7 +275,8 @@ class CallbackClient:
             headers["Content-Type"] = content_type
         request = urllib.request.Request(self.url(path), data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout,
+                                        context=self._tls) as response:
                 status = int(response.status)
                 raw = response.read()
         except urllib.error.HTTPError as exc:

@@ -16,8 +16,6 @@ import select
 import socket
 import tempfile
 import zlib
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,14 +24,12 @@ import anyio
 import httpx
 import psutil
 import pytest
-import uvicorn
 
 from dasscod.listener.app import create_app
-from dasscod.listener.serve import listener_config
-from dasscod.settings import ListenerSettings
 from dasscod.store import Stores
 from dasscod.tokens import JobClaims, issue
 from tests.conftest import make_metadata, make_track
+from tests.serving import serving
 
 SECRET = "bounds-test-secret-0123456789abcdefgh"
 INTAKE_TOKEN = "intake-token-0123456789abcdef"
@@ -42,31 +38,6 @@ GIB = 1 << 30
 CHUNK = b"\0" * (1 << 20)
 GUID, CHILD = "bounds-asset", "bounds-asset-jpeg"
 DATA = b"jpeg bytes " * 1000
-
-
-@asynccontextmanager
-async def serving(app: Any, **listener: Any) -> AsyncIterator[int]:
-    """The app served by uvicorn with the daemon's listener configuration, on a free port."""
-    settings = ListenerSettings(host="127.0.0.1", port=0, **listener)
-    server = _Server(listener_config(app, settings, graceful_s=1))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
-        with anyio.fail_after(10):
-            while not server.started:  # noqa: ASYNC110 -- uvicorn has no "bound" event
-                await anyio.sleep(0.01)
-        port: int = server.servers[0].sockets[0].getsockname()[1]
-        try:
-            yield port
-        finally:
-            server.should_exit = True
-
-
-class _Server(uvicorn.Server):
-    """Signals belong to pytest here, as they belong to the daemon in production."""
-
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 #: The start of a well-formed multipart body whose one file part then goes on and on.

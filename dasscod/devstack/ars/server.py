@@ -70,6 +70,7 @@ class ArsSimulator:
             "retry_wait_initial_s": 0.01,
             "retry_wait_max_s": 0.05,
             "retry_wait_jitter_s": 0.01,
+            "allow_http": True,  # the simulator serves plain http on 127.0.0.1
         }
         values.update(overrides)
         return ArsSettings.model_validate(values)
