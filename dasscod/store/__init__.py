@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.monitoring import CommandListener
 
 from dasscod.log import get_logger
 from dasscod.pipeline import Pipeline, RetryPolicy
 from dasscod.store.control import AUDIT_INDEXES, AuditStore, ControlStore
 from dasscod.store.errors import describe, is_fatal
+from dasscod.store.fence import FencedCollection
+from dasscod.store.lease import LeaseStore
 from dasscod.store.metadata import MetadataStore
 from dasscod.store.mos import MOS_INDEXES, MosMember, MosStore
 from dasscod.store.track import (
@@ -69,15 +72,23 @@ class Stores:
         pipelines: Mapping[str, Pipeline],
         *,
         policy: RetryPolicy = RetryPolicy(),
+        fence: Callable[[], None] | None = None,
     ) -> None:
+        """`fence`, when given, is called before every write and raises when this process
+        may not write (the daemon's leader lease); the lease's own collection is not fenced."""
         self.client = client
         self.db = client[database]
-        self.track = TrackStore(self.db["track"], pipelines, policy=policy)
-        self.metadata = MetadataStore(self.db["metadata"])
-        self.mos = MosStore(self.db["mos"], self.metadata)
-        self.track_queries = TrackQueries(self.db["track"])
-        self.control = ControlStore(self.db["control"])
-        self.audit = AuditStore(self.db["audit"])
+
+        def collection(name: str) -> AsyncCollection[dict[str, Any]]:
+            return FencedCollection(self.db, name, fence) if fence else self.db[name]
+
+        self.track = TrackStore(collection("track"), pipelines, policy=policy)
+        self.metadata = MetadataStore(collection("metadata"))
+        self.mos = MosStore(collection("mos"), self.metadata)
+        self.track_queries = TrackQueries(collection("track"))
+        self.control = ControlStore(collection("control"))
+        self.audit = AuditStore(collection("audit"))
+        self.lease = LeaseStore(self.db["lease"])
 
     @classmethod
     def connect(
@@ -90,6 +101,7 @@ class Stores:
         operation_timeout_s: float | None = None,
         policy: RetryPolicy = RetryPolicy(),
         listeners: list[CommandListener] | None = None,
+        fence: Callable[[], None] | None = None,
     ) -> Stores:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             uri,
@@ -102,7 +114,7 @@ class Stores:
             event_listeners=listeners or [],
             appname="dasscod",
         )
-        return cls(client, database, pipelines, policy=policy)
+        return cls(client, database, pipelines, policy=policy, fence=fence)
 
     async def ensure_indexes(self) -> None:
         """Idempotent: creating an index that exists with the same spec is a no-op."""
