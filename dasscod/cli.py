@@ -88,13 +88,15 @@ def run(config: Path | None) -> None:
     from dasscod.daemon import run_daemon  # the daemon's imports are not needed by other commands
 
     try:
-        anyio.run(run_daemon, settings)
+        failure = anyio.run(run_daemon, settings)
     except (ConfigError, PipelineError, ValueError, MongoConfigurationError) as exc:
         raise click.ClickException(str(exc)) from exc
     except ConfigurationError as exc:  # PyMongo's: a malformed mongo.uri, an unknown option
         raise click.ClickException(
             f"mongo.uri is not usable: {exc}; fix mongo.uri (DASSCOD_MONGO__URI)"
         ) from exc
+    if failure is not None:  # an unexpected stop: non-zero, so systemd's Restart= acts
+        raise click.ClickException(failure)
 
 
 @main.command("check-config")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import anyio
 import uvicorn
+from pymongo.errors import PyMongoError
 from pymongo.monitoring import CommandListener
 
 from dasscod import metrics, sd_notify
@@ -29,6 +30,7 @@ from dasscod.ars.health import BreakerState
 from dasscod.cluster.configured import Cluster, build_clusters
 from dasscod.coordination import Throttle, Wakeups
 from dasscod.holds import Holds
+from dasscod.leadership import Leadership
 from dasscod.listener.app import create_app
 from dasscod.listener.observe import metrics_app
 from dasscod.listener.serve import listener_config
@@ -42,7 +44,9 @@ from dasscod.services.control_reads import ControlReads
 from dasscod.services.launch import Launcher
 from dasscod.settings import Settings
 from dasscod.store import Stores
-from dasscod.store.errors import MongoConfigurationError
+from dasscod.store.errors import MongoErrorKind, describe, error_kind, is_fatal, is_outage
+from dasscod.store.fence import NotLeader
+from dasscod.store.outage import OutageLog
 from dasscod.store.stats import take_snapshot
 from dasscod.supervisors.ars_sync import ArsSync, SyncOptions, require_files_in_ars
 from dasscod.supervisors.dispatch import Dispatcher
@@ -99,6 +103,9 @@ class Daemon:
             stages=pipeline_stages(self.pipelines.values()),
         )
         timing = self.settings.timing
+        self.outage = OutageLog()
+        #: 0, or why the daemon stopped when it should not have (`dasscod run` exits 1).
+        self.failure: str | None = None
         self.stores = Stores.connect(
             self.settings.mongo.uri.get_secret_value(),
             self.settings.mongo.database,
@@ -107,9 +114,16 @@ class Daemon:
             operation_timeout_s=self.settings.mongo.operation_timeout_s,
             policy=RetryPolicy(timing.retry_backoff_s, timing.retry_backoff_max_s),
             listeners=self.command_listeners,
+            fence=self._fence,
+        )
+        self.leadership = Leadership(
+            self.stores.lease, self.settings.leader.lease_s, self.outage,
+            listener_port=self.settings.listener.port,
         )
         self.stores.track.subscribe(self._on_change)
-        self.clusters: dict[str, Cluster] = build_clusters(self.settings.clusters)
+        self.clusters: dict[str, Cluster] = build_clusters(
+            self.settings.clusters, guard=self._fence
+        )
         self.launcher = Launcher(
             stores=self.stores,
             clusters=self.clusters,
@@ -152,6 +166,7 @@ class Daemon:
                     slots=self.throttle,
                     control=(self.control, control_reads),
                     control_tokens=self.settings.control.named(),
+                    role=lambda: self.leadership.role,
                     metrics_route=self.settings.metrics.enabled
                     and self.settings.metrics.port is None,
                     docs=self.settings.listener.docs,
@@ -253,46 +268,101 @@ class Daemon:
     # ------------------------------------------------------------------ running
 
     async def run(self) -> None:
-        """Run until `stop()` (or SIGTERM/SIGINT when `handle_signals` was used)."""
+        """Run until `stop()` (or SIGTERM/SIGINT when `handle_signals` was used): a standby
+        until this daemon holds the leader lease, then the leader until it stops or loses it
+        (then a standby again)."""
         try:
             await self._wait_for_mongodb()
             if self.stopping.is_set():
                 return
-            await self.stores.ensure_indexes()
-            await self.control.reload()  # pauses and limits survive restarts
-            self.throttle.rebuild(await self.stores.track.in_flight(), queried_at=time.monotonic())
             if self.settings.metrics.enabled:
                 metrics.REGISTRY.register(self.metrics)
             async with anyio.create_task_group() as tg:
+                # The listener runs in both roles: a standby answers /healthz and /readyz.
                 tg.start_soon(self._serve_listener)
                 if self.metrics_server is not None:
                     tg.start_soon(self._serve_metrics)
-                self._running.update(self.supervisors)
-                for name, factory in self.supervisors.items():
-                    tg.start_soon(self.supervise, name, factory)
-                tg.start_soon(self._announce_ready)
-                await self.stopping.wait()
-                log.info("stopping", grace_s=self.settings.timing.shutdown_s)
-                sd_notify.notify("STOPPING=1")
-                self.server.should_exit = True
-                if self.metrics_server is not None:
-                    self.metrics_server.should_exit = True
-                self.wakeups.notify_all()
-                with anyio.move_on_after(self.settings.timing.shutdown_s - 1) as scope:
+                while await self.leadership.acquire(self.stopping):
+                    await self._term()
+                self._begin_stop()
+                with anyio.move_on_after(self.settings.timing.shutdown_s - 1):
                     await self._wait_idle()
-                if scope.cancelled_caught:
-                    log.warning("supervisors did not stop in time; cancelling them")
                 tg.cancel_scope.cancel()
         finally:
             with contextlib.suppress(KeyError):  # never registered: stopped before start
                 metrics.REGISTRY.unregister(self.metrics)
             with anyio.CancelScope(shield=True):
+                await self.leadership.release()
                 for cluster in self.clusters.values():
                     await cluster.transport.close()
                 if self.ars_sync is not None:
                     await self.ars_sync.client.aclose()
                 await self.stores.close()
             log.info("stopped")
+
+    async def _term(self) -> None:
+        """One term as the leader, until the daemon stops or the lease is lost. Losing it
+        cancels every supervisor at once: the fence already refuses their writes."""
+        try:
+            await self._lead()
+        except* NotLeader:
+            pass
+        except* PyMongoError as group:
+            self._mongo_failed(_leaves(group)[0])
+        if not self.stopping.is_set():
+            log.warning("no longer the leader; standing by", holder=self.leadership.holder)
+
+    async def _lead(self) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._hold_lease, tg.cancel_scope)
+            await self.stores.ensure_indexes()
+            await self.control.reload()  # pauses and limits survive restarts
+            self.throttle.rebuild(await self.stores.track.in_flight(), queried_at=time.monotonic())
+            self._running.update(self.supervisors)
+            for name, factory in self.supervisors.items():
+                tg.start_soon(self.supervise, name, factory)
+            tg.start_soon(self._announce_ready)
+            await self.stopping.wait()
+            self._begin_stop()
+            with anyio.move_on_after(self.settings.timing.shutdown_s - 1) as scope:
+                await self._wait_idle(supervisors_only=True)
+            if scope.cancelled_caught:
+                log.warning("supervisors did not stop in time; cancelling them")
+            tg.cancel_scope.cancel()
+
+    async def _hold_lease(self, term: anyio.CancelScope) -> None:
+        try:
+            await self.leadership.keep()
+        except PyMongoError as exc:  # keep() raises only what no retry can fix
+            self._mongo_failed(exc)
+        term.cancel()
+
+    def _fence(self) -> None:
+        self.leadership.check()
+
+    def _begin_stop(self) -> None:
+        if self.server.should_exit:
+            return
+        log.info("stopping", grace_s=self.settings.timing.shutdown_s)
+        sd_notify.notify("STOPPING=1")
+        self.server.should_exit = True
+        if self.metrics_server is not None:
+            self.metrics_server.should_exit = True
+        self.wakeups.notify_all()
+
+    def fail(self, reason: str) -> None:
+        """Stop because something no retry can fix went wrong: `dasscod run` exits non-zero."""
+        if self.failure is None:
+            self.failure = reason
+            log.error("stopping on an error", reason=reason)
+        self.stop()
+
+    def _mongo_failed(self, exc: BaseException) -> None:
+        if is_fatal(exc):
+            self.fail(f"MongoDB refused us: {describe(exc)}; check the user, password and "
+                      "database in mongo.uri (DASSCOD_MONGO__URI)")
+        else:
+            self.outage.began(describe(exc))
 
     def stop(self) -> None:
         self.stopping.set()
@@ -347,8 +417,7 @@ class Daemon:
 
     def _finished(self, name: str) -> None:
         self._running.discard(name)
-        if not self._running:
-            self._idle.set()
+        self._idle.set()  # _wait_idle looks again
 
     async def supervise(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         """Run one supervisor until the daemon stops; restart it with backoff if it crashes,
@@ -360,11 +429,24 @@ class Daemon:
                 started = time.monotonic()
                 try:
                     await factory()
-                except Exception:
+                except Exception as exc:
                     if time.monotonic() - started > HEALTHY_RUN_S:
                         backoff = RESTART_BACKOFF_S[0]
-                    logger.exception("supervisor crashed; restarting", restart_in_s=backoff)
-                    metrics.SUPERVISOR_RESTARTS.labels(supervisor=name).inc()
+                    leaves = _leaves(exc)  # a supervisor's own task group wraps its errors
+                    kinds = {error_kind(e) for e in leaves}
+                    if all(isinstance(e, NotLeader) for e in leaves):
+                        # The lease ran out under it; the lease keeper ends this term.
+                        logger.info("not the leader any more; waiting to stand by")
+                    elif MongoErrorKind.FATAL in kinds:
+                        self._mongo_failed(next(e for e in leaves if is_fatal(e)))
+                    elif MongoErrorKind.OUTAGE in kinds and all(
+                        isinstance(e, NotLeader) or is_outage(e) for e in leaves
+                    ):
+                        # One warning for the whole outage (OutageLog), not one per supervisor.
+                        self.outage.began(describe(next(e for e in leaves if is_outage(e))))
+                    else:
+                        logger.exception("supervisor crashed; restarting", restart_in_s=backoff)
+                        metrics.SUPERVISOR_RESTARTS.labels(supervisor=name).inc()
                     with anyio.move_on_after(backoff):
                         await self.stopping.wait()
                     backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
@@ -381,12 +463,10 @@ class Daemon:
             self._finished("listener")
         if not self.stopping.is_set():
             # uvicorn returns (rather than raising) when it cannot bind its port.
-            log.error(
-                "listener stopped: is the port free?",
-                host=self.settings.listener.host,
-                port=self.settings.listener.port,
+            self.fail(
+                f"listener stopped unexpectedly: is {self.settings.listener.host}:"
+                f"{self.settings.listener.port} free?"
             )
-            self.stop()
 
     async def _serve_metrics(self) -> None:
         assert self.metrics_server is not None
@@ -395,9 +475,8 @@ class Daemon:
         finally:
             self._finished("metrics listener")
         if not self.stopping.is_set():
-            log.error("metrics listener stopped: is the port free?",
-                      host=self.settings.metrics.host, port=self.settings.metrics.port)
-            self.stop()
+            self.fail(f"metrics listener stopped unexpectedly: is {self.settings.metrics.host}:"
+                      f"{self.settings.metrics.port} free?")
 
     async def _announce_ready(self) -> None:
         while not self.server.started:
@@ -413,8 +492,10 @@ class Daemon:
         self.ready.set()
         sd_notify.notify("READY=1")
 
-    async def _wait_idle(self) -> None:
-        if self._running:
+    async def _wait_idle(self, *, supervisors_only: bool = False) -> None:
+        listeners = {"listener", "metrics listener"}
+        while self._running - listeners if supervisors_only else self._running:
+            self._idle = anyio.Event()
             await self._idle.wait()
 
     async def _wait_for_mongodb(self) -> None:
@@ -427,10 +508,9 @@ class Daemon:
         while not self.stopping.is_set():
             ping = await self.stores.ping()
             if ping.fatal:
-                raise MongoConfigurationError(
-                    f"MongoDB refused us: {ping.error}; check the user, password and database "
-                    "in mongo.uri (DASSCOD_MONGO__URI)"
-                )
+                self.fail(f"MongoDB refused us: {ping.error}; check the user, password and "
+                          "database in mongo.uri (DASSCOD_MONGO__URI)")
+                return
             if ping:
                 return
             log.warning("MongoDB unreachable; waiting", database=self.settings.mongo.database,
@@ -452,10 +532,19 @@ def build_daemon(
     return Daemon(settings, command_listeners=command_listeners or [])
 
 
-async def run_daemon(settings: Settings) -> None:
-    """`dasscod run`: the daemon plus signal handling."""
+async def run_daemon(settings: Settings) -> str | None:
+    """`dasscod run`: the daemon plus signal handling. Returns why the daemon stopped when it
+    should not have (`dasscod run` then exits 1), None after a requested stop."""
     daemon = build_daemon(settings)
     async with anyio.create_task_group() as tg:
         tg.start_soon(daemon.handle_signals)
         await daemon.run()
         tg.cancel_scope.cancel()
+    return daemon.failure
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The errors inside `exc`, through any exception groups (task groups wrap theirs)."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return [exc]
+    return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]

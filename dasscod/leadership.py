@@ -35,11 +35,19 @@ RENEWALS_PER_LEASE = 4
 
 
 class Leadership:
-    def __init__(self, lease: LeaseStore, lease_s: float, outage: OutageLog) -> None:
+    def __init__(
+        self, lease: LeaseStore, lease_s: float, outage: OutageLog, *, listener_port: int = 0
+    ) -> None:
         self._store = lease
         self.lease_s = lease_s
         self.outage = outage
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        # Host and listener port name one daemon across restarts (no two daemons can listen on
+        # one port), so a daemon restarted after a crash takes its own lease back at once
+        # instead of waiting for it to expire. The term still tells the two lives apart.
+        self.holder = (
+            f"{socket.gethostname()}:{listener_port}" if listener_port
+            else f"{socket.gethostname()}:pid{os.getpid()}:{secrets.token_hex(3)}"
+        )
         self.term: int | None = None
         self._valid_until = 0.0  # monotonic; 0: not the leader
 
@@ -84,7 +92,8 @@ class Leadership:
                     log.info("standby: another daemon holds the leader lease",
                              leader=holder.holder, term=holder.term,
                              expires=holder.expires.isoformat())
-                    sd_notify.status(f"standby (leader: {holder.holder})")
+                    # Up and doing its job: for systemd a standby has started too.
+                    sd_notify.notify("READY=1", f"STATUS=standby (leader: {holder.holder})")
             with anyio.move_on_after(poll_s):
                 await stopping.wait()
         return False

@@ -219,6 +219,12 @@ class MetricsSettings(_Section):
     snapshot_s: float = Field(default=15.0, gt=0)
 
 
+class LeaderSettings(_Section):
+    #: The leader lease (docs/operations.md): a standby takes over at most this long after the
+    #: leader died or lost MongoDB; the leader renews every quarter of it.
+    lease_s: float = Field(default=15.0, ge=1)
+
+
 class SecuritySettings(_Section):
     #: Signs each job's callback token. Give it as a systemd credential
     #: (`LoadCredential=security.token_secret:...`), a file (`token_secret_file`) or the
@@ -372,6 +378,7 @@ class Settings(BaseSettings):
     intake: IntakeSettings = IntakeSettings()
     throttle: ThrottleSettings = ThrottleSettings()
     timing: TimingSettings = TimingSettings()
+    leader: LeaderSettings = LeaderSettings()
     security: SecuritySettings = SecuritySettings()
     control: ControlSettings = ControlSettings()
     metrics: MetricsSettings = MetricsSettings()

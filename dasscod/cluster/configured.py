@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -70,15 +71,21 @@ def _absolute(path: Path) -> str:
     return str(path if path.is_absolute() else Path.cwd() / path)
 
 
-def build_clusters(settings: dict[str, ClusterSettings]) -> dict[str, Cluster]:
+def build_clusters(
+    settings: dict[str, ClusterSettings], *, guard: Callable[[], None] | None = None
+) -> dict[str, Cluster]:
+    """`guard`, when given, is called before every command a transport runs and raises when
+    this daemon may not act (it is not the leader)."""
     clusters: dict[str, Cluster] = {}
     for name, cfg in settings.items():
-        transport = _transport(name, cfg)
+        transport = _transport(name, cfg, guard)
         clusters[name] = Cluster(name, cfg, transport, _scheduler(cfg, transport))
     return clusters
 
 
-def _transport(name: str, cfg: ClusterSettings) -> Transport:
+def _transport(
+    name: str, cfg: ClusterSettings, guard: Callable[[], None] | None
+) -> Transport:
     if cfg.scheduler == "pull":
         return NoTransport(name)
     if cfg.transport == "ssh":
@@ -86,8 +93,8 @@ def _transport(name: str, cfg: ClusterSettings) -> Transport:
         return SshTransport(name, SshTarget(
             host=cfg.ssh.host, port=cfg.ssh.port, user=cfg.ssh.user, key_file=cfg.ssh.key_file,
             known_hosts=cfg.ssh.known_hosts, max_channels=cfg.ssh.max_channels,
-        ))  # fmt: skip
-    return LocalTransport(name)
+        ), guard=guard)  # fmt: skip
+    return LocalTransport(name, guard=guard)
 
 
 def _scheduler(cfg: ClusterSettings, transport: Transport) -> Scheduler:

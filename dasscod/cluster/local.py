@@ -28,8 +28,10 @@ class LocalTransport:
     it started, not just the first process, and the daemon's terminal signals (Ctrl-C) are not
     delivered to commands the daemon has not decided to stop."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, guard: Callable[[], None] | None = None) -> None:
         self.name = name
+        #: Called before every command; raises when the daemon may not act (not the leader).
+        self.guard = guard
         self._on_close: list[Callable[[], Awaitable[None]]] = []
 
     def on_close(self, release: Callable[[], Awaitable[None]]) -> None:
@@ -58,6 +60,8 @@ class LocalTransport:
     ) -> CommandResult:
         if not argv:
             raise TransportError(f"{self.name}: refusing to run an empty command")
+        if self.guard is not None:
+            self.guard()
         command = _shown(argv)
         try:
             process = await anyio.open_process(

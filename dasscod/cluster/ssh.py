@@ -20,7 +20,7 @@ from __future__ import annotations
 import shlex
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +50,12 @@ class SshTarget:
 
 
 class SshTransport:
-    def __init__(self, name: str, target: SshTarget) -> None:
+    def __init__(
+        self, name: str, target: SshTarget, *, guard: Callable[[], None] | None = None
+    ) -> None:
         self.name = name
+        #: Called before every command; raises when the daemon may not act (not the leader).
+        self.guard = guard
         self.target = target
         self._conn: asyncssh.SSHClientConnection | None = None
         self._connecting = anyio.Lock()
@@ -89,6 +93,8 @@ class SshTransport:
         command = shlex.join(argv)
         async with self._channels:
             conn = await self._connection()
+            if self.guard is not None:  # after the waits: right before the command leaves
+                self.guard()
             try:
                 with anyio.fail_after(timeout):
                     done = await conn.run(command, input=stdin, check=False)

@@ -47,6 +47,10 @@ class LocalStack:
     ars: dict[str, Any] | None = None
     #: Named admin tokens of the control API (`control.tokens`); none: the API is off.
     control_tokens: dict[str, str] = field(default_factory=dict)
+    #: The leader lease (`leader.lease_s`); None: the default.
+    lease_s: float | None = None
+    #: Where jobs call back (`listener.public_url`): a proxy in front of two daemons.
+    public_url: str | None = None
 
     @property
     def intake(self) -> Path:
@@ -71,9 +75,12 @@ class LocalStack:
         }
 
     def settings_data(self) -> dict[str, Any]:
+        listener: dict[str, Any] = {"host": "127.0.0.1", "port": self.port}
+        if self.public_url is not None:
+            listener["public_url"] = self.public_url
         data = {
             "mongo": {"uri": self.mongo_uri, "database": self.database},
-            "listener": {"host": "127.0.0.1", "port": self.port},
+            "listener": listener,
             "clusters": {
                 "local": {
                     "max_jobs": self.max_jobs,
@@ -103,6 +110,8 @@ class LocalStack:
             data["ars"] = dict(self.ars)
         if self.control_tokens:
             data["control"] = {"tokens": dict(self.control_tokens)}
+        if self.lease_s is not None:
+            data["leader"] = {"lease_s": self.lease_s}
         return data
 
     def write_config(self) -> Path:
@@ -112,15 +121,18 @@ class LocalStack:
         self.config_file.chmod(0o600)  # it holds the token secret
         return self.config_file
 
-    def start_daemon(self, log_file: Path | None = None) -> subprocess.Popen[bytes]:
+    def start_daemon(
+        self, log_file: Path | None = None, argv: list[str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """`dasscod run` as a child process: it can be SIGKILLed and restarted like the real
-        service."""
+        service. `argv` replaces `python -m dasscod run` (the config file is appended)."""
         log = (log_file or self.root / "daemon.log").open("ab")
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
         env.pop("DASSCOD_CONFIG", None)
         try:
             return subprocess.Popen(
-                [sys.executable, "-m", "dasscod", "run", "--config", str(self.config_file)],
+                [*(argv or [sys.executable, "-m", "dasscod", "run"]),
+                 "--config", str(self.config_file)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

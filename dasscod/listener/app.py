@@ -9,7 +9,7 @@ and the `Claims` alias defined inside `create_app` cannot be resolved from a str
 """
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
@@ -47,6 +47,7 @@ from dasscod.services.control_reads import ControlReads
 from dasscod.services.files import file_to_send, receive_file
 from dasscod.services.replies import Rejected
 from dasscod.store import Stores, TransitionConflict
+from dasscod.store.fence import NotLeader
 from dasscod.tokens import JobClaims, TokenError, verify
 
 API_PREFIX = "/api/v1"
@@ -72,7 +73,10 @@ def create_app(
     control_tokens: dict[str, str] | None = None,
     metrics_route: bool = False,
     docs: bool = False,
+    role: Callable[[], str] | None = None,
 ) -> FastAPI:
+    """`role` says whether this daemon leads ("leader") or waits ("standby"); None: always
+    the leader (tests serving the app alone)."""
     service = CallbackService(stores, slots)
     app = FastAPI(
         title="dasscod listener",
@@ -140,6 +144,15 @@ def create_app(
         log.warning("callback refused: MongoDB unreachable", error=str(exc)[:300])
         return JSONResponse(
             {"detail": "the daemon's database is unreachable; retry later"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(NotLeader)
+    async def _standby(_: Request, exc: NotLeader) -> JSONResponse:
+        # A standby (or a leader whose lease just ran out) applies nothing; the leader does.
+        return JSONResponse(
+            {"detail": f"{exc}; send it to the leading daemon or retry later"},
             status_code=503,
             headers={"Retry-After": "5"},
         )
@@ -252,7 +265,10 @@ def create_app(
 
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
-        """MongoDB answers: the daemon can take callbacks."""
+        """MongoDB answers and this daemon leads: it can take callbacks. A standby
+        answers 503 "standby"."""
+        if role is not None and role() != "leader":
+            return JSONResponse({"status": "standby"}, status_code=503)
         ping = await stores.ping()
         if ping:
             return JSONResponse({"status": "ready"})
