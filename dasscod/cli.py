@@ -88,7 +88,7 @@ def run(config: Path | None) -> None:
     from dasscod.daemon import run_daemon  # the daemon's imports are not needed by other commands
 
     try:
-        failure = anyio.run(run_daemon, settings)
+        failure = anyio.run(run_daemon, settings, config)
     except (ConfigError, PipelineError, ValueError, MongoConfigurationError) as exc:
         raise click.ClickException(str(exc)) from exc
     except ConfigurationError as exc:  # PyMongo's: a malformed mongo.uri, an unknown option

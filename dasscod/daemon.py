@@ -18,6 +18,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
 import uvicorn
@@ -34,15 +35,16 @@ from dasscod.leadership import Leadership
 from dasscod.listener.app import create_app
 from dasscod.listener.observe import metrics_app
 from dasscod.listener.serve import listener_config
-from dasscod.log import get_logger
+from dasscod.log import configure_logging, get_logger
 from dasscod.model import Track
 from dasscod.pipeline import Pipeline, RetryPolicy, pipeline_stages
 from dasscod.pipelines import load_pipelines
+from dasscod.reload import Changes, compare
 from dasscod.services.agent import AgentService
 from dasscod.services.control import ConfiguredLimits, ControlService
 from dasscod.services.control_reads import ControlReads
 from dasscod.services.launch import Launcher
-from dasscod.settings import Settings
+from dasscod.settings import ConfigError, Settings, load_settings
 from dasscod.store import Stores
 from dasscod.store.errors import MongoErrorKind, describe, error_kind, is_fatal, is_outage
 from dasscod.store.fence import NotLeader
@@ -83,6 +85,8 @@ class Daemon:
     stopping: anyio.Event = field(default_factory=anyio.Event)
     #: Set once every supervisor is running and the listener accepts connections.
     ready: anyio.Event = field(default_factory=anyio.Event)
+    #: The configuration file SIGHUP reads again (None: $DASSCOD_CONFIG, as at start).
+    config_path: Path | None = None
 
     def __post_init__(self) -> None:
         self.pipelines: Mapping[str, Pipeline] = load_pipelines(self.settings.pipelines_dir)
@@ -147,7 +151,7 @@ class Daemon:
             clusters=self.clusters, pipelines=self.pipelines, configured=configured,
             launcher=self.launcher, released=self._released,
         )
-        control_reads = ControlReads(
+        self.control_reads = control_reads = ControlReads(
             stores=self.stores, holds=self.holds, throttle=self.throttle,
             clusters=self.clusters, configured=configured,
         )
@@ -368,13 +372,48 @@ class Daemon:
         self.stopping.set()
 
     async def handle_signals(self) -> None:
-        """Turn the first SIGTERM/SIGINT into a graceful stop; a second one is not needed
-        because the stop is bounded by `timing.shutdown_s`."""
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        """SIGTERM/SIGINT: a graceful stop (a second one is not needed: the stop is bounded by
+        `timing.shutdown_s`). SIGHUP: reload the settings that may change while running."""
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 log.info("signal received", signal=signal.Signals(signum).name)
+                if signum == signal.SIGHUP:
+                    self.reload()
+                    continue
                 self.stop()
                 return
+
+    def reload(self) -> Changes | None:
+        """Apply the configuration file's throttle limits, clusters' `max_jobs` and log level;
+        refuse (and log) every other change. None when the file cannot be read."""
+        try:
+            new = load_settings(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused: the configuration is not valid; nothing changed",
+                      error=str(exc))
+            return None
+        changes = compare(self.settings, new)
+        if changes.refused:
+            log.warning("reload: these settings change only at a restart; not applied",
+                        settings=changes.refused)
+        if not changes.applied:
+            log.info("reload: no setting to apply changed")
+            return changes
+        self.settings.log_level = new.log_level
+        self.settings.throttle.assets_in_flight = new.throttle.assets_in_flight
+        for name, cluster in self.settings.clusters.items():
+            if name in new.clusters:
+                cluster.max_jobs = new.clusters[name].max_jobs
+        configured = ConfiguredLimits(
+            assets_in_flight=self.settings.throttle.assets_in_flight,
+            jobs_per_cluster={n: c.max_jobs for n, c in self.settings.clusters.items()},
+        )
+        self.control.reconfigure(configured)
+        self.control_reads.configured = configured
+        configure_logging(self.settings.log_level, self.settings.log_format)
+        log.info("reload: settings applied",
+                 changed={n: {"from": a, "to": b} for n, (a, b) in changes.applied.items()})
+        return changes
 
     def _build_supervisors(self) -> dict[str, Callable[[], Awaitable[None]]]:
         """Every supervisor, by name (part of the wiring: called once, from __post_init__)."""
@@ -459,10 +498,12 @@ class Daemon:
     async def _serve_listener(self) -> None:
         try:
             await self.server.serve()
+        except SystemExit:  # uvicorn's answer to a port it cannot bind; we decide the exit
+            pass
         finally:
             self._finished("listener")
         if not self.stopping.is_set():
-            # uvicorn returns (rather than raising) when it cannot bind its port.
+            # uvicorn returns or raises SystemExit when it cannot bind its port.
             self.fail(
                 f"listener stopped unexpectedly: is {self.settings.listener.host}:"
                 f"{self.settings.listener.port} free?"
@@ -472,6 +513,8 @@ class Daemon:
         assert self.metrics_server is not None
         try:
             await self.metrics_server.serve()
+        except SystemExit:  # as for the listener
+            pass
         finally:
             self._finished("metrics listener")
         if not self.stopping.is_set():
@@ -526,16 +569,19 @@ class Daemon:
 
 
 def build_daemon(
-    settings: Settings, *, command_listeners: list[CommandListener] | None = None
+    settings: Settings,
+    *,
+    command_listeners: list[CommandListener] | None = None,
+    config_path: Path | None = None,
 ) -> Daemon:
     """The daemon for `settings`, every object built and wired, nothing started yet."""
-    return Daemon(settings, command_listeners=command_listeners or [])
+    return Daemon(settings, command_listeners=command_listeners or [], config_path=config_path)
 
 
-async def run_daemon(settings: Settings) -> str | None:
+async def run_daemon(settings: Settings, config_path: Path | None = None) -> str | None:
     """`dasscod run`: the daemon plus signal handling. Returns why the daemon stopped when it
     should not have (`dasscod run` then exits 1), None after a requested stop."""
-    daemon = build_daemon(settings)
+    daemon = build_daemon(settings, config_path=config_path)
     async with anyio.create_task_group() as tg:
         tg.start_soon(daemon.handle_signals)
         await daemon.run()

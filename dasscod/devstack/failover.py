@@ -127,7 +127,7 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_format)
 
     async def run(out: TextIO) -> None:
-        daemon = Daemon(settings, command_listeners=[WriteLog(out)])
+        daemon = Daemon(settings, command_listeners=[WriteLog(out)], config_path=Path(config))
         async with anyio.create_task_group() as tg:
             tg.start_soon(daemon.handle_signals)
             await daemon.run()

@@ -181,6 +181,12 @@ class ControlService:
         raise ControlError(404, f"no limit {target}: limits are {ASSETS_IN_FLIGHT} and "
                            + ", ".join(cluster_target(c) for c in self.configured.jobs_per_cluster))
 
+    def reconfigure(self, configured: ConfiguredLimits) -> None:
+        """New configured limits (SIGHUP): operators' limits still take precedence."""
+        self.configured = configured
+        self._apply_limits()
+        self.released()
+
     def _apply_limits(self) -> None:
         self.throttle.set_limits(
             assets_in_flight=self.holds.limit(ASSETS_IN_FLIGHT) or self.configured.assets_in_flight,
