@@ -25,7 +25,7 @@ import uvicorn
 from pymongo.errors import PyMongoError
 from pymongo.monitoring import CommandListener
 
-from dasscod import metrics, sd_notify
+from dasscod import metrics, sd_notify, watchdog
 from dasscod.ars import ArsClient
 from dasscod.ars.health import BreakerState
 from dasscod.cluster.configured import Cluster, build_clusters
@@ -191,6 +191,9 @@ class Daemon:
             interval_s=self.settings.metrics.snapshot_s,
             stopping=self.stopping,
         )
+        self.progress = watchdog.Progress()
+        self.watchdog = watchdog.Watchdog(self.progress, stopping=self.stopping,
+                                          status=self._status_line)
         self.metrics_server: _InLoopServer | None = None
         if self.settings.metrics.enabled and self.settings.metrics.port is not None:
             self.metrics_server = _InLoopServer(uvicorn.Config(
@@ -223,6 +226,13 @@ class Daemon:
             )
         #: Every supervisor by name; `run` starts each under `supervise`.
         self.supervisors = self._build_supervisors()
+
+    def _status_line(self) -> str:
+        """What `systemctl status` shows while the daemon runs."""
+        if not self.leadership.leading:
+            return "standby: another daemon holds the leader lease"
+        jobs = sum(self.throttle.active_jobs(name) for name in self.clusters)
+        return f"running {jobs} job{'' if jobs == 1 else 's'}"
 
     def _breaker_open(self) -> bool | None:
         if self.ars_sync is None:
@@ -286,6 +296,7 @@ class Daemon:
                 tg.start_soon(self._serve_listener)
                 if self.metrics_server is not None:
                     tg.start_soon(self._serve_metrics)
+                tg.start_soon(self.watchdog.run)
                 while await self.leadership.acquire(self.stopping):
                     await self._term()
                 self._begin_stop()
@@ -463,6 +474,7 @@ class Daemon:
         so one broken part (a cluster, a malformed document) never takes the daemon down."""
         backoff = RESTART_BACKOFF_S[0]
         logger = log.bind(supervisor=name)
+        watchdog.supervised_as(self.progress, name)
         try:
             while not self.stopping.is_set():
                 started = time.monotonic()
@@ -486,6 +498,7 @@ class Daemon:
                     else:
                         logger.exception("supervisor crashed; restarting", restart_in_s=backoff)
                         metrics.SUPERVISOR_RESTARTS.labels(supervisor=name).inc()
+                    self.progress.beat(name, backoff)  # waiting to restart is not hanging
                     with anyio.move_on_after(backoff):
                         await self.stopping.wait()
                     backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
@@ -493,6 +506,7 @@ class Daemon:
                     if not self.stopping.is_set():
                         logger.warning("supervisor returned early; restarting")
         finally:
+            self.progress.forget(name)
             self._finished(name)
 
     async def _serve_listener(self) -> None:

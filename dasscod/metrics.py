@@ -33,6 +33,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from dasscod.log import get_logger
+from dasscod.watchdog import beat
 
 log = get_logger(__name__)
 
@@ -262,5 +263,6 @@ class SnapshotRefresher:
                 await self.refresh()
             except Exception as exc:  # the store is down: keep the last snapshot, try again
                 log.warning("metrics snapshot failed; keeping the previous one", error=str(exc))
+            beat(self.interval_s)
             with anyio.move_on_after(self.interval_s):
                 await self.stopping.wait()

@@ -64,6 +64,7 @@ from dasscod.pipeline import Pipeline
 from dasscod.queues import ArsFlag, FlagQuery, QueueField
 from dasscod.store import Stores
 from dasscod.store.track import files_mb
+from dasscod.watchdog import beat
 
 log = get_logger(__name__)
 
@@ -241,6 +242,7 @@ class ArsSync:
         """One step's loop: a pass over its queue, then sleep until woken, a parked asset is
         due, or the sweep -- at once again after a full batch, which may have more."""
         while not self.stopping.is_set():
+            beat(self._sweep_s(step))
             event = anyio.Event()
             self._events[step.name] = event  # armed before looking: no wake-up is missed
             if self.breaker.state is BreakerState.OPEN and self.breaker.remaining_s() > 0:
@@ -251,6 +253,7 @@ class ArsSync:
                     continue
             if self.stopping.is_set():
                 return
+            beat(wait)
             with anyio.move_on_after(wait):
                 await event.wait()
 

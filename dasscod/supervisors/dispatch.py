@@ -28,6 +28,7 @@ from dasscod.pipeline import Event, JobEvent, Pipeline
 from dasscod.repeated import RepeatedErrors
 from dasscod.services.launch import AttemptKey, Launcher
 from dasscod.store import Stores
+from dasscod.watchdog import beat
 
 log = get_logger(__name__)
 
@@ -97,6 +98,7 @@ class Dispatcher:
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
             while not self.stopping.is_set():
+                beat(self.sweep_s)
                 wake = self.wakeups.arm(self.job)
                 claimed, blocked, from_offers = await self.dispatch_once(tg)
                 if blocked:

@@ -18,6 +18,7 @@ from dasscod.log import get_logger
 from dasscod.model import Flag, JobStatus, utcnow
 from dasscod.pipeline import Event, JobEvent
 from dasscod.store import Stores
+from dasscod.watchdog import beat
 
 log = get_logger(__name__)
 
@@ -40,6 +41,7 @@ class Housekeeping:
             delay = self.interval_s
             if next_due is not None:
                 delay = min(delay, max(0.05, (next_due - utcnow()).total_seconds()))
+            beat(delay)
             with anyio.move_on_after(delay):
                 await self.stopping.wait()
 

@@ -59,6 +59,7 @@ from dasscod.quarantine import move_to_quarantine
 from dasscod.settings import IntakeSettings
 from dasscod.store import AssetExists, Stores
 from dasscod.store.codec import to_bson
+from dasscod.watchdog import beat
 
 log = get_logger(__name__)
 
@@ -136,6 +137,7 @@ class IntakeSupervisor:
         stop = stopping or anyio.Event()
         while not stop.is_set():
             await self.scan_once()
+            beat(self.settings.poll_s)
             with anyio.move_on_after(self.settings.poll_s):
                 await stop.wait()
 

@@ -35,6 +35,7 @@ from dasscod.pipeline import ACTIVE
 from dasscod.repeated import RepeatedErrors
 from dasscod.services.launch import scheduler_job_name
 from dasscod.store import Stores
+from dasscod.watchdog import beat
 
 log = get_logger(__name__)
 
@@ -61,6 +62,7 @@ class Retention:
     async def run(self) -> None:
         while not self.stopping.is_set():
             await self.run_once()
+            beat(self.interval_s)
             with anyio.move_on_after(self.interval_s):
                 await self.stopping.wait()
 

@@ -33,6 +33,7 @@ from dasscod.services.launch import AttemptKey, Launcher, parse_job_name, schedu
 from dasscod.services.lost import adopted, has_ended, lost
 from dasscod.settings import TimingSettings
 from dasscod.store import Stores
+from dasscod.watchdog import beat
 
 log = get_logger(__name__)
 
@@ -87,6 +88,7 @@ class Watcher:
     async def run(self) -> None:
         while not self.stopping.is_set():
             await self.check_once()
+            beat(self.timing.watch_s)
             with anyio.move_on_after(self.timing.watch_s):
                 await self.stopping.wait()
 
