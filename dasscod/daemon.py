@@ -184,6 +184,7 @@ class Daemon:
             clusters=lambda: {n: self.throttle.reachable(n) for n in self.clusters},
             breaker_open=self._breaker_open,
             folders=[intake.folder, intake.work_area, intake.quarantine] if intake.enabled else [],
+            leader=lambda: self.leadership.leading,
         )
         self.snapshots = metrics.SnapshotRefresher(
             self.metrics,

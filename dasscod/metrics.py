@@ -25,7 +25,6 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     generate_latest,
 )
@@ -91,24 +90,6 @@ SUPERVISOR_RESTARTS = Counter(
     "Supervisors restarted after they crashed, by supervisor.",
     ["supervisor"],
 )
-#: Registered only once a leader lease exists (`set_leader`): without a lease the daemon is
-#: alone and a constant 1 would only mislead.
-LEADER = Gauge(
-    "dasscod_leader", "1 while this daemon holds the leader lease, 0 in standby.",
-    registry=None,
-)
-_leader_registered = False
-
-
-def set_leader(leader: bool) -> None:
-    """The lease's holder changed (the lease code calls this; the first call exports it)."""
-    global _leader_registered
-    if not _leader_registered:
-        REGISTRY.register(LEADER)
-        _leader_registered = True
-    LEADER.set(1 if leader else 0)
-
-
 def observe_seconds(histogram: Histogram, seconds: float | None, **labels: str) -> None:
     """Observe a duration computed from stored times, ignoring the impossible (clock skew
     between the cluster and us can make one negative)."""
@@ -151,12 +132,14 @@ class DaemonCollector(Collector):
         clusters: Callable[[], Mapping[str, bool]],
         breaker_open: Callable[[], bool | None],
         folders: Iterable[Path] = (),
+        leader: Callable[[], bool] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.snapshot = Snapshot()
         self._clusters = clusters
         self._breaker_open = breaker_open
         self._folders = list(folders)
+        self._leader = leader
         self._clock = clock
 
     def collect(self) -> Iterable[Metric]:
@@ -213,6 +196,11 @@ class DaemonCollector(Collector):
                 "dasscod_ars_breaker_open",
                 "1 while the ARS circuit breaker is open or probing (ARS unavailable).",
                 value=1 if breaker else 0,
+            )
+        if self._leader is not None:
+            yield GaugeMetricFamily(
+                "dasscod_leader", "1 while this daemon holds the leader lease, 0 in standby.",
+                value=1 if self._leader() else 0,
             )
         free = GaugeMetricFamily(
             "dasscod_disk_free_bytes", "Free space of the file system of a daemon folder.",

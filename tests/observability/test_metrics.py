@@ -92,6 +92,7 @@ async def test_an_asset_in_error_is_counted_on_a_separate_metrics_port(
     assert "dasscod_ars_breaker_open" not in s  # no ARS configured
     assert value(s, "dasscod_disk_free_bytes", folder=str(settings.intake.folder)) > 0
     assert value(s, "process_resident_memory_bytes") > 0
+    assert value(s, "dasscod_leader") == 1  # alone, it holds the lease
     assert "dasscod_ars_backlog" in {f.name for f in text_string_to_metric_families(text)}
 
 
