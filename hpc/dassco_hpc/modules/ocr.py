@@ -53,6 +53,8 @@ DEFAULT_LANG = "dan+eng+lat"
 #: tesseract reads 20-40 px text best.
 GLYPH_PX = 32
 TEXT_FOUND, NO_TEXT = "TEXT_FOUND", "NO_TEXT"
+#: Long side of the copy of a block that is checked for a barcode.
+CODE_CHECK_PX = 600
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,14 @@ def is_a_code(img: Image, block: TextBlock) -> bool:
     mx, my = (right - left) // 4, (bottom - top) // 4
     crop = img.crop((max(0, left - mx), max(0, top - my), min(img.width, right + mx),
                      min(img.height, bottom + my))).convert("L")  # fmt: skip
-    area = (right - left) * (bottom - top)
+    # A code is still read at ~4 px per module; a label-sized crop read at full size costs
+    # as much as the rest of the search.
+    shrink = min(1.0, CODE_CHECK_PX / max(crop.size))
+    if shrink < 1:
+        crop = crop.resize(
+            (max(1, round(crop.width * shrink)), max(1, round(crop.height * shrink)))
+        )
+    area = (right - left) * (bottom - top) * shrink * shrink
     for code in zxing.read_barcodes(crop):
         corners = [code.position.top_left, code.position.top_right,
                    code.position.bottom_right, code.position.bottom_left]  # fmt: skip
