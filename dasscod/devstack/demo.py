@@ -32,7 +32,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +93,9 @@ def draw_batch(folder: Path, n: int, size: tuple[int, int]) -> list[tuple[Planne
     for i, (kind, seed) in enumerate(kinds(n)):
         guid = f"demo-{i:02d}-{kind.replace('_', '-')}-{uuid.uuid4().hex[:4]}"
         path = folder / f"{guid}.tif"
-        sheet = write(path, kind, size, seed,
-                      variation=varied(seed) if kind in ("specimen", "mso") else None)
+        # Varied labels; every specimen keeps its code, so that the table shows what was read.
+        variation = replace(varied(seed), code=True) if kind in ("specimen", "mso") else None
+        sheet = write(path, kind, size, seed, variation=variation)
         words = [w for line in sheet.label_lines for w in line.split()]
         batch.append((Planned(guid, kind, sheet.payloads, words), path))
     return batch
