@@ -29,6 +29,7 @@ from dasscod import metrics, sd_notify, watchdog
 from dasscod.ars import ArsClient
 from dasscod.ars.health import BreakerState
 from dasscod.cluster.configured import Cluster, build_clusters
+from dasscod.cluster.direct.warm import WarmLauncher
 from dasscod.coordination import Throttle, Wakeups
 from dasscod.holds import Holds
 from dasscod.leadership import Leadership
@@ -334,6 +335,11 @@ class Daemon:
             await self.stores.ensure_indexes()
             await self.control.reload()  # pauses and limits survive restarts
             self.throttle.rebuild(await self.stores.track.in_flight(), queried_at=time.monotonic())
+            for cluster in self.clusters.values():
+                # Warm before the first job: one claimed right after a restart starts warm.
+                warm = getattr(cluster.scheduler, "warm", None)
+                if isinstance(warm, WarmLauncher):
+                    tg.start_soon(warm.start, cluster.settings.python, cluster.settings.env)
             self._running.update(self.supervisors)
             for name, factory in self.supervisors.items():
                 tg.start_soon(self.supervise, name, factory)

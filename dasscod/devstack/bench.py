@@ -481,6 +481,7 @@ async def main() -> dict[str, Any]:
 PARTS = {
     "dasscod.devstack.bench_ars": "bench_ars",
     "dasscod.devstack.bench_cluster": "bench_cluster",
+    "dasscod.devstack.bench_lease": "lease",
     "dasscod.devstack.bench_modules": "modules",
 }
 

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import anyio
 import httpx
+import psutil
 import pytest
 
+from dasscod.cluster.direct.warm import WARM_NAME
 from dasscod.devstack.stack import LocalStack, stop_daemon
 
 pytestmark = pytest.mark.e2e
@@ -51,6 +53,24 @@ async def wait_event(path: Path, event: str, timeout_s: float = 20) -> dict[str,
                 return e
         await anyio.sleep(0.1)
     pytest.fail(f"no {event!r} in the daemon's log")
+
+
+async def test_the_warm_launcher_starts_with_the_daemon_before_any_job(
+    tmp_path: Path, mongo_uri: str
+) -> None:
+    stack = LocalStack(tmp_path / "stack", mongo_uri, database=f"warm_{time.time_ns()}")
+    stack.write_config()
+    proc = stack.start_daemon()
+    try:
+        await wait_ready(stack.port, proc)
+        started = await wait_event(stack.root / "daemon.log", "warm launcher started")
+        launcher = psutil.Process(int(str(started["pid"])))
+        assert WARM_NAME in launcher.cmdline()
+        assert launcher.ppid() == proc.pid
+    finally:
+        status = stop_daemon(proc)
+    assert status == 0
+    assert not psutil.pid_exists(launcher.pid) or launcher.status() == psutil.STATUS_ZOMBIE
 
 
 async def test_sighup_applies_limits_and_log_level_and_refuses_the_rest(

@@ -73,7 +73,7 @@ class WarmLauncher:
         if len(argv) < 3 or argv[1] != "-m" or argv[2] not in self.modules:
             return None
         env = job_environment(spec.env)
-        key = (argv[0], frozenset((k, v) for k, v in env.items() if k.startswith("PYTHON")))
+        key = _key(argv[0], env)
         if key in self._failed:
             return None
         request = {"state": str(folder), "limit": spec.time_limit_s,
@@ -104,6 +104,26 @@ class WarmLauncher:
         log.warning("warm launcher could not fork the job; it takes the shell wrapper",
                     error=str(reply.get("error")))
         return None
+
+    async def start(self, python: str, env: Mapping[str, str]) -> None:
+        """Start the launcher for jobs run by `python` with `env` now, ahead of the first job:
+        a job claimed right after the daemon (re)starts then starts warm. A failure is logged,
+        not raised: jobs take the shell wrapper."""
+        full = job_environment(env)
+        key = _key(python, full)
+        async with self._lock:
+            if key in self._failed or (self._key == key and self._process is not None):
+                return
+            try:
+                await self._stop()
+                await self._start(key, full)
+            except Exception as exc:
+                with anyio.CancelScope(shield=True):
+                    await self._stop()
+                log.warning("warm launcher could not start; jobs take the shell wrapper",
+                            error=f"{type(exc).__name__}: {exc}", log=str(self.log_path))
+                return
+        log.info("warm launcher started", pid=self.pid, modules=sorted(self._ready))
 
     async def _start(self, key: WarmKey, env: dict[str, str]) -> None:
         # The launcher keeps no job's token: DASSCO_* variables are per job.
@@ -169,4 +189,5 @@ class WarmLauncher:
             await self._stop()
 
 
-
+def _key(python: str, env: Mapping[str, str]) -> WarmKey:
+    return (python, frozenset((k, v) for k, v in env.items() if k.startswith("PYTHON")))
