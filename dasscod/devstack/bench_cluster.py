@@ -254,7 +254,7 @@ async def e2e_phase(env: Mapping[str, str], uri: str, root: Path, shared: Path) 
         max_jobs=E2E_MAX_JOBS,
         env={
             "PYTHONPATH": f"{REPO_ROOT / 'hpc'}:{REPO_ROOT}",
-            "DASSCO_HPC_MODULES": "tests.hpc_test_module",
+            "DASSCO_HPC_MODULES": "dasscod.devstack.hpc_stand_in",
             "DASSCO_TEST_LOG": str(runs),
             "DASSCO_TEST_SLEEP_S": f"{E2E_SLEEP_S:g}",
             "DASSCO_CALLBACK_BACKOFF_MAX_S": "2",

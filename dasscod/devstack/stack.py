@@ -21,9 +21,9 @@ from typing import Any
 from dasscod.devstack.mongo import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-#: The stand-in HPC module of the daemon's tests and benchmark (tests/hpc_test_module.py):
+#: The stand-in HPC module of the daemon's tests and benchmark (dasscod/devstack/hpc_stand_in.py):
 #: the orchestration without the image processing.
-TEST_MODULES = "tests.hpc_test_module"
+STAND_IN_MODULES = "dasscod.devstack.hpc_stand_in"
 
 
 @dataclass
@@ -38,7 +38,7 @@ class LocalStack:
     #: Extra environment for every job (the test module's knobs, for instance).
     job_env: dict[str, str] = field(default_factory=dict)
     #: Python modules searched for job modules before the real ones in `hpc/`.
-    hpc_modules: str = TEST_MODULES
+    hpc_modules: str = STAND_IN_MODULES
     max_jobs: int = 6
     assets_in_flight: int = 30
     watch_s: float = 1.0
@@ -61,7 +61,7 @@ class LocalStack:
         return self.root / "dasscod.toml"
 
     def job_environment(self) -> dict[str, str]:
-        """Jobs run this Python (found first on PATH as `python3`), and find the test module in
+        """Jobs run this Python (found first on PATH as `python3`), and find the stand-in module in
         the repository."""
         bin_dir = str(Path(sys.executable).parent)
         return {

@@ -419,12 +419,12 @@ def test_a_listener_outage_during_the_module_loses_nothing(
 
 
 def test_the_daemons_test_module(stub: StubListener, env: dict[str, str], tmp_path: Path) -> None:
-    if not (REPO_ROOT / "tests" / "hpc_test_module.py").exists():
+    if not (REPO_ROOT / "dasscod" / "devstack" / "hpc_stand_in.py").exists():
         pytest.skip("not in the dasscod repository")
     runs = tmp_path / "runs.jsonl"
     env.update(
         PYTHONPATH=str(REPO_ROOT),
-        DASSCO_HPC_MODULES="tests.hpc_test_module",
+        DASSCO_HPC_MODULES="dasscod.devstack.hpc_stand_in",
         DASSCO_TEST_LOG=str(runs),
         DASSCO_JOB="barcode",
         DASSCO_TEST_FAIL_JOBS="ocr,barcode:1",

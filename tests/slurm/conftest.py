@@ -31,7 +31,7 @@ CLUSTER_PYTHON = Path("/usr/bin/python3")
 #: runner, and the test module the end-to-end tests run in place of the image modules.
 RUNNER_SOURCES = {
     REPO / "hpc" / "dassco_hpc": "dassco_hpc",
-    REPO / "tests" / "hpc_test_module.py": "tests/hpc_test_module.py",
+    REPO / "dasscod" / "devstack" / "hpc_stand_in.py": "dasscod/devstack/hpc_stand_in.py",
 }
 
 

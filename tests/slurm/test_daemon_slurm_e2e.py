@@ -51,7 +51,7 @@ def settings_for(cluster: LocalCluster, stack: LocalStack, shared: Path, runs: P
             "python": python,
             "max_jobs": 6,
             "env": {
-                "DASSCO_HPC_MODULES": "tests.hpc_test_module",
+                "DASSCO_HPC_MODULES": "dasscod.devstack.hpc_stand_in",
                 "DASSCO_TEST_LOG": str(runs),
                 "DASSCO_CALLBACK_BACKOFF_MAX_S": "2",
                 **job_env,

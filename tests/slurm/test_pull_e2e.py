@@ -51,7 +51,7 @@ def pull_settings(stack: LocalStack, shared: Path, runs: Path, partition: str,
             "state_dir": str(shared / "agent"),
             "python": python,
             "env": {
-                "DASSCO_HPC_MODULES": "tests.hpc_test_module",
+                "DASSCO_HPC_MODULES": "dasscod.devstack.hpc_stand_in",
                 "DASSCO_TEST_LOG": str(runs),
                 "DASSCO_CALLBACK_BACKOFF_MAX_S": "2",
             },

@@ -1,7 +1,7 @@
 """Stand-in HPC modules for the daemon's tests and benchmark: the orchestration without the
 image processing of the real modules in `hpc/dassco_hpc/modules/`.
 
-Jobs point at it with `DASSCO_HPC_MODULES=tests.hpc_test_module` (the repository root on
+Jobs point at it with `DASSCO_HPC_MODULES=dasscod.devstack.hpc_stand_in` (the repository root on
 PYTHONPATH). `MODULES` covers every job of HERB0001 and PIOF0001 (load, barcode, ocr,
 derivatives, upload, clean_up); each returns plausible results for its job without touching
 any file. Knobs, from the job's environment:
