@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from dasscod.devstack.assets import make_metadata as make_metadata
+from dasscod.devstack.assets import make_track as make_track
 from dasscod.devstack.mongo import mongo_server
-from dasscod.model import Metadata, Track
 from dasscod.pipelines import load_pipelines
 from dasscod.store import Stores
 
@@ -33,28 +33,6 @@ async def stores(mongo_uri: str) -> AsyncIterator[Stores]:
     finally:
         await s.client.drop_database(name)
         await s.close()
-
-
-def make_metadata(guid: str, **changes: object) -> Metadata:
-    data: dict[str, object] = {
-        "asset_guid": guid,
-        "institution": "NHMD",
-        "collection": "Vascular plants",
-        "pipeline_name": "PIPEHERB0001",
-        "workstation_name": "WORKHERB0001",
-        "digitiser": "Test Digitiser",
-        "date_asset_taken": datetime.fromisoformat("2024-10-05T10:00:00+02:00"),
-        "file_format": "tif",
-    }
-    data.update(changes)
-    return Metadata.model_validate(data)
-
-
-def make_track(guid: str, pipeline_name: str = "PIPEHERB0001") -> Track:
-    pipeline = load_pipelines()[pipeline_name]
-    return Track.model_validate(
-        {"_id": guid, "pipeline": pipeline_name, "job_list": pipeline.initial_jobs()}
-    )
 
 
 @pytest.fixture

@@ -24,23 +24,21 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from dasscod.ars import ArsClient
 from dasscod.ars.health import BreakerState, CircuitBreaker
 from dasscod.ars.settings import ArsSettings
-from dasscod.delivery import BYTES_PER_MB, file_entry
 from dasscod.devstack.ars import ArsSimulator, RequestRecord, ars_simulator
 from dasscod.devstack.ars.app import TOKEN_PATH
+from dasscod.devstack.assets import add_asset, running_sync
 from dasscod.devstack.mongo import mongo_server
 from dasscod.log import configure_logging
-from dasscod.model import Flag, Metadata, Track
+from dasscod.model import Flag
 from dasscod.pipelines import load_pipelines
 from dasscod.store import Stores
 from dasscod.supervisors.ars_sync import ArsSync, SyncOptions
@@ -82,54 +80,21 @@ class TimedBreaker(CircuitBreaker):
             self.closed_at.append(time.monotonic())
 
 
-@contextlib.asynccontextmanager
-async def running(
+def running(
     settings: ArsSettings, stores: Stores, options: SyncOptions = OPTIONS
-) -> AsyncIterator[ArsSync]:
+) -> contextlib.AbstractAsyncContextManager[ArsSync]:
     """The sync supervisor in the background, woken by the store's writes (as in the daemon)."""
-    stopping = anyio.Event()
-    async with ArsClient(settings) as client:
-        sync = ArsSync(stores, client, stopping=stopping, options=options,
-                       breaker=TimedBreaker(options))
-        unsubscribe = stores.track.subscribe(sync.offer)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(sync.run)
-                yield sync
-                stopping.set()
-        finally:
-            unsubscribe()
+    return running_sync(settings, stores, options, breaker=TimedBreaker(options))
 
 
-async def add_asset(
+async def add_bench_asset(
     stores: Stores, root: Path, guid: str, data: bytes, *, parent: str | None = None
 ) -> None:
-    folder = root / guid
-    folder.mkdir(parents=True)
+    """An original (a TIFF) or a derivative (a JPEG) of `data`."""
     name = "derivative.jpg" if parent else "original.tif"
-    (folder / name).write_bytes(data)
-    await stores.metadata.insert(Metadata.model_validate({
-        "asset_guid": guid,
-        "parent_guid": parent,
-        "institution": "NHMD",
-        "collection": "Vascular plants",
-        "pipeline_name": PIPELINE,
-        "workstation_name": "WORKHERB0001",
-        "digitiser": "Bench Digitiser",
-        "date_asset_taken": datetime.fromisoformat("2024-10-05T10:00:00+02:00"),
-        "file_format": "jpg" if parent else "tif",
-    }))
-    pipeline = load_pipelines()[PIPELINE]
-    track = Track.model_validate({
-        "_id": guid,
-        "pipeline": PIPELINE,
-        "job_list": pipeline.initial_jobs(),
-        "file_list": [file_entry(folder / name)],
-        "asset_size": len(data) / BYTES_PER_MB,
-        "temporary_path_local": str(folder),
-        "parent_guid": parent,
-    })
-    await stores.track.insert(track)
+    await add_asset(stores, root, guid, files={name: data}, parent=parent,
+                    metadata={"digitiser": "Bench Digitiser",
+                              "file_format": "jpg" if parent else "tif"})
 
 
 async def wait_flags(
@@ -182,8 +147,8 @@ def by_kind(records: list[RequestRecord]) -> dict[str, int]:
 
 async def calls_per_asset(sim: ArsSimulator, stores: Stores, root: Path) -> dict[str, Any]:
     parent, child = f"orig-{uuid.uuid4().hex[:10]}", f"deriv-{uuid.uuid4().hex[:10]}"
-    await add_asset(stores, root, parent, b"P" * 200_000)
-    await add_asset(stores, root, child, b"C" * 50_000, parent=parent)
+    await add_bench_asset(stores, root, parent, b"P" * 200_000)
+    await add_bench_asset(stores, root, child, b"C" * 50_000, parent=parent)
     sim.requests.clear()
     started = time.monotonic()
     async with running(sim.settings(), stores) as sync:
@@ -255,7 +220,7 @@ async def outage(sim: ArsSimulator, stores: Stores, root: Path) -> dict[str, Any
         sim.faults.down_for(OUTAGE_S)
         back = sim.faults.down_until
         for g in guids:
-            await add_asset(stores, root, g, f"pixels of {g}".encode() * 100)
+            await add_bench_asset(stores, root, g, f"pixels of {g}".encode() * 100)
         added_s = time.monotonic() - (back - OUTAGE_S)
         progress(f"outage: added in {added_s:.1f} s; waiting for ARS and the sync")
         done = await wait_flags(stores, guids, DONE, timeout_s=OUTAGE_S + 600, interval_s=0.05)

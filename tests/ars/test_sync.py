@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,13 +18,14 @@ import structlog
 from dasscod.ars import ArsClient
 from dasscod.ars.health import BreakerState
 from dasscod.ars.mapping import to_ars_asset
-from dasscod.delivery import BYTES_PER_MB, file_entry
+from dasscod.delivery import file_entry
 from dasscod.devstack.ars import ArsSimulator
+from dasscod.devstack.assets import add_asset, running_sync
 from dasscod.model import FileEntry, Flag, Track
 from dasscod.store import Stores
 from dasscod.supervisors.ars_sync import ArsSync, SyncOptions
 from tests.ars.conftest import eventually
-from tests.conftest import make_metadata, make_track
+from tests.conftest import make_track
 
 FAST = SyncOptions(
     sweep_s=2.0,
@@ -41,54 +42,11 @@ def guid(prefix: str = "sync") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-@contextlib.asynccontextmanager
-async def running(
+def running(
     sim: ArsSimulator, stores: Stores, options: SyncOptions = FAST
-) -> AsyncIterator[ArsSync]:
+) -> contextlib.AbstractAsyncContextManager[ArsSync]:
     """The sync supervisor running in the background, woken by the store's writes."""
-    stopping = anyio.Event()
-    async with ArsClient(sim.settings()) as client:
-        sync = ArsSync(stores, client, stopping=stopping, options=options)
-        unsubscribe = stores.track.subscribe(sync.offer)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(sync.run)
-                yield sync
-                stopping.set()
-        finally:
-            unsubscribe()
-
-
-async def add_asset(
-    stores: Stores,
-    root: Path,
-    asset_guid: str,
-    *,
-    files: dict[str, bytes] | None = None,
-    parent: str | None = None,
-    **track_fields: Any,
-) -> Track:
-    files = {"a.tif": b"pixels of " + asset_guid.encode()} if files is None else files
-    folder = root / asset_guid
-    folder.mkdir(parents=True)
-    entries = []
-    for name, data in files.items():
-        (folder / name).write_bytes(data)
-        entries.append(file_entry(folder / name))
-    md_changes: dict[str, Any] = {"parent_guid": parent} if parent else {}
-    if "digitiser" in track_fields:
-        md_changes["digitiser"] = track_fields.pop("digitiser")
-    await stores.metadata.insert(make_metadata(asset_guid, **md_changes))
-    track = make_track(asset_guid).model_copy(
-        update={
-            "file_list": entries,
-            "asset_size": sum(len(d) for d in files.values()) / BYTES_PER_MB,
-            "temporary_path_local": str(folder),
-            "parent_guid": parent,
-            **track_fields,
-        }
-    )
-    return await stores.track.insert(track)
+    return running_sync(sim.settings(), stores, options)
 
 
 async def wait_flags(
@@ -233,7 +191,7 @@ async def test_refused_assets_show_an_error_and_the_others_finish(
 ) -> None:
     good, no_digitiser, forbidden = guid("good"), guid("nodig"), guid("forbidden")
     await add_asset(stores, tmp_path, good)
-    await add_asset(stores, tmp_path, no_digitiser, digitiser="")
+    await add_asset(stores, tmp_path, no_digitiser, metadata={"digitiser": ""})
     await add_asset(stores, tmp_path, forbidden)
     sim.state.forbidden_guids.add(forbidden)
     async with running(sim, stores):

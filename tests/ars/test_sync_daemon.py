@@ -16,11 +16,12 @@ from pymongo import AsyncMongoClient
 from dasscod.daemon import Daemon
 from dasscod.devstack.ars import ArsSimulator
 from dasscod.devstack.ars.server import DEFAULT_CLIENT_SECRET
+from dasscod.devstack.assets import add_asset
 from dasscod.devstack.stack import LocalStack, deliver, stop_daemon
 from dasscod.model import Flag, Track
 from dasscod.settings import Settings
 from tests.ars.conftest import eventually
-from tests.ars.test_sync import DONE, add_asset, assert_ars_metadata_is_local, wait_flags
+from tests.ars.test_sync import DONE, assert_ars_metadata_is_local, wait_flags
 from tests.integration.test_daemon import settings_for
 
 
