@@ -181,6 +181,22 @@ class Throttle:
                 self._waiting[cluster].add(job)
         return None
 
+    def has_room(self, cluster: str, job: str = "") -> bool:
+        """Whether `reserve` could give `job` a slot on `cluster` now (leaving the assets
+        limit aside)."""
+        return (self.reachable(cluster) and not self.holds.cluster_paused(cluster)
+                and self.active_jobs(cluster) < self.max_jobs.get(cluster, 0)
+                and not self._earlier_stage_waits(cluster, job))
+
+    def assets_full(self) -> bool:
+        """No asset may enter the HPC side now (the limit is reached, or the daemon drains)."""
+        return self.holds.draining or self.assets_in_flight() >= self.max_assets
+
+    def waits_for(self, clusters: Iterable[str], job: str) -> None:
+        """`job` waits for a slot on these clusters (as when `reserve` found none)."""
+        for cluster in clusters:
+            self._waiting[cluster].add(job)
+
     def _earlier_stage_waits(self, cluster: str, job: str) -> bool:
         stage = self.stages.get(job, 0)
         return any(self.stages.get(w, 0) < stage for w in self._waiting.get(cluster, ()))

@@ -122,11 +122,39 @@ class Dispatcher:
         else:
             self._offered.clear()  # the query returns them too, oldest first
             self._sweep = False
-            tracks = await self.stores.track.ready(
-                self.job, BATCH, skip_pipelines=self.holds.paused_pipelines(),
-                in_flight_only=self.holds.draining,
-            )
+            tracks = await self._query()
             more_in_store = len(tracks) >= BATCH
+        claimed, waiting = await self._pass(tracks, tg)
+        if waiting and more_in_store and not from_offers:
+            # A whole batch, and some of it waits for room: the claimable assets behind it
+            # must not wait too. Ask again past those that cannot get a slot now.
+            again = await self._query(past_full=True)
+            more, held = await self._pass([t for t in again if t.id not in
+                                           {w.id for w in waiting}], tg)
+            claimed += more
+            waiting += held
+        if waiting:
+            self._keep(waiting, more_in_store=more_in_store)
+            return claimed, True, from_offers
+        if not from_offers:
+            self._backlog = False
+        self.throttle.served(self.job)
+        return claimed, False, from_offers
+
+    async def _query(self, *, past_full: bool = False) -> list[Track]:
+        """The oldest ready assets; with `past_full`, not those that cannot get a slot now
+        (their pipeline's clusters for our job are full, paused or unreachable; or they
+        would enter the HPC side while the assets limit is reached)."""
+        skip = self.holds.paused_pipelines()
+        in_flight_only = self.holds.draining
+        if past_full:
+            skip = [*skip, *self._pipelines_without_room()]
+            in_flight_only = in_flight_only or self.throttle.assets_full()
+        return await self.stores.track.ready(self.job, BATCH, skip_pipelines=skip,
+                                             in_flight_only=in_flight_only)
+
+    async def _pass(self, tracks: list[Track], tg: TaskGroup) -> tuple[int, list[Track]]:
+        """Claim what can be claimed of `tracks`: (how many, those that wait for a slot)."""
         claimed = 0
         waiting: list[Track] = []  # no slot on their clusters now: kept for a freed slot
         for track in tracks:
@@ -150,13 +178,7 @@ class Dispatcher:
                 waiting.append(track)
             elif outcome:
                 claimed += 1
-        if waiting:
-            self._keep(waiting, more_in_store=more_in_store)
-            return claimed, True, from_offers
-        if not from_offers:
-            self._backlog = False
-        self.throttle.served(self.job)
-        return claimed, False, from_offers
+        return claimed, waiting
 
     async def _claim(self, track: Track, tg: TaskGroup) -> bool | None:
         """Claim our job of `track` on a cluster with room and start its submission: True
@@ -191,6 +213,19 @@ class Dispatcher:
         key = self.launcher.hold(result.track, self.job)
         tg.start_soon(self._submit, result.track, key)
         return True
+
+    def _pipelines_without_room(self) -> list[str]:
+        """Pipelines whose clusters for our job all lack room now (full, paused or
+        unreachable); the throttle notes that our job waits for them."""
+        full = []
+        for pipeline in self.pipelines.values():
+            if self.job not in {spec.name for spec in pipeline.jobs}:
+                continue
+            clusters = [c for c in pipeline.spec(self.job).clusters if c in self.clusters]
+            if clusters and not any(self.throttle.has_room(c, self.job) for c in clusters):
+                self.throttle.waits_for(clusters, self.job)
+                full.append(pipeline.name)
+        return full
 
     def _refusal(self, track: Track) -> str | None:
         """Why our job of `track` can never run on this daemon as configured (None: it can)."""

@@ -162,3 +162,18 @@ def test_repeated_errors_back_off_per_key_and_cause() -> None:
         errors.cleared("a")
         assert errors.due("a") and len(errors) == 0
     assert [e["log_level"] for e in logs] == ["error", "warning", "warning", "warning", "error"]
+
+
+async def test_a_whole_batch_waiting_for_room_does_not_hide_the_assets_behind_it(
+    stores: Stores, dispatcher: Dispatcher, throttle: Throttle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("dasscod.supervisors.dispatch.BATCH", 2)
+    for guid in ("busy-1", "busy-2", "busy-3"):  # more than a batch, all oldest
+        await add(stores, guid, "PIPEBUSY")
+    await add(stores, "free-1", "PIPEFREE")
+    throttle.set_limits(assets_in_flight=10, jobs_per_cluster={"busy": 0, "free": 5})
+
+    assert await one_pass(dispatcher) == (1, True)
+
+    assert await status(stores, "free-1") is JobStatus.QUEUED
+    assert {await status(stores, f"busy-{i}") for i in (1, 2, 3)} == {JobStatus.WAITING}
