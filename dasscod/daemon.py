@@ -134,8 +134,10 @@ class Daemon:
             clusters=self.clusters,
             pipelines=self.pipelines,
             callback_base=self.settings.listener.callback_base,
-            token_secret=self.settings.security.secret(),
+            token_secret=self.settings.security.keys(),
             token_ttl_s=self.settings.security.token_ttl_s,
+            token_queue_s=timing.max_queue_s,
+            token_grace_s=timing.grace_s,
             reachability=self.throttle,
         )
         intake = self.settings.intake
@@ -160,7 +162,7 @@ class Daemon:
             listener_config(
                 create_app(
                     self.stores,
-                    self.settings.security.secret(),
+                    self.settings.security.keys(),
                     intake=self.intake,
                     intake_token=(
                         intake.api_token.get_secret_value() if intake.api_token else None

@@ -110,6 +110,9 @@ class FileEntry(BaseModel):
     type: str
     file_size: float  # MB, as in the current system
     check_sum: int  # CRC-32 as an unsigned integer
+    #: Hex SHA-256 of a derivative made on the cluster, reported by the job: its bytes are
+    #: checked against it when they are handed over (CRC-32 alone can be forged).
+    sha256: str | None = None
     time_added: datetime = Field(default_factory=utcnow)
     deleted: bool = False
     erda_sync: Flag = Flag.NO

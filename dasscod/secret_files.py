@@ -32,13 +32,14 @@ CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 CREDENTIAL_NAMES = (
     "mongo.uri",
     "security.token_secret",
+    "security.previous_secrets",
     "ars.client_secret",
     "intake.api_token",
     "clusters.*.agent_token",
     "control.tokens",
 )
 #: Credentials holding a TOML table of name = "secret" lines rather than one secret.
-TABLE_CREDENTIALS = frozenset({"control.tokens"})
+TABLE_CREDENTIALS = frozenset({"control.tokens", "security.previous_secrets"})
 
 _CLUSTER_NAME = r"[A-Za-z0-9_-]+"
 

@@ -30,6 +30,7 @@ from pydantic_settings import (
 from dasscod.ars.settings import ArsSettings
 from dasscod.pipelines import BUILTIN_PIPELINES
 from dasscod.secret_files import CredentialsSource, FileSecrets, read_secret_table
+from dasscod.tokens import SigningKeys
 
 ENV_PREFIX = "DASSCOD_"
 ENV_NESTED_DELIMITER = "__"
@@ -231,6 +232,14 @@ class SecuritySettings(_Section):
     #: environment (`DASSCOD_SECURITY__TOKEN_SECRET`), never in a shared file.
     token_secret: SecretStr | None = None
     token_secret_file: Path | None = None
+    #: The key id written into each token's header. To rotate the secret: give the new
+    #: secret a new id and move the old one into `previous_secrets` (id -> secret) until the
+    #: jobs that hold tokens signed with it have ended (at most a job's time limit plus
+    #: timing.max_queue_s plus timing.grace_s).
+    token_kid: str = Field(default="k1", pattern=r"^[A-Za-z0-9._-]{1,32}$")
+    previous_secrets: dict[str, SecretStr] = Field(default_factory=dict)
+    #: Upper bound of a token's lifetime; each token lives for its job's time limit plus
+    #: timing.max_queue_s plus timing.grace_s, when that is shorter.
     token_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
 
     @field_validator("token_secret")
@@ -246,6 +255,22 @@ class SecuritySettings(_Section):
         if self.token_secret is not None and self.token_secret_file is not None:
             _check_secret_length(self.token_secret.get_secret_value())
         return self
+
+    @model_validator(mode="after")
+    def _previous_keys(self) -> SecuritySettings:
+        if self.token_kid in self.previous_secrets:
+            raise ValueError(f"security.previous_secrets holds the current token_kid "
+                             f"{self.token_kid!r}: a rotated secret needs a new key id")
+        for kid, secret in self.previous_secrets.items():
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,32}", kid):
+                raise ValueError(f"security.previous_secrets: bad key id {kid!r}")
+            _check_secret_length(secret.get_secret_value())
+        return self
+
+    def keys(self) -> SigningKeys:
+        """The signing key and the previous ones that still verify."""
+        return SigningKeys(self.token_kid, self.secret(),
+                           {k: v.get_secret_value() for k, v in self.previous_secrets.items()})
 
     def secret(self) -> str:
         if self.token_secret is None:

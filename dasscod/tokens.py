@@ -1,12 +1,21 @@
 """Per-job callback tokens: an HMAC-signed JWT naming the asset, the job and the attempt.
 
 A job can only speak for itself: a token for one asset or job is refused for another, and a
-token of an older attempt is recognised as stale once the job has been retried.
+token of an older attempt is recognised as stale once the job has been retried (the callback
+service checks that the attempt is still the live one). A token lives as long as its job
+can: the job's time limit, plus the time it may wait in the queue, plus a grace period.
+
+Every token names its signing key in the JWT header (`kid`). The daemon signs with its
+current key and verifies with that key or any previous one still configured, so the secret
+can be rotated without failing the jobs that are running: give the new secret a new key id,
+keep the old one under `security.previous_secrets` until those jobs have ended.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import secrets as _secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import jwt
@@ -15,6 +24,7 @@ from dasscod.model import utcnow
 
 ALGORITHM = "HS256"
 AUDIENCE = "dasscod-callback"
+DEFAULT_KID = "k1"
 
 
 class TokenError(Exception):
@@ -28,7 +38,30 @@ class JobClaims:
     attempt: int
 
 
-def issue(secret: str, claims: JobClaims, *, ttl_s: int) -> str:
+@dataclass(frozen=True)
+class SigningKeys:
+    """The current key (id and secret) and older keys that still verify."""
+
+    kid: str
+    secret: str = field(repr=False)
+    previous: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def for_kid(self, kid: str | None) -> str | None:
+        if kid is None or kid == self.kid:
+            # A token without a key id predates key ids: the current secret.
+            return self.secret
+        return self.previous.get(kid)
+
+
+Keys = SigningKeys | str
+
+
+def signing_keys(keys: Keys) -> SigningKeys:
+    return keys if isinstance(keys, SigningKeys) else SigningKeys(DEFAULT_KID, keys)
+
+
+def issue(keys: Keys, claims: JobClaims, *, ttl_s: float) -> str:
+    signing = signing_keys(keys)
     now = utcnow()
     payload = {
         "sub": claims.asset_guid,
@@ -37,11 +70,24 @@ def issue(secret: str, claims: JobClaims, *, ttl_s: int) -> str:
         "aud": AUDIENCE,
         "iat": now,
         "exp": now + timedelta(seconds=ttl_s),
+        # Tells two tokens of one attempt apart (a resubmission issues a new one).
+        "jti": _secrets.token_hex(8),
     }
-    return jwt.encode(payload, secret, algorithm=ALGORITHM)
+    return jwt.encode(payload, signing.secret, algorithm=ALGORITHM,
+                      headers={"kid": signing.kid})
 
 
-def verify(secret: str, token: str) -> JobClaims:
+def verify(keys: Keys, token: str) -> JobClaims:
+    signing = signing_keys(keys)
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+    except jwt.InvalidTokenError as exc:
+        raise TokenError(f"invalid job token: {exc}") from exc
+    if kid is not None and not isinstance(kid, str):
+        raise TokenError("invalid job token: malformed key id")
+    secret = signing.for_kid(kid)
+    if secret is None:
+        raise TokenError(f"invalid job token: unknown signing key {kid!r} (rotated out?)")
     try:
         payload = jwt.decode(
             token,

@@ -48,7 +48,7 @@ from dasscod.services.files import file_to_send, receive_file
 from dasscod.services.replies import Rejected
 from dasscod.store import Stores, TransitionConflict
 from dasscod.store.fence import NotLeader
-from dasscod.tokens import JobClaims, TokenError, verify
+from dasscod.tokens import JobClaims, Keys, TokenError, verify
 
 API_PREFIX = "/api/v1"
 
@@ -61,7 +61,7 @@ FileName = Annotated[str, Path(pattern=FILE_NAME_PATTERN)]
 
 def create_app(
     stores: Stores,
-    token_secret: str,
+    token_secret: Keys,
     *,
     intake: Intake | None = None,
     intake_token: str | None = None,
@@ -293,7 +293,7 @@ AGENT_MAX_BYTES = 1024 * KB
 INTAKE_OVERHEAD_BYTES = 1024 * KB
 
 
-def _gates(token_secret: str, intake_token: str | None, intake_max_bytes: int,
+def _gates(token_secret: Keys, intake_token: str | None, intake_max_bytes: int,
            agent_tokens: list[str], control_tokens: list[str]) -> list[Gate]:
     """Who may send a body to which route, and how large (see `dasscod.listener.guard`)."""
 

@@ -93,7 +93,10 @@ class FileInfo(_Body):
     name: str = Field(min_length=1, max_length=255, pattern=r"^[^/\\\x00]+$")
     type: str = Field(min_length=1, max_length=16)
     check_sum: int = Field(ge=0, le=0xFFFFFFFF)
-    file_size: float = Field(ge=0, description="MB")
+    file_size: float = Field(ge=0, le=1_000_000, description="MB")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                               description="hex SHA-256; required for a file whose bytes are "
+                                           "then sent with PUT")
 
 
 class DerivativeFailed(_Body):

@@ -45,6 +45,15 @@ from dasscod.tokens import JobClaims
 log = get_logger(__name__)
 
 CAUSE = "callback"
+#: A job's attempt that may still write: submitted and not yet ended.
+LIVE = frozenset({JobStatus.STARTING, JobStatus.QUEUED, JobStatus.RUNNING})
+#: The asset-level write routes, and the dassco-hpc modules whose work each one is: a token
+#: of another job (OCR, say) cannot flip hpc_ready or register derivatives.
+ROUTE_MODULES: dict[str, frozenset[str]] = {
+    "ready": frozenset({"load"}),
+    "clean-up": frozenset({"clean_up"}),
+    "derivatives": frozenset({"derivatives", "upload"}),
+}
 #: The exit code the runner reports after the scheduler's SIGTERM (128 + 15).
 SIGTERM_EXIT = 143
 #: A SIGTERM this close to the job's time limit, or later, is the scheduler enforcing it
@@ -304,10 +313,12 @@ class CallbackService:
         return await self._reported(claims, status, JobResults(metadata=data or None), "job")
 
     async def asset_ready(self, claims: JobClaims) -> Ack:
+        await self.live_job(claims, "ready")
         result = await self._apply(claims.asset_guid, [], asset_fields={"hpc_ready": Flag.YES})
         return ack(result)
 
     async def clean_up_done(self, claims: JobClaims) -> Ack:
+        await self.live_job(claims, "clean-up")
         result = await self._apply(claims.asset_guid, [], asset_fields={"hpc_ready": Flag.NO})
         return ack(result)
 
@@ -317,7 +328,7 @@ class CallbackService:
             raise CallbackRejected(
                 403, f"a job of {claims.asset_guid} may only register its own derivatives"
             )
-        parent = await self._track(claims.asset_guid, recent_ok=True)
+        parent = await self.live_job(claims, "derivatives")
         if await self.stores.track.get(metadata.asset_guid, recent_ok=True) is not None:
             return Ack(applied=False, detail=f"derivative {metadata.asset_guid} already exists")
         with suppress(AssetExists):  # a repeat after a crash between the two
@@ -341,6 +352,28 @@ class CallbackService:
         log.info("derivative registered", asset_guid=metadata.asset_guid, parent_guid=parent.id)
         return Ack(applied=True, status=str(derivative.jobs_status))
 
+    async def live_job(self, claims: JobClaims, route: str) -> Track:
+        """The token's asset, if the token's attempt is the job's live one and the route is
+        that job's work; else 409 (the attempt has ended or was replaced) or 403. Checked
+        before any change, so a stale token changes nothing."""
+        track = await self._track(claims.asset_guid, recent_ok=True)
+        job = self._job(track, claims.job)
+        if job.attempt != claims.attempt or job.status not in LIVE:
+            track = await self._track(claims.asset_guid)  # confirm against the store
+            job = self._job(track, claims.job)
+        if job.attempt != claims.attempt or job.status not in LIVE:
+            raise CallbackRejected(
+                409, f"job {claims.job} attempt {claims.attempt} of {claims.asset_guid} is not "
+                f"running (the job is {job.status}, attempt {job.attempt}): its token no "
+                "longer changes anything")
+        pipeline = self.stores.track.pipeline_of(track)
+        module = pipeline.spec(claims.job).module_name if pipeline is not None else None
+        if module not in ROUTE_MODULES[route]:
+            raise CallbackRejected(
+                403, f"job {claims.job} (module {module}) may not use the {route} route: it "
+                f"belongs to the {', '.join(sorted(ROUTE_MODULES[route]))} job")
+        return track
+
     async def track_for(self, claims: JobClaims, guid: str) -> Track:
         """The asset `guid` if the token's job may act on it (its own, or a derivative)."""
         return await self._own_or_derivative(claims, guid)
@@ -354,20 +387,31 @@ class CallbackService:
         return track
 
     async def add_file(self, claims: JobClaims, guid: str, info: FileInfo) -> Ack:
-        await self._own_or_derivative(claims, guid)
-        entry = FileEntry(
-            name=info.name, type=info.type, file_size=info.file_size, check_sum=info.check_sum
-        )
+        await self.live_job(claims, "derivatives")
+        await self.derivative_of(claims, guid)
+        entry = FileEntry(name=info.name, type=info.type, file_size=info.file_size,
+                          check_sum=info.check_sum, sha256=info.sha256)
         added = await self.stores.track.add_file(guid, entry, cause=CAUSE)
         return Ack(applied=added, detail=None if added else f"file {info.name} already recorded")
 
+    async def derivative_of(self, claims: JobClaims, guid: str) -> Track:
+        """A derivative of the token's asset: files are added to, and received for,
+        derivatives only. An original's files come from intake and are never replaced."""
+        track = await self._own_or_derivative(claims, guid)
+        if track.parent_guid != claims.asset_guid:
+            raise CallbackRejected(
+                403, f"{guid} is an original asset: its files come from intake and cannot be "
+                "added or replaced through the listener")
+        return track
+
     async def derivative_uploaded(self, claims: JobClaims, guid: str) -> Ack:
+        await self.live_job(claims, "derivatives")
         await self._own_or_derivative(claims, guid)
         result = await self._apply(guid, [], asset_fields={"has_new_file": Flag.AWAIT})
         return ack(result)
 
     async def derivative_failed(self, claims: JobClaims, ppi: int | None, note: str | None) -> Ack:
-        await self._track(claims.asset_guid)
+        await self.live_job(claims, "derivatives")
         await self.stores.metadata.mark_media_issue(claims.asset_guid, ppi=ppi, note=note)
         result = await self._apply(
             claims.asset_guid, [], asset_fields={"update_metadata": Flag.YES}

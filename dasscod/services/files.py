@@ -10,6 +10,7 @@ checked, or absent. The other way, the `load` job fetches an asset's files.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,18 +34,24 @@ async def receive_file(
     body: AsyncIterator[bytes],
     files_root: Path,
 ) -> Ack:
-    track = await service.track_for(who, guid)
+    await service.live_job(who, "derivatives")
+    track = await service.derivative_of(who, guid)
     entry = next((f for f in track.file_list if f.name == name and not f.deleted), None)
     if entry is None:
         raise CallbackRejected(
             409, f"asset {guid} has no file {name}: report it first (POST /assets/{guid}/files)"
         )
+    if entry.sha256 is None:
+        raise CallbackRejected(
+            422, f"{name} was reported without a SHA-256: report files whose bytes are sent "
+            "with their sha256 (dassco-hpc does)")
     if problem := file_name_problem(name):  # the route's pattern already says so; be sure
         raise CallbackRejected(422, problem)
     folder = files_root / guid
     await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
     part = folder / f".{name}.part"
     crc = 0
+    digest = hashlib.sha256()
     # The job reported the size (in MB of 10^6 bytes, as dassco-hpc does): a body that goes
     # past it is stopped there, never written to the end.
     expected = round(entry.file_size * BYTES_PER_MB)
@@ -57,6 +64,7 @@ async def receive_file(
                     raise CallbackRejected(
                         413, f"{name}: the body is larger than the reported {expected} bytes")
                 crc = zlib.crc32(chunk, crc)
+                digest.update(chunk)
                 await out.write(chunk)
         if received != expected:
             raise CallbackRejected(
@@ -65,10 +73,11 @@ async def receive_file(
         with anyio.CancelScope(shield=True):
             await anyio.Path(part).unlink(missing_ok=True)
         raise
-    if crc != entry.check_sum:
+    if crc != entry.check_sum or digest.hexdigest() != entry.sha256:
         await anyio.Path(part).unlink(missing_ok=True)
         raise CallbackRejected(
-            422, f"{name}: CRC-32 of the body is {crc}, the reported one is {entry.check_sum}"
+            422, f"{name}: the body's CRC-32 ({crc}) or SHA-256 ({digest.hexdigest()}) differs "
+            f"from the reported ones ({entry.check_sum}, {entry.sha256})"
         )
     await anyio.Path(part).rename(folder / name)
     fields = {"temporary_path_local": str(folder), "temporary_files_local": Flag.YES}

@@ -17,7 +17,7 @@ from dasscod.log import get_logger
 from dasscod.model import JobStatus, Track
 from dasscod.pipeline import Event, JobEvent, Pipeline
 from dasscod.store import Stores
-from dasscod.tokens import JobClaims, issue
+from dasscod.tokens import JobClaims, Keys, issue
 
 log = get_logger(__name__)
 
@@ -54,12 +54,17 @@ class Launcher:
     clusters: Mapping[str, Cluster]
     pipelines: Mapping[str, Pipeline]
     callback_base: str
-    token_secret: str
-    token_ttl_s: int
+    token_secret: Keys
+    #: Upper bound of a token's lifetime (security.token_ttl_s).
+    token_ttl_s: float
     #: Attempts whose submission is under way in this process; the watcher leaves them alone.
     submitting: set[AttemptKey] = field(default_factory=set)
     #: Told when a cluster could not be reached, and when it answered again.
     reachability: Reachability | None = None
+    #: A token lives for its job's time limit plus these: how long the job may wait in the
+    #: queue (timing.max_queue_s) and the grace after its limit (timing.grace_s).
+    token_queue_s: float = 0.0
+    token_grace_s: float = 0.0
 
     def hold(self, track: Track, job: str) -> AttemptKey:
         """Mark an attempt as being submitted; call it right after the claim is written,
@@ -67,6 +72,11 @@ class Launcher:
         key = (track.id, job, track.job(job).attempt)
         self.submitting.add(key)
         return key
+
+    def token_lifetime_s(self, time_limit_s: float) -> float:
+        """A token dies with its job: its time limit, queue time and grace, at most
+        `token_ttl_s`."""
+        return min(self.token_ttl_s, time_limit_s + self.token_queue_s + self.token_grace_s)
 
     def job_spec(self, track: Track, job_name: str) -> JobSpec:
         job = track.job(job_name)
@@ -93,7 +103,7 @@ class Launcher:
         token = issue(
             self.token_secret,
             JobClaims(track.id, job_name, job.attempt),
-            ttl_s=self.token_ttl_s,
+            ttl_s=self.token_lifetime_s(spec.time_limit_s),
         )
         env = {
             **cluster.settings.env,

@@ -401,10 +401,15 @@ class CallbackClient:
         return Ack.parse(self.post("/derivatives", dict(metadata)))
 
     def add_file(
-        self, guid: str, *, name: str, type: str, check_sum: int, file_size_mb: float
+        self, guid: str, *, name: str, type: str, check_sum: int, file_size_mb: float,
+        sha256: str | None = None,
     ) -> Ack:
-        """A file of the asset or of one of its derivatives (CRC-32 checksum, size in MB)."""
-        body = {"name": name, "type": type, "check_sum": check_sum, "file_size": file_size_mb}
+        """A file of one of the asset's derivatives (CRC-32 checksum, size in MB, and the hex
+        SHA-256 the daemon checks the bytes against when they are sent with `put_file`)."""
+        body: dict[str, Any] = {"name": name, "type": type, "check_sum": check_sum,
+                                "file_size": file_size_mb}
+        if sha256 is not None:
+            body["sha256"] = sha256
         return Ack.parse(self.post(self._asset(guid, "files"), body))
 
     def derivative_uploaded(self, guid: str) -> Ack:

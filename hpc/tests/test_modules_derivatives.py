@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def test_derivatives_are_written_and_registered(
             "type": "jpg",
             "check_sum": zlib.crc32(data),
             "file_size": len(data) / 1_000_000,
+            "sha256": hashlib.sha256(data).hexdigest(),
         }
     assert not stub.to(f"/assets/{GUID}/derivative-failed")
 

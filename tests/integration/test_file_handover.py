@@ -3,6 +3,7 @@ daemon, checked against the reported CRC-32 and kept where the ARS sync reads th
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from dasscod.listener.app import create_app
+from dasscod.pipeline import Event, JobEvent
 from dasscod.store import Stores
 from dasscod.tokens import JobClaims, issue
 from tests.conftest import make_metadata, make_track
@@ -24,6 +26,9 @@ PARENT, CHILD = "ho-parent", "ho-parent-jpeg"
 async def client(stores: Stores, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     await stores.track.insert(make_track(PARENT))
     await stores.metadata.insert(make_metadata(PARENT))
+    # The derivatives job is running: only its live attempt may send files.
+    await stores.track.apply(PARENT, [JobEvent("derivatives", Event.CLAIM, cluster="local")],
+                             cause="test")
     app = create_app(stores, SECRET, files_root=tmp_path / "files")
     token = issue(SECRET, JobClaims(PARENT, "derivatives", 1), ttl_s=60)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t",
@@ -33,7 +38,7 @@ async def client(stores: Stores, tmp_path: Path) -> AsyncIterator[httpx.AsyncCli
         assert answer.status_code == 200, answer.text
         answer = await c.post(f"/api/v1/assets/{CHILD}/files", json={
             "name": "d.jpg", "type": "jpg", "check_sum": zlib.crc32(DATA),
-            "file_size": len(DATA) / 1e6})
+            "file_size": len(DATA) / 1e6, "sha256": hashlib.sha256(DATA).hexdigest()})
         assert answer.status_code == 200, answer.text
         yield c
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from dasscod.listener.app import create_app
-from dasscod.model import AssetType, Flag, JobStatus, utcnow
+from dasscod.model import AssetType, FileEntry, Flag, JobStatus, utcnow
 from dasscod.pipeline import Event, JobEvent
 from dasscod.pipelines import load_pipelines
 from dasscod.protocol.callbacks import (
@@ -548,11 +548,10 @@ async def test_reads_of_metadata_and_links(world: Stores, client: httpx.AsyncCli
     assert meta.json()["date_asset_taken"] == "2024-10-05T08:00:00+00:00"
     assert "_id" not in meta.json()
 
-    file = {"name": "a.tif", "type": "tif", "check_sum": 3_000_000_000, "file_size": 12.5}
-    added = await client.post(f"/api/v1/assets/{A}/files", json=file, headers=auth())
-    assert added.json()["applied"] is True
-    again = await client.post(f"/api/v1/assets/{A}/files", json=file, headers=auth())
-    assert again.json()["applied"] is False
+    # An original's files come from intake (never from a job): recorded directly here.
+    assert await world.track.add_file(A, FileEntry(name="a.tif", type="tif",
+                                                   check_sum=3_000_000_000, file_size=12.5),
+                                      cause="test")
     links = await client.get(f"/api/v1/assets/{A}/links", headers=auth())
     assert links.status_code == 200
     assert links.json() == {
@@ -573,12 +572,14 @@ async def test_reads_of_metadata_and_links(world: Stores, client: httpx.AsyncCli
 async def test_a_derivative_is_registered_once_and_readable_by_its_parents_job(
     world: Stores, client: httpx.AsyncClient
 ) -> None:
+    await world.track.apply(A, [JobEvent("derivatives", Event.CLAIM, cluster="local")],
+                            cause="test")
     call = Call("POST", "/api/v1/derivatives", derivative_body(A))
-    first = await call.send(client, auth())
+    first = await call.send(client, auth(job="derivatives"))
     assert first.status_code == 200
     assert first.json()["applied"] is True
     before = await snapshot(world)
-    second = await call.send(client, auth())
+    second = await call.send(client, auth(job="derivatives"))
     assert second.json()["applied"] is False
     assert await snapshot(world) == before
     derivative = await world.track.get(DERIVATIVE)

@@ -11,6 +11,7 @@ with the daemon's listener configuration, raw sockets as the attacker):
 
 from __future__ import annotations
 
+import hashlib
 import resource
 import select
 import socket
@@ -26,6 +27,7 @@ import psutil
 import pytest
 
 from dasscod.listener.app import create_app
+from dasscod.pipeline import Event, JobEvent
 from dasscod.store import Stores
 from dasscod.tokens import JobClaims, issue
 from tests.conftest import make_metadata, make_track
@@ -215,6 +217,8 @@ async def test_a_file_put_stops_at_the_reported_size(
 
 async def _put_stops(port: int, tmp_path: Path, stores: Stores) -> None:
     token = issue(SECRET, JobClaims(GUID, "derivatives", 1), ttl_s=60)
+    await stores.track.apply(GUID, [JobEvent("derivatives", Event.CLAIM, cluster="local")],
+                             cause="test")
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
                                  headers={"Authorization": f"Bearer {token}"}) as client:
         answer = await client.post("/api/v1/derivatives", json=make_metadata(
@@ -222,7 +226,7 @@ async def _put_stops(port: int, tmp_path: Path, stores: Stores) -> None:
         assert answer.status_code == 200, answer.text
         answer = await client.post(f"/api/v1/assets/{CHILD}/files", json={
             "name": "d.jpg", "type": "jpg", "check_sum": zlib.crc32(DATA),
-            "file_size": len(DATA) / 1e6})
+            "file_size": len(DATA) / 1e6, "sha256": hashlib.sha256(DATA).hexdigest()})
         assert answer.status_code == 200, answer.text
         short = await client.put(f"/api/v1/assets/{CHILD}/files/d.jpg", content=DATA[:-10])
         assert short.status_code == 422 and "reported size" in short.text

@@ -150,6 +150,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
             type="jpg",
             check_sum=zlib.crc32(data),
             file_size_mb=len(data) / BYTES_PER_MB,
+            sha256=hashlib.sha256(data).hexdigest(),
         )
         ctx.log(f"derivative {guid}: {path.name}, {len(data)} bytes")
         guids.append(guid)
