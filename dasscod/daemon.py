@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ from pymongo.errors import PyMongoError
 from pymongo.monitoring import CommandListener
 
 from dasscod import metrics, sd_notify, watchdog
+from dasscod.alerts.channels import Channel, Outbox, SmtpChannel, WebhookChannel
+from dasscod.alerts.conditions import DaemonConditions, Thresholds
+from dasscod.alerts.notifier import Notifier
 from dasscod.ars import ArsClient
 from dasscod.ars.health import BreakerState
 from dasscod.cluster.configured import Cluster, build_clusters
@@ -191,7 +195,7 @@ class Daemon:
         )
         self.snapshots = metrics.SnapshotRefresher(
             self.metrics,
-            lambda: take_snapshot(self.stores.track.collection),
+            lambda previous: take_snapshot(self.stores.track.collection, previous),
             interval_s=self.settings.metrics.snapshot_s,
             stopping=self.stopping,
         )
@@ -230,6 +234,35 @@ class Daemon:
             )
         #: Every supervisor by name; `run` starts each under `supervise`.
         self.supervisors = self._build_supervisors()
+
+    def _notifier(self) -> Notifier:
+        """The built-in notifier on the conditions the metrics' collector sees."""
+        cfg = self.settings.alerts
+        channels: list[Channel] = []
+        if cfg.webhook_url is not None:
+            channels.append(WebhookChannel(cfg.webhook_url.get_secret_value()))
+        if cfg.smtp_host is not None:
+            channels.append(SmtpChannel(
+                host=cfg.smtp_host, port=cfg.smtp_port, sender=cfg.mail_from,
+                recipients=cfg.mail_to, username=cfg.smtp_username,
+                password=cfg.smtp_password.get_secret_value() if cfg.smtp_password else None,
+                starttls=cfg.smtp_starttls, tls=cfg.smtp_tls,
+            ))
+        intake = self.settings.intake
+        sense = DaemonConditions(
+            self.metrics,
+            clusters=lambda: {n: self.throttle.reachable(n) for n in self.clusters},
+            breaker_open=self._breaker_open,
+            folders=[intake.folder, intake.work_area, intake.quarantine] if intake.enabled else [],
+            thresholds=Thresholds(
+                cluster_down_s=cfg.cluster_down_s, ars_down_s=cfg.ars_down_s,
+                restarts=cfg.restarts, restarts_window_s=cfg.window_s,
+                no_progress_s=cfg.no_progress_s, disk_free_min=cfg.disk_free_min,
+            ),
+        )
+        return Notifier(self.stores.alerts, Outbox(channels), sense, window_s=cfg.window_s,
+                        check_s=cfg.check_s, stopping=self.stopping,
+                        source=f"dasscod on {socket.gethostname()}")
 
     def _status_line(self) -> str:
         """What `systemctl status` shows while the daemon runs."""
@@ -468,8 +501,10 @@ class Daemon:
             interval_s=timing.housekeeping_s, stopping=self.stopping,
         )  # fmt: skip
         supervisors["retention"] = retention.run
-        if self.settings.metrics.enabled:
+        if self.settings.metrics.enabled or self.settings.alerts.enabled:
             supervisors["metrics"] = self.snapshots.run
+        if self.settings.alerts.enabled:
+            supervisors["alerts"] = self._notifier().run
         if self.ars_sync is not None:
             supervisors["ars_sync"] = self.ars_sync.run
         return supervisors

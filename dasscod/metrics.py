@@ -117,6 +117,9 @@ class Snapshot:
     ars_backlog: Mapping[str, int] = field(default_factory=dict)
     #: Creation time (epoch seconds) of the oldest asset still waiting or running.
     oldest_unfinished: float | None = None
+    #: The finished assets' part of `assets`, and when it was read (epoch seconds).
+    finished: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    finished_at: float = 0.0
     #: When the refresh finished (epoch seconds) and how long its queries took.
     taken_at: float = 0.0
     took_s: float = 0.0
@@ -228,7 +231,7 @@ class SnapshotRefresher:
     def __init__(
         self,
         collector: DaemonCollector,
-        take: Callable[[], Awaitable[Snapshot]],
+        take: Callable[[Snapshot | None], Awaitable[Snapshot]],
         *,
         interval_s: float,
         stopping: anyio.Event,
@@ -241,7 +244,8 @@ class SnapshotRefresher:
         self.refreshed = anyio.Event()
 
     async def refresh(self) -> None:
-        self.collector.snapshot = await self._take()
+        previous = self.collector.snapshot if self.collector.snapshot.taken_at else None
+        self.collector.snapshot = await self._take(previous)
         self.refreshed.set()
         self.refreshed = anyio.Event()
 

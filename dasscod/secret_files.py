@@ -37,6 +37,8 @@ CREDENTIAL_NAMES = (
     "intake.api_token",
     "clusters.*.agent_token",
     "control.tokens",
+    "alerts.webhook_url",
+    "alerts.smtp_password",
 )
 #: Credentials holding a TOML table of name = "secret" lines rather than one secret.
 TABLE_CREDENTIALS = frozenset({"control.tokens", "security.previous_secrets"})

@@ -220,6 +220,43 @@ class MetricsSettings(_Section):
     snapshot_s: float = Field(default=15.0, gt=0)
 
 
+class AlertSettings(_Section):
+    """The built-in notifier (for sites without Alertmanager): on when a webhook or an SMTP
+    host is set. It checks the conditions of deploy/prometheus/dasscod-rules.yml."""
+
+    #: A Slack-compatible incoming webhook (Slack, Mattermost, Rocket.Chat): a secret.
+    webhook_url: SecretStr | None = None
+    webhook_url_file: Path | None = None
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    #: STARTTLS on a plain connection (port 587), or TLS from the start (`smtp_tls`, 465).
+    smtp_starttls: bool = True
+    smtp_tls: bool = False
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_password_file: Path | None = None
+    mail_from: str = "dasscod@localhost"
+    mail_to: list[str] = Field(default_factory=list)
+    #: At most one message per condition per window; what happens meanwhile is digested.
+    window_s: float = Field(default=900.0, gt=0)
+    check_s: float = Field(default=15.0, gt=0)
+    cluster_down_s: float = Field(default=600.0, ge=0)
+    ars_down_s: float = Field(default=600.0, ge=0)
+    restarts: int = Field(default=3, ge=1)
+    no_progress_s: float = Field(default=1800.0, gt=0)
+    disk_free_min: float = Field(default=0.10, ge=0, le=1)
+
+    @property
+    def enabled(self) -> bool:
+        return self.webhook_url is not None or self.smtp_host is not None
+
+    @model_validator(mode="after")
+    def _mail_needs_recipients(self) -> AlertSettings:
+        if self.smtp_host is not None and not self.mail_to:
+            raise ValueError("alerts.smtp_host needs alerts.mail_to (the recipients)")
+        return self
+
+
 class LeaderSettings(_Section):
     #: The leader lease (docs/operations.md): a standby takes over at most this long after the
     #: leader died or lost MongoDB; the leader renews every quarter of it.
@@ -407,6 +444,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = SecuritySettings()
     control: ControlSettings = ControlSettings()
     metrics: MetricsSettings = MetricsSettings()
+    alerts: AlertSettings = AlertSettings()
     #: ARS connection; None (the default) runs without ARS sync.
     ars: ArsSettings | None = None
     ars_sync: ArsSyncSettings = ArsSyncSettings()

@@ -10,9 +10,10 @@ Phases, each against a fresh database on the test store (SecantusDB, or $DASSCOD
 4. the daemon idle with 10 000 finished assets in the store: CPU and resident memory;
 5. the demo batch with the real HPC modules, and each module on a full-size sheet
    (`bench_demo.py`);
-6. ARS synchronisation (`bench_ars.py`), the Slurm cluster (`bench_cluster.py`) and the image
-   modules' quality on a varied corpus (`bench_modules.py`, under `modules`), run as their own
-   processes, their numbers merged under their names.
+6. ARS synchronisation (`bench_ars.py`), the Slurm cluster (`bench_cluster.py`), the image
+   modules' quality on a varied corpus (`bench_modules.py`, under `modules`) and `GET /metrics`
+   with 100,000 assets in the store (`bench_metrics.py`), run as their own processes, their
+   numbers merged under their names.
 Progress goes to stderr.
 """
 
@@ -483,6 +484,7 @@ PARTS = {
     "dasscod.devstack.bench_cluster": "bench_cluster",
     "dasscod.devstack.bench_lease": "lease",
     "dasscod.devstack.bench_modules": "modules",
+    "dasscod.devstack.bench_metrics": "bench_metrics",
 }
 
 

@@ -12,6 +12,7 @@ from pymongo.monitoring import CommandListener
 
 from dasscod.log import get_logger
 from dasscod.pipeline import Pipeline, RetryPolicy
+from dasscod.store.alerts import AlertStore
 from dasscod.store.control import AUDIT_INDEXES, AuditStore, ControlStore
 from dasscod.store.errors import describe, is_fatal
 from dasscod.store.fence import FencedCollection
@@ -89,6 +90,7 @@ class Stores:
         self.control = ControlStore(collection("control"))
         self.audit = AuditStore(collection("audit"))
         self.lease = LeaseStore(self.db["lease"])
+        self.alerts = AlertStore(collection("alerts"))
 
     @classmethod
     def connect(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pymongo
 from pymongo.asynchronous.collection import AsyncCollection
 
 from dasscod.metrics import Snapshot
@@ -23,6 +24,8 @@ UNFINISHED = (JobStatus.WAITING, JobStatus.RUNNING, JobStatus.RETRY, JobStatus.P
 #: Of those, the ones the daemon itself still has to move on.
 MOVING = (JobStatus.WAITING, JobStatus.RUNNING, JobStatus.RETRY)
 FINISHED = (JobStatus.DONE, JobStatus.CANCELLED)
+#: The finished counts read every document that ever finished: give them time.
+FINISHED_TIMEOUT_S = 600.0
 
 _PROJECTION = {
     "_id": 0, "pipeline": 1, "jobs_status": 1, "created_timestamp": 1,
@@ -30,7 +33,14 @@ _PROJECTION = {
 }
 
 
-async def take_snapshot(collection: AsyncCollection[dict[str, Any]]) -> Snapshot:
+async def take_snapshot(
+    collection: AsyncCollection[dict[str, Any]],
+    previous: Snapshot | None = None,
+    *,
+    finished_every_s: float = 300.0,
+) -> Snapshot:
+    """The store's counts. Finished assets only grow and nobody alerts on them, so their
+    counts are carried over from `previous` and read again every `finished_every_s`."""
     started = time.monotonic()
     assets: dict[tuple[str, str], int] = {}
     jobs: dict[tuple[str, str, str, str], int] = {}
@@ -49,12 +59,12 @@ async def take_snapshot(collection: AsyncCollection[dict[str, Any]]) -> Snapshot
         if status in MOVING and created is not None:
             stamp = as_utc(created).timestamp()
             oldest = stamp if oldest is None else min(oldest, stamp)
-    for status in FINISHED:
-        async for row in await collection.aggregate([
-            {"$match": {"queues": status_tag(status)}},
-            {"$group": {"_id": "$pipeline", "n": {"$sum": 1}}},
-        ]):
-            assets[str(row["_id"]), str(status)] = int(row["n"])
+    finished = dict(previous.finished) if previous is not None else {}
+    finished_at = previous.finished_at if previous is not None else 0.0
+    if previous is None or time.time() - finished_at >= finished_every_s:
+        finished = await _finished_counts(collection)
+        finished_at = time.time()
+    assets.update(finished)
     backlog: dict[str, int] = {}
     for flag, values in TAGGED_FLAGS.items():
         for value in sorted(values):
@@ -62,4 +72,21 @@ async def take_snapshot(collection: AsyncCollection[dict[str, Any]]) -> Snapshot
                 {"queues": f"{flag}={value}"}
             )
     return Snapshot(assets=assets, jobs=jobs, ars_backlog=backlog, oldest_unfinished=oldest,
+                    finished=finished, finished_at=finished_at,
                     taken_at=time.time(), took_s=time.monotonic() - started)
+
+
+async def _finished_counts(
+    collection: AsyncCollection[dict[str, Any]],
+) -> dict[tuple[str, str], int]:
+    """Finished assets by pipeline: every document that ever finished, so this is the one
+    heavy read; it runs every `finished_every_s`, with a time limit of its own."""
+    counts: dict[tuple[str, str], int] = {}
+    with pymongo.timeout(FINISHED_TIMEOUT_S):
+        for status in FINISHED:
+            async for row in await collection.aggregate([
+                {"$match": {"queues": status_tag(status)}},
+                {"$group": {"_id": "$pipeline", "n": {"$sum": 1}}},
+            ]):
+                counts[str(row["_id"]), str(status)] = int(row["n"])
+    return counts
