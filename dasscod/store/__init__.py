@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import pymongo
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.monitoring import CommandListener
@@ -74,11 +75,13 @@ class Stores:
         *,
         policy: RetryPolicy = RetryPolicy(),
         fence: Callable[[], None] | None = None,
+        ping_timeout_s: float = 10.0,
     ) -> None:
         """`fence`, when given, is called before every write and raises when this process
         may not write (the daemon's leader lease); the lease's own collection is not fenced."""
         self.client = client
         self.db = client[database]
+        self.ping_timeout_s = ping_timeout_s
 
         def collection(name: str) -> AsyncCollection[dict[str, Any]]:
             return FencedCollection(self.db, name, fence) if fence else self.db[name]
@@ -116,7 +119,8 @@ class Stores:
             event_listeners=listeners or [],
             appname="dasscod",
         )
-        return cls(client, database, pipelines, policy=policy, fence=fence)
+        return cls(client, database, pipelines, policy=policy, fence=fence,
+                   ping_timeout_s=timeout_s)
 
     async def ensure_indexes(self) -> None:
         """Idempotent: creating an index that exists with the same spec is a no-op."""
@@ -133,7 +137,10 @@ class Stores:
         """Whether MongoDB answers, and if not, why (the server's message, and whether
         waiting can help)."""
         try:
-            await self.client.admin.command("ping")
+            # A ping answers "is it there now": the server-selection bound, not timeoutMS
+            # (which would otherwise take precedence and wait a whole operation's time).
+            with pymongo.timeout(self.ping_timeout_s):
+                await self.client.admin.command("ping")
         except Exception as exc:
             return Ping(error=describe(exc), fatal=is_fatal(exc))
         return Ping()
