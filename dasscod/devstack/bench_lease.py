@@ -1,7 +1,8 @@
 """Leader lease numbers, one JSON line on stdout (merged into `make bench` as "lease"):
 
-- `startup_s`: `dasscod run` as a process, from its start to /readyz answering "ready", with
-  `BENCH_STARTUP_ASSETS` (100 000) finished assets in the store;
+- `startup_s`: `dasscod run` as a process, from its start to READY (its "ready" log line, the
+  moment it sends systemd READY=1), with `BENCH_STARTUP_ASSETS` (100 000) finished assets in
+  the store; `startup_readyz_s`: to /readyz answering 200;
 - `failover_s`: two daemons on one database (default `leader.lease_s`, 15 s) with assets
   mid-pipeline; from SIGKILL of the leader to the first transition the standby writes.
 Jobs call back through the readiness proxy, as through a load balancer. Progress to stderr."""
@@ -70,7 +71,9 @@ async def fill(uri: str, database: str, n: int) -> None:
         await client.close()
 
 
-async def startup(root: Path, uri: str, proxy: ReadyProxy) -> float:
+async def startup(root: Path, uri: str, proxy: ReadyProxy) -> tuple[float, float]:
+    """Seconds from the start of `dasscod run` to READY (its "ready" log line, sent to systemd
+    as READY=1), and to /readyz answering 200."""
     database = f"startup_{uuid.uuid4().hex[:8]}"
     stack = LocalStack(root / "startup", uri, database=database, port=proxy.backends[0])
     stack.write_config()
@@ -81,22 +84,27 @@ async def startup(root: Path, uri: str, proxy: ReadyProxy) -> float:
     stop_daemon(proc)
     progress(f"startup: inserting {STARTUP_ASSETS} finished assets")
     await fill(uri, database, STARTUP_ASSETS)
+    log = stack.root / "restart.log"
+    started_at = datetime.now(UTC)
     started = time.monotonic()
-    proc = stack.start_daemon()
+    proc = stack.start_daemon(log)
     try:
-        ready = await wait_status(proxy, stack.port, "ready", 300)
+        answered = await wait_status(proxy, stack.port, "ready", 300)
     finally:
         stop_daemon(proc)
-    return ready - started
+    ready_at = first_event_after(log, "ready", started_at)
+    if ready_at is None:
+        raise RuntimeError("the restarted daemon never logged ready")
+    return (ready_at - started_at).total_seconds(), answered - started
 
 
-def first_transition_after(log: Path, t: datetime) -> datetime | None:
+def first_event_after(log: Path, name: str, t: datetime) -> datetime | None:
     for line in log.read_text().splitlines():
         try:
             event = json.loads(line)
         except ValueError:
             continue
-        if event.get("event") == "transition":
+        if event.get("event") == name:
             at = datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00"))
             if at > t:
                 return at
@@ -126,7 +134,7 @@ async def failover(root: Path, uri: str, proxy: ReadyProxy) -> float:
         leader.wait()
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            first = first_transition_after(stack.root / "standby.log", killed_at)
+            first = first_event_after(stack.root / "standby.log", "transition", killed_at)
             if first is not None:
                 return (first - killed_at).total_seconds()
             await anyio.sleep(0.2)
@@ -146,11 +154,11 @@ async def main() -> dict[str, Any]:
                 progress("failover")
                 failover_s = await failover(root, uri, proxy)
                 progress("startup")
-                startup_s = await startup(root, uri, proxy)
+                startup_s, readyz_s = await startup(root, uri, proxy)
             finally:
                 future.cancel()
     return {"failover_s": round(failover_s, 2), "startup_s": round(startup_s, 2),
-            "startup_assets": STARTUP_ASSETS}
+            "startup_readyz_s": round(readyz_s, 2), "startup_assets": STARTUP_ASSETS}
 
 
 if __name__ == "__main__":

@@ -112,3 +112,14 @@ def test_a_control_command_without_a_daemon_or_a_token_says_what_to_do(
     assert no_daemon.exit_code == 1
     assert "cannot reach the daemon at http://127.0.0.1:9" in no_daemon.output
     assert len(no_daemon.output.strip().splitlines()) == 1, "one line"
+
+
+def test_run_with_an_unusable_mongo_uri_exits_non_zero_with_the_reason(
+    env: dict[str, str],
+) -> None:
+    env = {**env, "DASSCOD_MONGO__URI": "mongodb+srv://u:p@127.0.0.1,other/"}
+    result = CliRunner().invoke(main, ["run"], env=env)
+    assert result.exit_code == 1
+    assert "mongo.uri is not usable" in result.output
+    assert "only one, hostname" in result.output  # the driver's reason
+    assert ":p@" not in result.output  # the password is not repeated
