@@ -11,7 +11,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dasscod.bounds import Document, Moment, check_document
 
 
 def utcnow() -> datetime:
@@ -238,9 +240,9 @@ class Metadata(BaseModel):
     pipeline_name: str = Field(min_length=1)
     workstation_name: str = Field(min_length=1)
     digitiser: str = ""
-    date_asset_taken: datetime
-    date_metadata_created: datetime | None = None
-    date_metadata_updated: datetime | None = None
+    date_asset_taken: Moment
+    date_metadata_created: Moment | None = None
+    date_metadata_updated: Moment | None = None
     file_format: str = ""
     payload_type: str | list[str] = "image"
     preparation_type: str | list[str] = ""
@@ -250,13 +252,19 @@ class Metadata(BaseModel):
     multispecimen: bool = False
     specimen_pid: str | list[str] = ""
     restricted_access: list[str] = Field(default_factory=list)
-    tags: dict[str, Any] = Field(default_factory=dict)
+    tags: Document = Field(default_factory=dict)
     status: str = ""
     audited: bool = False
     external_publisher: list[str] = Field(default_factory=list)
     metadata_created_by: str = ""
     metadata_updated_by: str = ""
     metadata_uploaded_by: str = ""
+
+    @model_validator(mode="after")
+    def _extra_fields_bounded(self) -> Metadata:
+        """Extra fields are kept as they come: bounded like any free-form document."""
+        check_document(dict(self.model_extra or {}), "metadata")
+        return self
 
     @property
     def batch_list_name(self) -> str:

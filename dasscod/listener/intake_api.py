@@ -9,6 +9,7 @@ is wrong with the delivery.
 """
 
 import json
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -21,7 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from dasscod.delivery import DeliveryRejected
 from dasscod.filenames import file_name_problem
-from dasscod.model import Track
+from dasscod.model import GUID_PATTERN, Track
 from dasscod.store import AssetExists
 
 _bearer = HTTPBearer(auto_error=False, description="The intake credential (intake.api_token)")
@@ -69,8 +70,10 @@ def intake_router(intake: Intake | None, token: str | None, max_mb: float) -> AP
             guid = json.loads(metadata).get("asset_guid")
         except (ValueError, AttributeError):
             raise HTTPException(422, "metadata is not a JSON object") from None
-        if not isinstance(guid, str) or not guid or "/" in guid or guid.startswith("."):
-            raise HTTPException(422, "metadata.asset_guid: a guid is required")
+        if not isinstance(guid, str) or not re.fullmatch(GUID_PATTERN, guid):
+            # Checked before the guid names a file: a NUL or 300 characters must be a 422.
+            raise HTTPException(422, "metadata.asset_guid: a guid of letters, digits and . _ - "
+                                "(at most 200, not starting with . _ -) is required")
         staged = await to_thread.run_sync(intake.staging_folder)
         try:
             await to_thread.run_sync((staged / f"{guid}.json").write_text, metadata)

@@ -6,12 +6,13 @@ scripts written for it stay recognisable.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from dasscod.model import GUID_PATTERN, as_utc
+from dasscod.bounds import Document, Moment
+from dasscod.filenames import FILE_NAME_PATTERN
+from dasscod.model import GUID_PATTERN
 
 Guid = Field(pattern=GUID_PATTERN)
 
@@ -23,7 +24,7 @@ class _Body(BaseModel):
 class BarcodeResult(_Body):
     """What the barcode reader found on one image."""
 
-    barcodes: list[str] = Field(default_factory=list)
+    barcodes: list[str] = Field(default_factory=list, max_length=1000)
     asset_subject: Literal["specimen", "label", "device target"]
     MSO: bool = False
     MOS: bool = False
@@ -35,7 +36,7 @@ class JobResults(_Body):
     """Results a finished job reports; each part is optional."""
 
     asset_ready: bool = False
-    metadata: dict[str, Any] | None = None
+    metadata: Document | None = None
     barcode: BarcodeResult | None = None
     clean_up: bool = False
     derivatives: list[str] = Field(default_factory=list, description="guids registered")
@@ -44,13 +45,8 @@ class JobResults(_Body):
 class JobCallback(_Body):
     asset_guid: str = Guid
     job: str = Field(min_length=1, max_length=100)
-    attempt: int | None = Field(default=None, ge=1)
-    timestamp: datetime | None = None
-
-    @field_validator("timestamp")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else as_utc(value)
+    attempt: int | None = Field(default=None, ge=1, le=1_000_000)
+    timestamp: Moment | None = None
 
 
 class QueuedCallback(JobCallback):
@@ -69,7 +65,7 @@ class FinishedCallback(JobCallback):
 class FailedCallback(JobCallback):
     run_time_s: float | None = Field(default=None, ge=0)
     reason: str = Field(default="no reason given", max_length=4000)
-    exit_code: int | None = None
+    exit_code: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
     retryable: bool = True
     exception: str | None = Field(default=None, max_length=20000)
 
@@ -84,13 +80,14 @@ class BarcodeCallback(BarcodeResult):
 class MetadataUpdate(_Body):
     """Generic job result (e.g. OCR text): merged into the asset's metadata."""
 
-    job: str
+    job: str = Field(min_length=1, max_length=100)
     status: Literal["DONE", "ERROR"] = "DONE"
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: Document = Field(default_factory=dict)
 
 
 class FileInfo(_Body):
-    name: str = Field(min_length=1, max_length=255, pattern=r"^[^/\\\x00]+$")
+    #: The one file-name rule of dasscod.filenames (as for intake and load).
+    name: str = Field(pattern=FILE_NAME_PATTERN)
     type: str = Field(min_length=1, max_length=16)
     check_sum: int = Field(ge=0, le=0xFFFFFFFF)
     file_size: float = Field(ge=0, le=1_000_000, description="MB")
@@ -100,7 +97,7 @@ class FileInfo(_Body):
 
 
 class DerivativeFailed(_Body):
-    ppi: int | None = None
+    ppi: int | None = Field(default=None, ge=0, le=1_000_000)
     note: str | None = Field(default=None, max_length=2000)
 
 

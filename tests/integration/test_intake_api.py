@@ -99,6 +99,14 @@ async def test_a_duplicate_guid_is_409_and_changes_nothing(
         (meta("api-6"), {"../escape.tif": IMAGE}, "file name"),
         # the rule of dasscod.filenames, the one `load` applies on the cluster
         (meta("api-6"), {"back\\slash.tif": IMAGE}, "only ASCII letters"),
+        # written as {guid}.json before: 300 characters or a NUL gave a 500
+        (meta("x" * 300), None, "metadata.asset_guid"),
+        (meta("api\u0000nul"), None, "metadata.asset_guid"),
+        (meta("api-10", date_asset_taken="9999-12-31T23:59:59-23:59"), None, "out of range"),
+        (meta("api-11", tags={"": 1}), None, "empty field name"),
+        (meta("api-12", tags={"$where": 1}), None, "starts with '$'"),
+        (meta("api-13", extra={"a.b": 1}), None, "holds '.'"),
+        (meta("api-14", big=2**64), None, "outside 64 bits"),
     ],
 )
 async def test_a_bad_delivery_is_422_with_the_reason_and_leaves_nothing(
