@@ -334,6 +334,11 @@ def _apply_job_event(
     if ev.event is Event.LEASE and (reason := _lease_refused(job, now)):
         out.ignored.append(f"{ev.event}: {ev.job} {reason}")
         return
+    if ev.event is Event.OPERATOR_RETRY and any(j.status is S.CANCELLED for j in track.job_list):
+        # A cancel written first wins: one job retried alone would never run (the asset is
+        # CANCELLED); `retry --from` (OPERATOR_RERUN) is how a cancelled asset runs again.
+        out.ignored.append(f"{ev.event}: the asset is CANCELLED, {ev.job} is not retried")
+        return
     if ev.event is Event.CLAIM and track.available_for_services is not Flag.YES:
         # Decided here rather than by the caller's copy of `ready`: a pause written after
         # the dispatcher read the asset still stops the claim (the guard re-plans on it).

@@ -708,3 +708,11 @@ def test_an_asset_level_step_names_the_flag_it_changed() -> None:
         "available_for_services", "YES", "PAUSED", "alice")
     assert entry.to_document()["field"] == "available_for_services"
     assert "error" not in entry.to_document(), "empty optional fields are not stored"
+
+
+def test_a_retry_planned_after_a_cancel_changes_nothing() -> None:
+    failed = with_jobs(track_of(), load={"status": S.ERROR, "attempt": 3})
+    cancelled = run(failed, *[JobEvent(j.name, E.OPERATOR_CANCEL) for j in failed.job_list])
+    retry = run(cancelled.track, JobEvent("load", E.OPERATOR_RETRY))
+    assert not retry.changed and "CANCELLED" in retry.ignored[0]
+    assert retry.track.job("load").status is S.ERROR
