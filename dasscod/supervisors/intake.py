@@ -38,7 +38,7 @@ from typing import Any
 
 import anyio
 from anyio import to_thread
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import PyMongoError
 
 from dasscod import metrics
 from dasscod.delivery import (
@@ -59,13 +59,16 @@ from dasscod.quarantine import move_to_quarantine
 from dasscod.settings import IntakeSettings
 from dasscod.store import AssetExists, Stores
 from dasscod.store.codec import to_bson
+from dasscod.store.errors import describe, is_fatal
+from dasscod.store.fence import NotLeader
 from dasscod.watchdog import beat
 
 log = get_logger(__name__)
 
-#: Errors that say nothing about the delivery: MongoDB is unreachable or failed over
-#: (AutoReconnect, NetworkTimeout and ServerSelectionTimeoutError are ConnectionFailures).
-TRANSIENT: tuple[type[Exception], ...] = (ConnectionFailure,)
+#: Errors that say nothing about the delivery: any MongoDB error (unreachable, a timeout,
+#: disk full, not authorised: dasscod.store.errors), or this daemon no longer leading. The
+#: delivery stays where it is; a fatal one (authentication) then stops the daemon.
+TRANSIENT: tuple[type[Exception], ...] = (PyMongoError, NotLeader)
 
 #: Where API deliveries are written before they are taken (inside the work area).
 STAGING = ".incoming"
@@ -186,9 +189,11 @@ class IntakeSupervisor:
                 if await self._process(_Item(self.folder / name), self._take):
                     taken += 1
         except TRANSIENT as exc:
+            if is_fatal(exc):
+                raise
             if not self._mongo_down:
                 log.warning(
-                    "MongoDB unreachable; deliveries wait for the next scan", error=str(exc)
+                    "MongoDB failed; deliveries wait for the next scan", error=describe(exc)
                 )
                 self._mongo_down = True
             return taken
@@ -229,9 +234,11 @@ class IntakeSupervisor:
                     if await self._process(_Item(target), self._finish):
                         completed += 1
         except TRANSIENT as exc:
+            if is_fatal(exc):
+                raise
             self._recovery_pending = True
             if not self._mongo_down:
-                log.warning("MongoDB unreachable; intake recovery waits", error=str(exc))
+                log.warning("MongoDB failed; intake recovery waits", error=describe(exc))
                 self._mongo_down = True
         return completed
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
-from pymongo.errors import AutoReconnect
+from pymongo.errors import AutoReconnect, ExecutionTimeout, OperationFailure
 
 from dasscod.delivery import REASON_FILE
 from dasscod.model import Flag, JobStatus, Metadata, Track
@@ -349,6 +349,37 @@ async def test_mongodb_unreachable_before_the_move_leaves_the_delivery(
 
     assert await intake.supervisor.scan_once() == 1
     assert await stores.track.get("g10") is not None
+
+
+@pytest.mark.parametrize("error", [
+    OperationFailure("No space left on device", code=14031),
+    ExecutionTimeout("operation exceeded time limit", code=50),
+    OperationFailure("not authorized on dasscod to execute command", code=13),
+])
+async def test_any_mongodb_error_leaves_the_delivery_where_it_is(
+    intake: Intake, stores: Stores, monkeypatch: pytest.MonkeyPatch, error: OperationFailure
+):
+    """A server-side failure or a client timeout says nothing about the delivery: it is not
+    quarantined. A refusal no retry can fix (not authorised) goes up, to stop the daemon."""
+    deliver(intake.folder, "g12", meta("g12"))
+    real_get = stores.track.get
+    failures = [error]
+
+    async def failing_get(guid: str, **kwargs: Any) -> Track | None:
+        if failures:
+            raise failures.pop()
+        return await real_get(guid, **kwargs)
+
+    monkeypatch.setattr(stores.track, "get", failing_get)
+
+    if error.code == 13:
+        with pytest.raises(OperationFailure):
+            await intake.supervisor.scan_once()
+    else:
+        assert await intake.supervisor.scan_once() == 0
+    assert (intake.folder / "g12").is_dir()
+    assert intake.quarantined() == []
+    assert await intake.supervisor.scan_once() == 1
 
 
 async def test_mongodb_unreachable_after_the_move_is_finished_next_scan(
