@@ -256,7 +256,7 @@ def create_app(
     app.include_router(agent_router(agent))
     # Operators (`dasscod ls`, `pause`, `cancel`, ...): named admin tokens; off without one.
     service_, reads_ = control if control is not None else (None, None)
-    install_control_api(app, service_, reads_, control_tokens or {})
+    install_control_api(app, service_, reads_, control_tokens or {}, role=role)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

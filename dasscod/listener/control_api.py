@@ -9,6 +9,7 @@ No `from __future__ import annotations`: FastAPI reads the annotations at runtim
 """
 
 import secrets
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
@@ -71,9 +72,11 @@ class LimitRequest(BaseModel):
 
 
 def install_control_api(app: FastAPI, service: ControlService | None,
-                        reads: ControlReads | None, tokens: dict[str, str]) -> None:
+                        reads: ControlReads | None, tokens: dict[str, str], *,
+                        role: Callable[[], str] | None = None) -> None:
     """Add the control routes to `app` (`service` None: the routes exist, and say that this
-    process has no control service)."""
+    process has no control service). `role` None: this daemon always leads; otherwise only
+    the leader acts (its holds are the ones its dispatchers follow at once)."""
 
     async def operator(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -97,6 +100,10 @@ def install_control_api(app: FastAPI, service: ControlService | None,
     def actions() -> ControlService:
         if service is None:
             raise HTTPException(503, "this process runs no control service")
+        if role is not None and role() != "leader":
+            raise HTTPException(503, "this daemon is a standby: send operator actions to the "
+                                "leading daemon (`dasscod --url`), or retry once it leads",
+                                headers={"Retry-After": "5"})
         return service
 
     def queries() -> ControlReads:

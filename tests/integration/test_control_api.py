@@ -356,3 +356,29 @@ async def test_show_tells_every_attempt_with_cluster_scheduler_id_times_and_erro
     assert [(h["from_"], h["to"]) for h in shown["history"] if h["job"] == "load"][-1] == (
         "QUEUED", "ERROR")
     assert shown["ars"]["is_in_ars"] == "NO"
+
+
+async def test_a_standby_refuses_actions_and_still_answers_reads(
+    stores: Stores, tmp_path: Path
+) -> None:
+    clusters = build_clusters({"local": ClusterSettings(work_root=tmp_path / "work",
+                                                        state_dir=tmp_path / "jobs")})
+    holds = Holds()
+    throttle = Throttle(assets_in_flight=5, jobs_per_cluster={"local": 2}, wakeups=Wakeups(),
+                        holds=holds)
+    configured = ConfiguredLimits(assets_in_flight=5, jobs_per_cluster={"local": 2})
+    service = ControlService(stores=stores, holds=holds, throttle=throttle, clusters=clusters,
+                             pipelines=load_pipelines(), configured=configured)
+    reads = ControlReads(stores=stores, holds=holds, throttle=throttle, clusters=clusters,
+                         configured=configured)
+    app = create_app(stores, SECRET, control=(service, reads), control_tokens=TOKENS,
+                     role=lambda: "standby")
+    headers = {"Authorization": f"Bearer {TOKENS['alice']}"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as client:
+        paused = await client.post("/api/v1/control/pause", json={"kind": "intake"},
+                                   headers=headers)
+        listed = await client.get("/api/v1/control/assets", headers=headers)
+    assert paused.status_code == 503 and "standby" in paused.json()["detail"]
+    assert await stores.control.holds() == [] and await stores.audit.latest(5) == []
+    assert listed.status_code == 200
