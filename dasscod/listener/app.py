@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from dasscod.filenames import FILE_NAME_PATTERN
 from dasscod.listener.agent_api import agent_router
@@ -47,6 +47,7 @@ from dasscod.services.control_reads import ControlReads
 from dasscod.services.files import file_to_send, receive_file
 from dasscod.services.replies import Rejected
 from dasscod.store import Stores, TransitionConflict
+from dasscod.store.errors import describe
 from dasscod.store.fence import NotLeader
 from dasscod.tokens import JobClaims, Keys, TokenError, verify
 
@@ -144,6 +145,17 @@ def create_app(
         log.warning("callback refused: MongoDB unreachable", error=str(exc)[:300])
         return JSONResponse(
             {"detail": "the daemon's database is unreachable; retry later"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(PyMongoError)
+    async def _store_failed(_: Request, exc: PyMongoError) -> JSONResponse:
+        # Any other MongoDB failure (a timeout, disk full): it says nothing about the request;
+        # whether it was applied is unknown, and every callback is safe to send again.
+        log.warning("request failed: MongoDB error", error=describe(exc)[:300])
+        return JSONResponse(
+            {"detail": "the daemon's database failed; retry later"},
             status_code=503,
             headers={"Retry-After": "5"},
         )
