@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,7 +93,22 @@ def cluster_python(slurm_cluster: LocalCluster) -> str:
     final = root / digest.hexdigest()[:16]
     if not (final / "ready").exists():
         _make_runner(root, final)
+    _prune_runners(root, keep=final)
     return str(final / "bin" / "python")
+
+
+#: Runners of other source versions are removed once unused this long (a session running
+#: now uses its own, made or touched at its start).
+RUNNER_MAX_AGE_S = 2 * 86400
+
+
+def _prune_runners(root: Path, keep: Path) -> None:
+    (keep / "ready").touch()
+    cutoff = time.time() - RUNNER_MAX_AGE_S
+    for runner in root.iterdir():
+        ready = runner / "ready"
+        if runner != keep and ready.exists() and ready.stat().st_mtime < cutoff:
+            shutil.rmtree(runner, ignore_errors=True)
 
 
 def _make_runner(root: Path, final: Path) -> None:
