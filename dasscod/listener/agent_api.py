@@ -21,7 +21,7 @@ from dasscod.protocol.agent import (
     StatusReport,
     SubmittedReport,
 )
-from dasscod.protocol.callbacks import Ack
+from dasscod.protocol.callbacks import Ack, refusals
 from dasscod.services.agent import AgentService
 
 _bearer = HTTPBearer(auto_error=False, description="The cluster's agent credential (agent_token)")
@@ -29,7 +29,8 @@ CLUSTER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 
 def agent_router(service: AgentService | None) -> APIRouter:
-    router = APIRouter(prefix="/api/v1/agent", tags=["agent"])
+    router = APIRouter(prefix="/api/v1/agent", tags=["agent"],
+                       responses=refusals(400, 401, 403, 404, 409, 413, 422, 503))
 
     async def pull_cluster(
         cluster: Annotated[str, Path(pattern=CLUSTER_NAME)],

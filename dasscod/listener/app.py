@@ -39,6 +39,7 @@ from dasscod.protocol.callbacks import (
     MetadataUpdate,
     QueuedCallback,
     StartedCallback,
+    refusals,
 )
 from dasscod.services.agent import AgentService
 from dasscod.services.callbacks import CallbackService, Slots
@@ -169,7 +170,8 @@ def create_app(
             headers={"Retry-After": "5"},
         )
 
-    api = APIRouter(prefix=API_PREFIX)
+    api = APIRouter(prefix=API_PREFIX,
+                    responses=refusals(400, 401, 403, 404, 409, 413, 422, 503))
 
     @api.post("/jobs/queued", tags=["jobs"])
     async def job_queued(body: QueuedCallback, who: Claims) -> Ack:

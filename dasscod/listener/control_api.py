@@ -18,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from dasscod.model import GUID_PATTERN
+from dasscod.protocol.callbacks import refusals
 from dasscod.services.control import ActionResult, ControlError, ControlService
 from dasscod.services.control_reads import (
     AssetPage,
@@ -115,7 +116,8 @@ def install_control_api(app: FastAPI, service: ControlService | None,
     async def _refused(_: Request, exc: ControlError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
-    router = APIRouter(prefix=PREFIX, tags=["control"])
+    router = APIRouter(prefix=PREFIX, tags=["control"],
+                       responses=refusals(400, 401, 403, 404, 409, 413, 422, 503))
 
     @router.get("/assets")
     async def list_assets(

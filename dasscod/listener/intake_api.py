@@ -23,6 +23,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from dasscod.delivery import DeliveryRejected
 from dasscod.filenames import file_name_problem
 from dasscod.model import GUID_PATTERN, Track
+from dasscod.protocol.callbacks import refusals
 from dasscod.store import AssetExists
 
 _bearer = HTTPBearer(auto_error=False, description="The intake credential (intake.api_token)")
@@ -42,7 +43,8 @@ class Intake(Protocol):
 
 
 def intake_router(intake: Intake | None, token: str | None, max_mb: float) -> APIRouter:
-    router = APIRouter(prefix="/api/v1", tags=["intake"])
+    router = APIRouter(prefix="/api/v1", tags=["intake"],
+                       responses=refusals(400, 401, 403, 409, 413, 422, 503))
 
     async def ingestion_client(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],

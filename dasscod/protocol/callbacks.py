@@ -6,7 +6,7 @@ scripts written for it stay recognisable.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -122,3 +122,25 @@ class FileLink(BaseModel):
 class AssetLinks(BaseModel):
     asset_guid: str
     files: list[FileLink]
+
+
+class Problem(BaseModel):
+    """Every refusal's body: what went wrong and, where it helps, what to do."""
+
+    detail: Any
+
+
+def refusals(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the refusals a route can give, so the contract lists them."""
+    meaning = {
+        400: "the request cannot be parsed",
+        401: "missing, invalid or expired credential",
+        403: "the credential is not for this asset, job, route or cluster",
+        404: "no such asset, job or file",
+        409: "the token's attempt is not the live one, or the asset or file already exists",
+        413: "the body is over this route's cap (or the reported file size)",
+        422: "the body or a parameter is invalid (the detail names it)",
+        503: "the database is unreachable, the daemon is not the leader or the work is held; "
+             "retry after Retry-After",
+    }
+    return {status: {"model": Problem, "description": meaning[status]} for status in statuses}
