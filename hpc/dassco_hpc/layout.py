@@ -27,8 +27,10 @@ from dassco_hpc.imaging import optional
 
 #: Long side of the copy the blocks are found on: text ~1/100 of the sheet stays >= 8 px high.
 WORK_PX = 1600
-#: Fewest glyphs for a block to count as text (a label has dozens; a few stray marks do not).
+#: Fewest letters for a block to count as text (a label has dozens; a few stray marks do not).
 MIN_GLYPHS = 10
+#: Blocks this many glyph heights apart (or less), one above the other, are one label.
+LINE_GAPS = 4.0
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,8 @@ def text_blocks(gray: Any, *, limit: int = 4) -> list[TextBlock]:
     heights: list[int] = []
     for i in range(1, count):
         x, y, w, h, area = stats[i]
-        if 3 <= h <= 60 and 1 <= w <= 3 * h + 6 and area >= 4 and area <= 0.9 * w * h:
+        # A letter, or a word whose letters ran together on the small copy.
+        if 3 <= h <= 60 and 1 <= w <= 8 * h + 6 and area >= 4 and area <= 0.9 * w * h:
             glyph_mask[y : y + h, x : x + w] = 255
             heights.append(int(h))
     if len(heights) < MIN_GLYPHS:
@@ -101,7 +104,10 @@ def text_blocks(gray: Any, *, limit: int = 4) -> list[TextBlock]:
         )
         keep = [j for j in range(1, n) if 3 <= gstats[j][3] <= 60]
         block_heights = [int(gstats[j][3]) for j in keep]
-        if len(block_heights) < MIN_GLYPHS or w < 3 * typical:
+        # Letters, counting a run-together word as the letters its width holds.
+        letters = sum(max(1, round(gstats[j][2] / (0.7 * gstats[j][3]))) for j in keep)
+        # A short word may be a label's last line: it is kept while blocks are put together.
+        if letters < 3:
             continue
         median_h = float(np.median(block_heights))
         # Text has most glyphs near one height; a leaf's veins and toothed edges do not.
@@ -126,11 +132,50 @@ def text_blocks(gray: Any, *, limit: int = 4) -> list[TextBlock]:
                     labels[y : y + h, x : x + w] == i,
                     median_h,
                 ),
-                glyphs=len(block_heights),
+                glyphs=letters,
             )
         )
+    found = [b for b in _merge_neighbours(found) if b.glyphs >= MIN_GLYPHS]
     found.sort(key=lambda b: -b.glyphs)
     return found[:limit]
+
+
+def _merge_neighbours(blocks: list[TextBlock]) -> list[TextBlock]:
+    """Blocks of text of one size one above the other at most `LINE_GAPS` glyph heights apart
+    (a label with widely spaced lines), or side by side on one line (words far apart), are one
+    block: no line is lost to the block limit, and tesseract is started once."""
+    merged = list(blocks)
+    changed = True
+    while changed:
+        changed = False
+        for i, a in enumerate(merged):
+            for j in range(i + 1, len(merged)):
+                b = merged[j]
+                size = max(a.glyph_px, b.glyph_px)
+                gap_x = max(a.box[0], b.box[0]) - min(a.box[2], b.box[2])
+                gap_y = max(a.box[1], b.box[1]) - min(a.box[3], b.box[3])
+                stacked = gap_x < 0 and gap_y <= LINE_GAPS * size
+                side_by_side = gap_y < 0 and gap_x <= 3 * size
+                if min(a.glyph_px, b.glyph_px) < 0.6 * size or not (stacked or side_by_side):
+                    continue
+                total = a.glyphs + b.glyphs
+                merged[i] = TextBlock(
+                    box=(
+                        min(a.box[0], b.box[0]),
+                        min(a.box[1], b.box[1]),
+                        max(a.box[2], b.box[2]),
+                        max(a.box[3], b.box[3]),
+                    ),  # fmt: skip
+                    glyph_px=(a.glyph_px * a.glyphs + b.glyph_px * b.glyphs) / total,
+                    angle=(a.angle * a.glyphs + b.angle * b.glyphs) / total,
+                    glyphs=total,
+                )
+                del merged[j]
+                changed = True
+                break
+            if changed:
+                break
+    return merged
 
 
 def _long_lines(cv2: Any, np: Any, lines: Any, min_width: float) -> Any:
