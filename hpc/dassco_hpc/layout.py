@@ -165,7 +165,7 @@ def _merge_neighbours(blocks: list[TextBlock]) -> list[TextBlock]:
                         min(a.box[1], b.box[1]),
                         max(a.box[2], b.box[2]),
                         max(a.box[3], b.box[3]),
-                    ),  # fmt: skip
+                    ),
                     glyph_px=(a.glyph_px * a.glyphs + b.glyph_px * b.glyphs) / total,
                     angle=(a.angle * a.glyphs + b.angle * b.glyphs) / total,
                     glyphs=total,

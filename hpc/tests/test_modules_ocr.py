@@ -253,8 +253,13 @@ def test_a_plain_label_of_small_widely_spaced_lines_is_read_whole(
     of the sheet's width, lines up to three font sizes apart."""
     from PIL import Image, ImageDraw
 
-    lines = ["Herbarium Universitatis Hauniensis", "Geranium sylvaticum L.",
-             "Rold Skov, near Arden", "Leg. P. Nielsen 12.7.1961", "Det. B. Olsen 1987"]  # fmt: skip
+    lines = [
+        "Herbarium Universitatis Hauniensis",
+        "Geranium sylvaticum L.",
+        "Rold Skov, near Arden",
+        "Leg. P. Nielsen 12.7.1961",
+        "Det. B. Olsen 1987",
+    ]
     img = Image.new("RGB", (1200, 1800), (245, 240, 228))
     draw = ImageDraw.Draw(img)
     draw.line([(400, 1300), (380, 100)], fill=(80, 90, 50), width=8)
