@@ -193,8 +193,10 @@ def _skew(cv2: Any, np: Any, lines: Any, member: Any, glyph_h: float) -> float:
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     angles: list[float] = []
     for i in range(1, count):
-        w = stats[i][2]
-        if w < 6 * glyph_h:
+        w, h = stats[i][2], stats[i][3]
+        # One line of text: long, and no taller than a line tilted by ~10 degrees (a leaf
+        # across several lines joins them into a blob whose slope means nothing).
+        if w < 6 * glyph_h or h > 2.5 * glyph_h + 0.18 * w:
             continue
         ys, xs = np.nonzero(labels == i)
         if len(xs) < 10:

@@ -273,3 +273,18 @@ def test_a_plain_label_of_small_widely_spaced_lines_is_read_whole(
     expected = _words(lines)
     assert sum(w in read for w in expected) >= 0.9 * len(expected), got["ocr"]
     assert len(got["ocr"].splitlines()) == len(lines)
+
+
+@needs_tesseract
+def test_a_leaf_across_an_askew_label_does_not_spoil_the_line_order(
+    stub: StubListener, tmp_path: Path
+) -> None:
+    """The leaf joins the smeared lines into one blob; the skew comes from single lines."""
+    from dataclasses import replace
+
+    image = tmp_path / "sheet.tif"
+    variation = replace(synthetic.varied(102), code=True)
+    assert variation.overlap and variation.rotation < -3
+    drawn = synthetic.write(image, "specimen", (1200, 1800), 102, variation=variation)
+    got = _ocr(stub, tmp_path, image)
+    assert got["ocr"].splitlines()[0] == drawn.label_lines[0], got["ocr"]
