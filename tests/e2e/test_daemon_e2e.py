@@ -130,6 +130,9 @@ async def test_assets_go_through_every_herb0001_job(
     assert stack.token_secret not in log, "the token secret must never be logged"
 
 
+INTERRUPTED = "its submission was interrupted before the job's process recorded itself"
+
+
 async def test_sigkill_mid_run_loses_nothing_and_runs_nothing_twice(
     tmp_path: Path, mongo_uri: str, db: tuple[AsyncMongoClient[dict[str, Any]], str]
 ) -> None:
@@ -158,10 +161,18 @@ async def test_sigkill_mid_run_loses_nothing_and_runs_nothing_twice(
         for job in doc["job_list"]:
             assert (doc["_id"], job["name"], job["attempt"]) in ran
     # No callback was lost: jobs that finished while the daemon was down delivered their
-    # results when it came back, so nothing had to be declared lost and run again.
+    # results when it came back, so nothing had to be declared lost and run again. The one
+    # attempt a kill may cost is a direct submission it cut short before the job's process
+    # recorded itself: that job never ran (its folder is settled so it never can), and its
+    # next attempt is the first to run (docs/operations.md, "A kill during a submission").
     for doc in docs:
-        assert all(j["attempt"] == 1 for j in doc["job_list"]), doc["job_list"]
-        assert not [h for h in doc["history"] if "lost" in h["cause"]], doc["history"]
+        lost = [h for h in doc["history"] if "lost" in h["cause"]]
+        interrupted = [h for h in lost if INTERRUPTED in h["cause"]]
+        assert lost == interrupted, lost
+        assert len(interrupted) <= 1, interrupted
+        for job in doc["job_list"]:
+            spent = sum(1 for h in interrupted if h["job"] == job["name"])
+            assert job["attempt"] == 1 + spent, (job, doc["history"])
 
 
 async def test_sigterm_stops_within_ten_seconds(
