@@ -195,7 +195,8 @@ class Daemon:
         )
         self.snapshots = metrics.SnapshotRefresher(
             self.metrics,
-            lambda previous: take_snapshot(self.stores.track.collection, previous),
+            lambda previous: take_snapshot(self.stores.track.collection, previous,
+                                           ars=self.settings.ars is not None),
             interval_s=self.settings.metrics.snapshot_s,
             stopping=self.stopping,
         )

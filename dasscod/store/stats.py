@@ -38,9 +38,12 @@ async def take_snapshot(
     previous: Snapshot | None = None,
     *,
     finished_every_s: float = 300.0,
+    ars: bool = True,
 ) -> Snapshot:
     """The store's counts. Finished assets only grow and nobody alerts on them, so their
-    counts are carried over from `previous` and read again every `finished_every_s`."""
+    counts are carried over from `previous` and read again every `finished_every_s`.
+    Without ARS (`ars=False`) every asset keeps its `is_in_ars=NO` tag, so the backlog counts
+    would read the whole collection for numbers nobody works off: they are left out."""
     started = time.monotonic()
     assets: dict[tuple[str, str], int] = {}
     jobs: dict[tuple[str, str, str, str], int] = {}
@@ -66,7 +69,7 @@ async def take_snapshot(
         finished_at = time.time()
     assets.update(finished)
     backlog: dict[str, int] = {}
-    for flag, values in TAGGED_FLAGS.items():
+    for flag, values in TAGGED_FLAGS.items() if ars else ():
         for value in sorted(values):
             backlog[f"{flag}={value}"] = await collection.count_documents(
                 {"queues": f"{flag}={value}"}
