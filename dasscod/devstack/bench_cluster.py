@@ -242,6 +242,23 @@ def node_cpus() -> int:
     return max(int(x.rstrip("+")) for x in out.split())
 
 
+def runner_copy(target: Path) -> Path:
+    """The job runner and the stand-in module copied to the cluster's shared folder, readable
+    by the cluster user: the checkout may sit in a folder only its owner can enter (a 0700
+    home or `mktemp -d`), as a real cluster's jobs would never see the daemon's checkout."""
+    stand_in = target / "dasscod" / "devstack"
+    stand_in.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO_ROOT / "hpc" / "dassco_hpc", target / "dassco_hpc", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO_ROOT / "dasscod" / "devstack" / "hpc_stand_in.py", stand_in)
+    (stand_in / "__init__.py").touch()
+    for top, _, files in os.walk(target):
+        Path(top).chmod(0o755)
+        for name in files:
+            (Path(top) / name).chmod(0o644)
+    return target
+
+
 async def e2e_phase(env: Mapping[str, str], uri: str, root: Path, shared: Path) -> dict[str, Any]:
     runs = shared / "runs.jsonl"
     runs.touch(mode=0o666)
@@ -253,7 +270,7 @@ async def e2e_phase(env: Mapping[str, str], uri: str, root: Path, shared: Path) 
     data["clusters"][CLUSTER].update(
         max_jobs=E2E_MAX_JOBS,
         env={
-            "PYTHONPATH": f"{REPO_ROOT / 'hpc'}:{REPO_ROOT}",
+            "PYTHONPATH": str(runner_copy(shared / "runner")),
             "DASSCO_HPC_MODULES": "dasscod.devstack.hpc_stand_in",
             "DASSCO_TEST_LOG": str(runs),
             "DASSCO_TEST_SLEEP_S": f"{E2E_SLEEP_S:g}",
