@@ -14,13 +14,13 @@ from anyio.abc import ByteReceiveStream, ByteSendStream, Process
 
 from dasscod.cluster.base import CommandResult, TransportError
 from dasscod.cluster.environment import job_environment
-from dasscod.cluster.timing import timed_command
+from dasscod.cluster.timing import TimedTransport
 
 #: Commands are shown in error messages only up to this length (a wrapper script is long).
 SHOWN_COMMAND_CHARS = 200
 
 
-class LocalTransport:
+class LocalTransport(TimedTransport):
     """Runs argv lists as child processes of the daemon, in the basic environment of
     `dasscod.cluster.environment` plus `env`: never the daemon's own (it holds secrets).
 
@@ -38,17 +38,6 @@ class LocalTransport:
         """Have `close` call `release`: for a helper process kept for this machine's jobs
         (the direct scheduler's warm launcher)."""
         self._on_close.append(release)
-
-    async def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: str | None = None,
-        timeout: float = 30.0,
-        env: Mapping[str, str] | None = None,
-    ) -> CommandResult:
-        with timed_command(self.name, argv):
-            return await self._run(argv, stdin=stdin, timeout=timeout, env=env)
 
     async def _run(
         self,

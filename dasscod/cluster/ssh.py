@@ -28,7 +28,7 @@ import anyio
 import asyncssh
 
 from dasscod.cluster.base import CommandResult, TransportError
-from dasscod.cluster.timing import timed_command
+from dasscod.cluster.timing import TimedTransport
 from dasscod.log import get_logger
 
 log = get_logger(__name__)
@@ -49,7 +49,7 @@ class SshTarget:
     backoff_s: tuple[float, float] = (1.0, 60.0)
 
 
-class SshTransport:
+class SshTransport(TimedTransport):
     def __init__(
         self, name: str, target: SshTarget, *, guard: Callable[[], None] | None = None
     ) -> None:
@@ -63,17 +63,6 @@ class SshTransport:
         self._failures = 0
         self._next_attempt = 0.0  # monotonic time before which we do not reconnect
         self._last_error = ""
-
-    async def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: str | None = None,
-        timeout: float = 30.0,
-        env: Mapping[str, str] | None = None,
-    ) -> CommandResult:
-        with timed_command(self.name, argv):
-            return await self._run(argv, stdin=stdin, timeout=timeout, env=env)
 
     async def _run(
         self,
