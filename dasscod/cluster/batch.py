@@ -1,6 +1,7 @@
-"""What the batch-system adapters (Slurm, Torque) share: checking a job before anything of it
-reaches a command or a script, the script body after the scheduler's directives, the shell
-snippet that writes the script from stdin, and error text from a command's output.
+"""What the batch-system adapters (Slurm, Torque) share: their `Dialect` (names, ids, the
+submit command), checking a job before anything of it reaches a command or a script, the
+script body after the scheduler's directives, the shell snippet that writes the script from
+stdin and submits it, and error text from a command's output.
 
 The script travels on stdin and is written 0600 because it holds the job's token; names and
 paths are positional arguments of a fixed shell snippet, never part of its text.
@@ -10,10 +11,19 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import ClassVar
 
-from dasscod.cluster.base import CommandResult, JobSpec, SchedulerError, Transport
+from dasscod.cluster.base import (
+    CommandResult,
+    JobInfo,
+    JobSpec,
+    SchedulerError,
+    SchedulerState,
+    Transport,
+)
 
 #: Environment variable names that can be exported from a shell script.
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -29,6 +39,83 @@ mkdir -p -- "$1" || exit 101
 """
 #: What WRITE_SCRIPT's own exit statuses mean.
 SUBMIT_STEPS = {101: "cannot create the state folder", 102: "cannot write the job script"}
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What tells one batch system's adapter from another's, in the parts they share."""
+
+    #: The batch system's name in messages: "Slurm", "Torque".
+    system: str
+    #: The submit command ("sbatch", "qsub"): a label in messages and metrics.
+    tool: str
+    #: WRITE_SCRIPT plus the submit command, run as `sh -c SUBMIT dasscod-TOOL STATE_DIR NAME`.
+    submit: str
+    #: The job names it accepts (ours are checked before they reach a script or a command).
+    name: re.Pattern[str]
+    #: The job ids it gives.
+    job_id: re.Pattern[str]
+    #: What a job spec's `partition` is called there ("partition", "queue").
+    partition: str
+    #: The job id in the submit command's output, or None.
+    parse_job_id: Callable[[str], str | None]
+    #: Whether a refused submission's message says the request itself is wrong (retrying
+    #: cannot help).
+    permanent: Callable[[str], bool]
+
+    def check_defaults(self, partition: str | None, account: str | None) -> None:
+        """An adapter's own partition (queue) and account must be plain words."""
+        for value in (partition, account):
+            if value is not None and not WORD.fullmatch(value):
+                raise ValueError(
+                    f"not a {self.system} {self.partition} or account name: {value!r}"
+                )
+
+    def placement(
+        self, spec: JobSpec, *, partition: str | None, account: str | None
+    ) -> tuple[str | None, str | None]:
+        """Check `spec` (check_spec), then its partition and account, else the adapter's
+        defaults; raises a non-retryable SchedulerError for what cannot go into a script."""
+        check_spec(spec, self.system, self.name)
+        chosen = spec.partition or partition, spec.account or account
+        check_words(spec, {self.partition: chosen[0], "account": chosen[1]})
+        return chosen
+
+    def valid_ids(self, jobs: Mapping[str, str]) -> tuple[dict[str, str], dict[str, JobInfo]]:
+        """`status`'s jobs ({job_id: name}) split into those with an id this batch system
+        could have given, and an UNKNOWN answer for each other one."""
+        valid: dict[str, str] = {}
+        invalid: dict[str, JobInfo] = {}
+        for job_id, name in jobs.items():
+            if self.job_id.fullmatch(job_id):
+                valid[job_id] = name
+            else:
+                invalid[job_id] = JobInfo(job_id, name, SchedulerState.UNKNOWN,
+                                          reason=f"{job_id!r} is not a {self.system} job id")
+        return valid, invalid
+
+    def check_job_id(self, job_id: str) -> None:
+        """A job id this batch system cannot have given never reaches a command."""
+        if not self.job_id.fullmatch(job_id):
+            raise SchedulerError(f"{job_id!r} is not a {self.system} job id", retryable=False)
+
+
+class BatchScheduler:
+    """The part of a batch-system adapter that only its `dialect` tells apart: submitting the
+    script `render` makes. Subclasses set `dialect`, the attributes below and `render`."""
+
+    dialect: ClassVar[Dialect]
+    transport: Transport
+    state_dir: PurePosixPath
+    submit_timeout_s: float
+
+    def render(self, spec: JobSpec) -> str:
+        raise NotImplementedError
+
+    async def submit(self, spec: JobSpec) -> str:
+        return await submit_script(self.transport, self.dialect, state_dir=self.state_dir,
+                                   spec=spec, script=self.render(spec),
+                                   timeout=self.submit_timeout_s)
 
 
 def check_spec(spec: JobSpec, system: str, name: re.Pattern[str]) -> None:
@@ -124,20 +211,19 @@ def message(result: CommandResult) -> str:
 
 async def submit_script(
     transport: Transport,
+    dialect: Dialect,
     *,
-    tool: str,
-    snippet: str,
     state_dir: PurePosixPath,
     spec: JobSpec,
     script: str,
     timeout: float,
-    parse_job_id: Callable[[str], str | None],
-    permanent: Callable[[str], bool],
 ) -> str:
-    """Write `script` into the state folder and submit it with `snippet` (WRITE_SCRIPT plus
-    the submit command) in one transport call; the scheduler's job id, or SchedulerError."""
+    """Write `script` into the state folder and submit it with the dialect's SUBMIT snippet
+    (WRITE_SCRIPT plus the submit command) in one transport call; the scheduler's job id, or
+    SchedulerError."""
+    tool = dialect.tool
     result = await transport.run(
-        ["sh", "-c", snippet, f"dasscod-{tool}", str(state_dir), spec.name],
+        ["sh", "-c", dialect.submit, f"dasscod-{tool}", str(state_dir), spec.name],
         stdin=script,
         timeout=timeout,
     )
@@ -147,11 +233,11 @@ async def submit_script(
             f"{transport.name}: {message(result)}",
             retryable=True,
         )
-    job_id = parse_job_id(result.stdout) if result.exit_status == 0 else None
+    job_id = dialect.parse_job_id(result.stdout) if result.exit_status == 0 else None
     if job_id is None:
         # Some tools (Debian's qsub wrapper) put their complaint on stdout.
         raise SchedulerError(
             f"{spec.name}: {tool} failed (exit status {result.exit_status}): {message(result)}",
-            retryable=not permanent(result.stdout + result.stderr),
+            retryable=not dialect.permanent(result.stdout + result.stderr),
         )
     return job_id

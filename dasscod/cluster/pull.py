@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from dasscod.cluster import slurm_parse, torque_parse
 from dasscod.cluster.base import (
     CommandResult,
     JobInfo,
@@ -21,9 +20,6 @@ from dasscod.cluster.base import (
 )
 from dasscod.cluster.slurm import SlurmScheduler
 from dasscod.cluster.torque import TorqueScheduler
-
-#: The command the agent submits with, by `submit_with`.
-SUBMIT_TOOLS = {"torque": "qsub", "slurm": "sbatch"}
 
 
 class NoTransport:
@@ -64,13 +60,11 @@ class PullScheduler:
         """The error for a submission the agent reports refused, with the scheduler's own
         message; retryable unless the message says the request itself is wrong (an unknown
         queue, an impossible resource request), as when the daemon submits itself."""
-        permanent = (torque_parse.submit_error_is_permanent if self.submit_with == "torque"
-                     else slurm_parse.submit_error_is_permanent)
-        tool = SUBMIT_TOOLS.get(self.submit_with, self.submit_with)
+        dialect = self.renderer.dialect
         status = f" (exit status {exit_status})" if exit_status is not None else ""
         text = message.strip()[-1000:] or "no message"
-        return SchedulerError(f"{tool} refused the job on the cluster{status}: {text}",
-                              retryable=not permanent(message))
+        return SchedulerError(f"{dialect.tool} refused the job on the cluster{status}: {text}",
+                              retryable=not dialect.permanent(message))
 
     def _refuse(self) -> SchedulerError:
         return SchedulerError("a pull cluster's agent submits and queries its jobs",

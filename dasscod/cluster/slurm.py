@@ -65,11 +65,18 @@ SUBMIT = batch.WRITE_SCRIPT + """\
 exec sbatch --parsable -- "$1/$2.sh"
 """
 
+DIALECT = batch.Dialect(
+    system="Slurm", tool="sbatch", submit=SUBMIT, name=parse.NAME, job_id=parse.JOB_ID,
+    partition="partition", parse_job_id=parse.parse_job_id,
+    permanent=parse.submit_error_is_permanent,
+)  # fmt: skip
 
-class SlurmScheduler:
+
+class SlurmScheduler(batch.BatchScheduler):
     """Slurm through a transport. See the module docstring for how jobs are found again."""
 
     kind = "slurm"
+    dialect = DIALECT
 
     def __init__(
         self,
@@ -85,9 +92,7 @@ class SlurmScheduler:
         """`partition` and `account` apply to jobs whose spec names none. `sbatch_options`
         are extra ``#SBATCH`` lines (e.g. ``--qos=short``), set by the operator, not by
         input; they go into the script, not onto a command line."""
-        for value in (partition, account):
-            if value is not None and not batch.WORD.fullmatch(value):
-                raise ValueError(f"not a Slurm partition or account name: {value!r}")
+        DIALECT.check_defaults(partition, account)
         for option in sbatch_options:
             if not option.startswith("--") or "\n" in option:
                 raise ValueError(f"sbatch option {option!r}: must be one '--name[=value]'")
@@ -99,22 +104,13 @@ class SlurmScheduler:
         self.sbatch_options = tuple(sbatch_options)
         self.submit_timeout_s = submit_timeout_s
 
-    # -- submission
-
-    async def submit(self, spec: JobSpec) -> str:
-        return await batch.submit_script(
-            self.transport, tool="sbatch", snippet=SUBMIT, state_dir=self.state_dir,
-            spec=spec, script=self.render(spec), timeout=self.submit_timeout_s,
-            parse_job_id=parse.parse_job_id, permanent=parse.submit_error_is_permanent,
-        )  # fmt: skip
+    # -- submission (submit: batch.BatchScheduler, with this dialect)
 
     def render(self, spec: JobSpec) -> str:
         """The batch script for one attempt. Raises a non-retryable SchedulerError for a spec
         that cannot be put into a script safely."""
-        batch.check_spec(spec, "Slurm", parse.NAME)
-        partition = spec.partition or self.partition
-        account = spec.account or self.account
-        batch.check_words(spec, {"partition": partition, "account": account})
+        partition, account = DIALECT.placement(spec, partition=self.partition,
+                                               account=self.account)
         output = self.state_dir / spec.name
         directives = [
             f"--job-name={spec.name}",
@@ -155,14 +151,7 @@ class SlurmScheduler:
         return {name: record.info() for name, record in found.items()}
 
     async def status(self, jobs: Mapping[str, str]) -> dict[str, JobInfo]:
-        infos: dict[str, JobInfo] = {}
-        valid: dict[str, str] = {}
-        for job_id, name in jobs.items():
-            if parse.JOB_ID.fullmatch(job_id):
-                valid[job_id] = name
-            else:
-                infos[job_id] = JobInfo(job_id, name, SchedulerState.UNKNOWN,
-                                        reason=f"{job_id!r} is not a Slurm job id")
+        valid, infos = DIALECT.valid_ids(jobs)
         if not valid:
             return infos
         result = await self._query(
@@ -212,8 +201,7 @@ class SlurmScheduler:
     async def cancel(self, job_id: str) -> None:
         """scancel says nothing (and exits 0) for a job that has already ended or is unknown,
         which is what the watcher wants: cancelling a job that is not running is no error."""
-        if not parse.JOB_ID.fullmatch(job_id):
-            raise SchedulerError(f"{job_id!r} is not a Slurm job id", retryable=False)
+        DIALECT.check_job_id(job_id)
         result = await self.transport.run(["scancel", job_id], timeout=QUERY_TIMEOUT_S)
         if result.exit_status != 0 and parse.INVALID_JOB_ID not in result.stderr:
             raise SchedulerError(

@@ -73,6 +73,12 @@ SUBMIT = batch.WRITE_SCRIPT + """\
 exec qsub -o "$1/$2.out" -e "$1/$2.err" "$1/$2.sh"
 """
 
+DIALECT = batch.Dialect(
+    system="Torque", tool="qsub", submit=SUBMIT, name=parse.NAME, job_id=parse.JOB_ID,
+    partition="queue", parse_job_id=parse.parse_job_id,
+    permanent=parse.submit_error_is_permanent,
+)  # fmt: skip
+
 #: The status query: `sh -c QUERY dasscod-qstat STATE_DIR NAME... -- [JOB_ID...]` prints
 #: ``dasscod-exit NAME <exit file line>`` for each NAME whose exit file exists, then
 #: torque_parse.QUERY_MARK, then execs ``qstat -f -1 JOB_ID...`` (all jobs without ids), so
@@ -106,10 +112,11 @@ exec {" ".join(QSTAT_FULL)}
 """
 
 
-class TorqueScheduler:
+class TorqueScheduler(batch.BatchScheduler):
     """Torque through a transport. See the module docstring."""
 
     kind = "torque"
+    dialect = DIALECT
 
     def __init__(
         self,
@@ -125,9 +132,7 @@ class TorqueScheduler:
         """`queue` and `account` apply to jobs whose spec names none (the spec's `partition`
         is the queue). `pbs_options` are extra ``#PBS`` lines set by the operator (e.g.
         ``-W group_list=proj``, which Computerome wants next to ``-A proj``)."""
-        for value in (queue, account):
-            if value is not None and not batch.WORD.fullmatch(value):
-                raise ValueError(f"not a Torque queue or account name: {value!r}")
+        DIALECT.check_defaults(queue, account)
         if not parse.PATH.fullmatch(str(state_dir)) or str(state_dir).startswith("-"):
             raise ValueError(
                 f"state folder {str(state_dir)!r}: only letters, digits and . _ / + - "
@@ -147,22 +152,12 @@ class TorqueScheduler:
         #: seen so (monotonic clock), by job key: see EXIT_FILE_WAIT_S.
         self._awaiting_exit_file: dict[str, float] = {}
 
-    # -- submission
-
-    async def submit(self, spec: JobSpec) -> str:
-        return await batch.submit_script(
-            self.transport, tool="qsub", snippet=SUBMIT, state_dir=self.state_dir,
-            spec=spec, script=self.render(spec), timeout=self.submit_timeout_s,
-            parse_job_id=parse.parse_job_id, permanent=parse.submit_error_is_permanent,
-        )  # fmt: skip
+    # -- submission (submit: batch.BatchScheduler, with this dialect)
 
     def render(self, spec: JobSpec) -> str:
         """The job script for one attempt. Raises a non-retryable SchedulerError for a spec
         that cannot be put into a script safely."""
-        batch.check_spec(spec, "Torque", parse.NAME)
-        queue = spec.partition or self.queue
-        account = spec.account or self.account
-        batch.check_words(spec, {"queue": queue, "account": account})
+        queue, account = DIALECT.placement(spec, partition=self.queue, account=self.account)
         output = self.state_dir / spec.name
         directives = [
             "-S /bin/sh",
@@ -201,14 +196,7 @@ class TorqueScheduler:
         return infos
 
     async def status(self, jobs: Mapping[str, str]) -> dict[str, JobInfo]:
-        infos: dict[str, JobInfo] = {}
-        valid: dict[str, str] = {}
-        for job_id, name in jobs.items():
-            if parse.JOB_ID.fullmatch(job_id):
-                valid[job_id] = name
-            else:
-                infos[job_id] = JobInfo(job_id, name, SchedulerState.UNKNOWN,
-                                        reason=f"{job_id!r} is not a Torque job id")
+        valid, infos = DIALECT.valid_ids(jobs)
         if not valid:
             return infos
         exits, qstat = await self._query(sorted(set(valid.values())), list(valid))
@@ -270,8 +258,7 @@ class TorqueScheduler:
     async def cancel(self, job_id: str) -> None:
         """Deleting a job that has already ended or is unknown is no error: Torque's qdel says
         so (``Unknown Job Id``, ``invalid state for job``), the wrapper's exits 1 silently."""
-        if not parse.JOB_ID.fullmatch(job_id):
-            raise SchedulerError(f"{job_id!r} is not a Torque job id", retryable=False)
+        DIALECT.check_job_id(job_id)
         result = await self.transport.run(["qdel", job_id], timeout=QUERY_TIMEOUT_S)
         if result.exit_status == 0:
             return
