@@ -7,6 +7,7 @@ parses what comes back. Schedulers never touch MongoDB: the dispatcher and watch
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -36,12 +37,22 @@ class CommandResult:
     stderr: str
 
 
-class Transport(Protocol):
-    """Runs one command (an argv list, never a shell string built from input) and returns its
-    result. Implementations enforce `timeout` and raise TransportError when they cannot run it.
+@dataclass(frozen=True)
+class Command:
+    """One command for a transport: an argv list (never a shell string built from input),
+    the text for its stdin, how long it may take, and `env`: variables added to (or
+    overriding) the environment the command would get anyway, whose values travel out of
+    band, never on the command line where `ps` shows them."""
 
-    `env` holds variables added to (or overriding) the environment the command would get
-    anyway; values travel out of band, never on the command line where `ps` shows them."""
+    argv: tuple[str, ...]
+    stdin: str | None = None
+    timeout: float = 30.0
+    env: Mapping[str, str] | None = None
+
+
+class Transport(ABC):
+    """Runs commands somewhere. Implementations write `execute`: they enforce the command's
+    timeout and raise TransportError when they cannot run it."""
 
     name: str
 
@@ -52,9 +63,16 @@ class Transport(Protocol):
         stdin: str | None = None,
         timeout: float = 30.0,
         env: Mapping[str, str] | None = None,
-    ) -> CommandResult: ...
+    ) -> CommandResult:
+        return await self.execute(Command(tuple(argv), stdin=stdin, timeout=timeout, env=env))
 
-    async def close(self) -> None: ...
+    @abstractmethod
+    async def execute(self, command: Command) -> CommandResult: ...
+
+    async def close(self) -> None:
+        """Let go of what the transport keeps between commands (connections, helpers);
+        by default it keeps nothing."""
+        return None
 
 
 class SchedulerState(StrEnum):

@@ -7,12 +7,12 @@ import os
 import shlex
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process
 
-from dasscod.cluster.base import CommandResult, TransportError
+from dasscod.cluster.base import Command, CommandResult, TransportError
 from dasscod.cluster.environment import job_environment
 from dasscod.cluster.timing import TimedTransport
 
@@ -39,36 +39,30 @@ class LocalTransport(TimedTransport):
         (the direct scheduler's warm launcher)."""
         self._on_close.append(release)
 
-    async def _run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: str | None,
-        timeout: float,
-        env: Mapping[str, str] | None,
-    ) -> CommandResult:
+    async def _run(self, command: Command) -> CommandResult:
+        argv, stdin, timeout = command.argv, command.stdin, command.timeout
         if not argv:
             raise TransportError(f"{self.name}: refusing to run an empty command")
         if self.guard is not None:
             self.guard()
-        command = _shown(argv)
+        shown = _shown(argv)
         try:
             process = await anyio.open_process(
                 list(argv),
                 stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                env=job_environment(env),
+                env=job_environment(command.env),
                 start_new_session=True,
             )
         except OSError as exc:
             raise TransportError(
-                f"{self.name}: cannot run {command}: {exc.strerror or exc}"
+                f"{self.name}: cannot run {shown}: {exc.strerror or exc}"
             ) from exc
         try:
             async with process:
                 stdout, stderr = await _communicate_within(process, stdin, timeout)
         except TimeoutError as exc:
             raise TransportError(
-                f"{self.name}: {command} did not finish within {timeout:g} s; killed it"
+                f"{self.name}: {shown} did not finish within {timeout:g} s; killed it"
             ) from exc
         assert process.returncode is not None
         return CommandResult(process.returncode, _text(stdout), _text(stderr))

@@ -9,37 +9,29 @@ that forgets the cluster is pull fails loudly instead of running a command here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 from dasscod.cluster.base import (
+    Command,
     CommandResult,
     JobInfo,
     JobSpec,
     SchedulerError,
+    Transport,
     TransportError,
 )
 from dasscod.cluster.slurm import SlurmScheduler
 from dasscod.cluster.torque import TorqueScheduler
 
 
-class NoTransport:
+class NoTransport(Transport):
     """The transport of a pull cluster: there is none."""
 
     def __init__(self, name: str) -> None:
         self.name = name
 
-    async def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: str | None = None,
-        timeout: float = 30.0,
-        env: Mapping[str, str] | None = None,
-    ) -> CommandResult:
+    async def execute(self, command: Command) -> CommandResult:
         raise TransportError(f"{self.name} is a pull cluster: the daemon runs no command there")
-
-    async def close(self) -> None:
-        return None
 
 
 class PullScheduler:

@@ -20,14 +20,14 @@ from __future__ import annotations
 import shlex
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import asyncssh
 
-from dasscod.cluster.base import CommandResult, TransportError
+from dasscod.cluster.base import Command, CommandResult, TransportError
 from dasscod.cluster.timing import TimedTransport
 from dasscod.log import get_logger
 
@@ -64,14 +64,8 @@ class SshTransport(TimedTransport):
         self._next_attempt = 0.0  # monotonic time before which we do not reconnect
         self._last_error = ""
 
-    async def _run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: str | None,
-        timeout: float,
-        env: Mapping[str, str] | None,
-    ) -> CommandResult:
+    async def _run(self, command: Command) -> CommandResult:
+        argv, stdin, timeout, env = command.argv, command.stdin, command.timeout, command.env
         if env:
             raise ValueError(
                 f"{self.name}: the ssh transport does not pass environment values "
@@ -79,29 +73,29 @@ class SshTransport(TimedTransport):
             )
         if not argv:
             raise ValueError("empty command")
-        command = shlex.join(argv)
+        line = shlex.join(argv)
         async with self._channels:
             conn = await self._connection()
             if self.guard is not None:  # after the waits: right before the command leaves
                 self.guard()
             try:
                 with anyio.fail_after(timeout):
-                    done = await conn.run(command, input=stdin, check=False)
+                    done = await conn.run(line, input=stdin, check=False)
             except TimeoutError:
                 raise TransportError(
-                    f"{self.name}: `{_short(command)}` did not finish within {timeout:g} s"
+                    f"{self.name}: `{_short(line)}` did not finish within {timeout:g} s"
                 ) from None
             except (OSError, asyncssh.Error) as exc:
                 self._dropped(conn, exc)
                 raise TransportError(f"{self.name}: connection lost running "
-                                     f"`{_short(command)}`: {exc}") from exc
+                                     f"`{_short(line)}`: {exc}") from exc
             if done.exit_status is None and done.exit_signal is None:
                 # The channel closed without an exit status: the command's outcome is
                 # unknown (a dropped connection); callers must not take it as a failure.
                 if conn.is_closed():
                     self._dropped(conn, ConnectionError("closed by the remote side"))
                 raise TransportError(
-                    f"{self.name}: connection lost running `{_short(command)}`; "
+                    f"{self.name}: connection lost running `{_short(line)}`; "
                     "its outcome is unknown"
                 )
         status = done.exit_status

@@ -4,12 +4,13 @@ that could not be run at all counts in `dasscod_scheduler_errors_total`."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from abc import abstractmethod
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import PurePosixPath
 
 from dasscod import metrics
-from dasscod.cluster.base import CommandResult, TransportError
+from dasscod.cluster.base import Command, CommandResult, Transport, TransportError
 
 
 def command_label(argv: Sequence[str]) -> str:
@@ -32,28 +33,12 @@ def timed_command(cluster: str, argv: Sequence[str]) -> Iterator[None]:
         ).observe(time.monotonic() - started)
 
 
-class TimedTransport:
-    """A transport's `run`, timed: the local and SSH transports write only `_run`."""
+class TimedTransport(Transport):
+    """A transport whose commands are timed: the local and SSH transports write only `_run`."""
 
-    name: str
+    async def execute(self, command: Command) -> CommandResult:
+        with timed_command(self.name, command.argv):
+            return await self._run(command)
 
-    async def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: str | None = None,
-        timeout: float = 30.0,
-        env: Mapping[str, str] | None = None,
-    ) -> CommandResult:
-        with timed_command(self.name, argv):
-            return await self._run(argv, stdin=stdin, timeout=timeout, env=env)
-
-    async def _run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: str | None,
-        timeout: float,
-        env: Mapping[str, str] | None,
-    ) -> CommandResult:
-        raise NotImplementedError
+    @abstractmethod
+    async def _run(self, command: Command) -> CommandResult: ...

@@ -27,7 +27,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -35,7 +35,7 @@ from typing import Any
 import anyio
 from pymongo import AsyncMongoClient
 
-from dasscod.cluster.base import CommandResult, JobSpec, Transport
+from dasscod.cluster.base import Command, CommandResult, JobSpec, Transport
 from dasscod.cluster.configured import Cluster
 from dasscod.cluster.slurm import SlurmScheduler
 from dasscod.cluster.ssh import SshTarget, SshTransport
@@ -94,7 +94,7 @@ def cluster_settings(env: Mapping[str, str], shared: Path, **extra: Any) -> Clus
     })
 
 
-class CountingTransport:
+class CountingTransport(Transport):
     """A transport that counts the commands it runs, by program (`sh -c SCRIPT NAME ...`
     counts as NAME, e.g. dasscod-sbatch)."""
 
@@ -103,17 +103,11 @@ class CountingTransport:
         self.name = inner.name
         self.counts: Counter[str] = Counter()
 
-    async def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: str | None = None,
-        timeout: float = 30.0,
-        env: Mapping[str, str] | None = None,
-    ) -> CommandResult:
+    async def execute(self, command: Command) -> CommandResult:
+        argv = command.argv
         program = argv[3] if len(argv) > 3 and argv[0] == "sh" and argv[1] == "-c" else argv[0]
         self.counts[program] += 1
-        return await self.inner.run(argv, stdin=stdin, timeout=timeout, env=env)
+        return await self.inner.execute(command)
 
     async def close(self) -> None:
         await self.inner.close()

@@ -3,12 +3,18 @@ which commands it runs, how it falls back, what reaches a command line. No clust
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 import pytest
 
-from dasscod.cluster.base import CommandResult, JobSpec, SchedulerError, SchedulerState
+from dasscod.cluster.base import (
+    Command,
+    CommandResult,
+    JobSpec,
+    SchedulerError,
+    SchedulerState,
+    Transport,
+)
 from dasscod.cluster.slurm import SlurmScheduler
 
 RECORDED = Path(__file__).parent / "recorded"
@@ -19,7 +25,7 @@ def recorded(name: str) -> str:
     return (RECORDED / name).read_text()
 
 
-class Scripted:
+class Scripted(Transport):
     """Answers each command by its program name from a queue of results; records the calls."""
 
     name = "scripted"
@@ -28,20 +34,11 @@ class Scripted:
         self.answers = answers
         self.calls: list[tuple[list[str], str | None]] = []
 
-    async def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: str | None = None,
-        timeout: float = 30.0,
-        env: Mapping[str, str] | None = None,
-    ) -> CommandResult:
-        self.calls.append((list(argv), stdin))
+    async def execute(self, command: Command) -> CommandResult:
+        argv = command.argv
+        self.calls.append((list(argv), command.stdin))
         program = argv[0] if argv[0] != "sh" else "sbatch"
         return self.answers[program].pop(0)
-
-    async def close(self) -> None:
-        pass
 
 
 def spec(name: str = "dassco.g-1.barcode.1") -> JobSpec:

@@ -7,13 +7,12 @@ machine may be slower, and nothing should depend on a sleep being long enough.""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 import anyio
 import pytest
 
-from dasscod.cluster.base import CommandResult, JobInfo, JobSpec, SchedulerState
+from dasscod.cluster.base import Command, CommandResult, JobInfo, JobSpec, SchedulerState
 from dasscod.cluster.local import LocalTransport
 from dasscod.cluster.slurm import SlurmScheduler
 from tests.slurm.conftest import LocalCluster
@@ -31,33 +30,19 @@ class Recording(LocalTransport):
         super().__init__(name)
         self.argvs: list[list[str]] = []
 
-    async def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: str | None = None,
-        timeout: float = 30.0,
-        env: Mapping[str, str] | None = None,
-    ) -> CommandResult:
-        self.argvs.append(list(argv))
-        return await super().run(argv, stdin=stdin, timeout=timeout, env=env)
+    async def execute(self, command: Command) -> CommandResult:
+        self.argvs.append(list(command.argv))
+        return await super().execute(command)
 
 
 class Forgetful(LocalTransport):
     """squeue answers as if every job had left slurmctld's memory (MinJobAge is 300 s on the
     test cluster, too long to wait for), so status has to ask sacct."""
 
-    async def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: str | None = None,
-        timeout: float = 30.0,
-        env: Mapping[str, str] | None = None,
-    ) -> CommandResult:
-        if argv[0] == "squeue":
+    async def execute(self, command: Command) -> CommandResult:
+        if command.argv[0] == "squeue":
             return CommandResult(0, "", "")
-        return await super().run(argv, stdin=stdin, timeout=timeout, env=env)
+        return await super().execute(command)
 
 
 @pytest.fixture

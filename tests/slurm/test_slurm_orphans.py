@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import anyio
 import pytest
 import structlog
 
-from dasscod.cluster.base import CommandResult, Transport, TransportError
+from dasscod.cluster.base import Command, CommandResult, Transport, TransportError
 from dasscod.cluster.configured import Cluster, build_clusters
 from dasscod.cluster.slurm import SlurmScheduler
 from dasscod.model import JobStatus
@@ -35,7 +36,7 @@ SUBMIT_TIMEOUT_S = 2.0
 SBATCH_DELAY_S = 5
 
 
-class SlowSbatch:
+class SlowSbatch(Transport):
     """The cluster's SSH transport, with sbatch starting SBATCH_DELAY_S late on the login
     node (a busy controller): the daemon's submission times out before the job exists."""
 
@@ -43,12 +44,11 @@ class SlowSbatch:
         self.inner = inner
         self.name = inner.name
 
-    async def run(self, argv: Sequence[str], *, stdin: str | None = None,
-                  timeout: float = 30.0, env: Mapping[str, str] | None = None) -> CommandResult:
-        argv = list(argv)
+    async def execute(self, command: Command) -> CommandResult:
+        argv = list(command.argv)
         if argv[:2] == ["sh", "-c"] and "exec sbatch" in argv[2]:
             argv[2] = argv[2].replace("exec sbatch", f"sleep {SBATCH_DELAY_S}; exec sbatch")
-        return await self.inner.run(argv, stdin=stdin, timeout=timeout, env=env)
+        return await self.inner.execute(replace(command, argv=tuple(argv)))
 
     async def close(self) -> None:
         await self.inner.close()

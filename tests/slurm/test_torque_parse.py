@@ -8,12 +8,20 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 import pytest
 
-from dasscod.cluster.base import CommandResult, JobInfo, JobSpec, SchedulerError, SchedulerState
+from dasscod.cluster.base import (
+    Command,
+    CommandResult,
+    JobInfo,
+    JobSpec,
+    SchedulerError,
+    SchedulerState,
+    Transport,
+)
 from dasscod.cluster.torque import TorqueScheduler, walltime
 from dasscod.cluster.torque_parse import (
     QUERY_MARK,
@@ -233,7 +241,7 @@ def test_unknown_job_messages() -> None:
 # -- the adapter against a fake transport
 
 
-class Fake:
+class Fake(Transport):
     """Answers each command with a canned result, keeping what it was asked."""
 
     name = "fake"
@@ -242,22 +250,13 @@ class Fake:
         self.answers = dict(answers)
         self.calls: list[tuple[list[str], str | None]] = []
 
-    async def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: str | None = None,
-        timeout: float = 30.0,
-        env: Mapping[str, str] | None = None,
-    ) -> CommandResult:
-        self.calls.append((list(argv), stdin))
-        command = argv[0]
-        if command == "sh":  # the adapter's snippets: submit (qsub) or the status query
-            command = "qsub" if "qsub" in argv[2] else "qstat"
-        return self.answers[command]
-
-    async def close(self) -> None:
-        pass
+    async def execute(self, command: Command) -> CommandResult:
+        argv = command.argv
+        self.calls.append((list(argv), command.stdin))
+        program = argv[0]
+        if program == "sh":  # the adapter's snippets: submit (qsub) or the status query
+            program = "qsub" if "qsub" in argv[2] else "qstat"
+        return self.answers[program]
 
 
 def query_result(exit_status: int, qstat: str, stderr: str = "", exits: str = "") -> CommandResult:
