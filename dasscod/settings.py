@@ -67,6 +67,11 @@ class ListenerSettings(_Section):
     max_connections: int = Field(default=1024, ge=1)
     header_timeout_s: float = Field(default=10.0, gt=0)
     idle_timeout_s: int = Field(default=5, ge=1)
+    #: A request's body must arrive within `body_timeout_s` of its headers, plus one second
+    #: for every `body_min_rate` bytes it has delivered (so a steady upload of any size at
+    #: that rate or faster goes through, a trickle is cut off with 408).
+    body_timeout_s: float = Field(default=10.0, gt=0)
+    body_min_rate: int = Field(default=64 * 1024, ge=1, description="bytes per second")
     #: The interactive API pages (/docs, /redoc); the OpenAPI document is always served.
     docs: bool = False
 

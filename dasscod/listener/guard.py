@@ -50,7 +50,9 @@ def gate(pattern: str, check: Check | None, max_bytes: int = DEFAULT_MAX_BYTES,
 
 class BodyTooLarge(HTTPException):
     def __init__(self, max_bytes: int) -> None:
-        super().__init__(413, f"request body larger than {max_bytes} bytes")
+        # The rest of the body is never read: the connection cannot carry another request.
+        super().__init__(413, f"request body larger than {max_bytes} bytes",
+                         headers={"Connection": "close"})
 
 
 class Guard:
@@ -71,17 +73,17 @@ class Guard:
         if found is not None and found.check is not None:
             refusal = found.check(bearer(headers.get(b"authorization")))
             if refusal is not None:
-                await _answer(send, *refusal)
+                await answer_and_close(send, *refusal)
                 return
         declared = headers.get(b"content-length")
         if declared is not None:
             try:
                 length = int(declared)
             except ValueError:
-                await _answer(send, 400, "Content-Length is not a number")
+                await answer_and_close(send, 400, "Content-Length is not a number")
                 return
             if length > max_bytes:
-                await _answer(send, 413, f"request body larger than {max_bytes} bytes")
+                await answer_and_close(send, 413, f"request body larger than {max_bytes} bytes")
                 return
 
         seen = 0
@@ -105,7 +107,8 @@ def bearer(header: bytes | None) -> str | None:
     return value.strip() or None if scheme.lower() == "bearer" else None
 
 
-async def _answer(send: Send, status: int, detail: str) -> None:
+async def answer_and_close(send: Send, status: int, detail: str) -> None:
+    """A JSON refusal, closing the connection: the request's body was not read to its end."""
     body = json.dumps({"detail": detail}).encode()
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode()),

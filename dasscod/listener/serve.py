@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from dasscod.listener.pace import BodyPace
 from dasscod.settings import ListenerSettings
 
 
@@ -74,7 +75,8 @@ def listener_config(app: Any, settings: ListenerSettings, *, graceful_s: int) ->
         tls = {"ssl_certfile": str(settings.tls_certfile),
                "ssl_keyfile": str(settings.tls_keyfile) if settings.tls_keyfile else None}
     return ListenerConfig(
-        app,
+        # Outermost: a trickled body is cut off whichever route reads it.
+        BodyPace(app, timeout_s=settings.body_timeout_s, min_rate=settings.body_min_rate),
         max_connections=settings.max_connections,
         header_timeout_s=settings.header_timeout_s,
         host=settings.host,
