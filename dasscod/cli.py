@@ -167,7 +167,7 @@ def status(config: Path | None, as_json: bool) -> None:
 
 
 # The operators' commands (ls, show, errors, clusters, pause, resume, drain, cancel, retry,
-# limits, audit) call a running daemon's control API.
+# ars-retry, limits, audit) call a running daemon's control API.
 register_control_commands(main)
 
 

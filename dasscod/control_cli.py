@@ -1,5 +1,5 @@
 """The operators' commands: `dasscod ls | show | errors | clusters | pause | resume | drain |
-cancel | retry | limits | audit`, each a call to a running daemon's control API.
+cancel | retry | ars-retry | limits | audit`, each a call to a running daemon's control API.
 
 The daemon is found by `--url`, else `$DASSCOD_CONTROL_URL`, else the listener address in the
 configuration file (`--config` or `$DASSCOD_CONFIG`), else http://127.0.0.1:8080. The admin
@@ -180,8 +180,8 @@ def action_done(client: Client, result: dict[str, Any]) -> None:
 
 
 def register(main: click.Group) -> None:
-    for command in (ls, show, errors, clusters, pause, resume, drain, cancel, retry, limits,
-                    audit):
+    for command in (ls, show, errors, clusters, pause, resume, drain, cancel, retry, ars_retry,
+                    limits, audit):
         main.add_command(command)
 
 
@@ -192,14 +192,16 @@ def register(main: click.Group) -> None:
 @click.option("--pipeline", help="Assets of this pipeline.")
 @click.option("--cluster", help="Assets with a job live on this cluster.")
 @click.option("--paused", is_flag=True, help="Paused assets only.")
+@click.option("--ars-error", is_flag=True,
+              help="Only assets with an ARS flag in ERROR (the ARS sync gave them up).")
 @click.option("--older-than", help="Created before this long ago (90s, 15m, 2h, 3d).")
 @click.option("--newer-than", help="Created within this long.")
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
 @click.option("--after", help="The cursor a previous page printed.")
 @with_client
 def ls(client: Client, statuses: tuple[str, ...], job: str | None, pipeline: str | None,
-       cluster: str | None, paused: bool, older_than: str | None, newer_than: str | None,
-       limit: int, after: str | None) -> None:
+       cluster: str | None, paused: bool, ars_error: bool, older_than: str | None,
+       newer_than: str | None, limit: int, after: str | None) -> None:
     """List assets, newest first."""
     params: dict[str, Any] = {"status": [s.upper() for s in statuses], "job": job,
                               "pipeline": pipeline, "cluster": cluster, "limit": limit,
@@ -207,6 +209,8 @@ def ls(client: Client, statuses: tuple[str, ...], job: str | None, pipeline: str
                               "newer_than_s": seconds(newer_than)}
     if paused:
         params["paused"] = "true"
+    if ars_error:
+        params["ars_error"] = "true"
     page = client.call("GET", "/assets", params={k: v for k, v in params.items()
                                                  if v is not None})
 
@@ -214,9 +218,10 @@ def ls(client: Client, statuses: tuple[str, ...], job: str | None, pipeline: str
         if not p["assets"]:
             click.echo("no assets match")
             return
-        table(["GUID", "STATUS", "AT", "ON", "PAUSED", "CREATED", "ERROR"],
+        table(["GUID", "STATUS", "AT", "ON", "PAUSED", "CREATED", "ARS ERROR", "ERROR"],
               [[a["guid"], a["status"], a["at"], a["clusters"], a["paused"], when(a["created"]),
-                (a["error"] or "")[:60] or None] for a in p["assets"]])
+                a.get("ars_errors", []), (a["error"] or "")[:60] or None]
+               for a in p["assets"]])
         if p["next"]:
             click.echo(f"more: dasscod ls ... --after {p['next']}")
 
@@ -258,6 +263,8 @@ def _show_timeline(t: dict[str, Any]) -> None:
                    f"{h['cause']}{who}{why}")
     ars = t["ars"]
     click.echo("\nARS  " + "  ".join(f"{k}={v}" for k, v in ars.items() if v not in (None, 0)))
+    if "ERROR" in ars.values():
+        click.echo(f"  once what ARS refused is fixed: dasscod ars-retry {t['guid']}")
     if t["files"]:
         click.echo("FILES  " + ", ".join(f"{f['name']} ({f['size_mb']:.2f} MB)"
                                          for f in t["files"]))
@@ -376,6 +383,22 @@ def retry(client: Client, guid: str, job: str | None, from_job: str | None,
     from a job with --from."""
     action_done(client, client.call("POST", f"/assets/{guid}/retry",
                                     body={"job": job, "from_job": from_job, "reason": reason}))
+
+
+ARS_FLAGS = click.Choice(["is_in_ars", "has_new_file", "has_open_share", "erda_sync",
+                          "update_metadata"])
+
+
+@click.command("ars-retry")
+@click.argument("guid")
+@click.argument("flag", type=ARS_FLAGS, required=False)
+@click.option("--reason", help="Why (recorded in the asset's history and the audit).")
+@with_client
+def ars_retry(client: Client, guid: str, flag: str | None, reason: str | None) -> None:
+    """Reset an ARS flag left in ERROR (no FLAG: every one) once what ARS refused is fixed;
+    the ARS sync retries the asset at once. `dasscod ls --ars-error` lists such assets."""
+    action_done(client, client.call("POST", f"/assets/{guid}/ars-retry",
+                                    body={"flag": flag, "reason": reason}))
 
 
 @click.command()

@@ -65,6 +65,14 @@ class RetryRequest(BaseModel):
     reason: Reason = None
 
 
+class ArsRetryRequest(BaseModel):
+    flag: str | None = Field(default=None, max_length=100,
+                             description="An ARS flag in ERROR (is_in_ars, has_new_file, "
+                             "has_open_share, erda_sync, update_metadata); none: every ARS "
+                             "flag in ERROR")
+    reason: Reason = None
+
+
 class LimitRequest(BaseModel):
     target: str = Field(max_length=200, description="assets_in_flight, or cluster:NAME")
     value: int | None = Field(default=None, ge=1, le=100_000,
@@ -127,15 +135,18 @@ def install_control_api(app: FastAPI, service: ControlService | None,
         pipeline: str | None = None,
         cluster: str | None = None,
         paused: bool = False,
+        ars_error: Annotated[bool, Query(description="Only assets with an ARS flag in "
+                                         "ERROR")] = False,
         older_than_s: Annotated[float | None, Query(ge=0)] = None,
         newer_than_s: Annotated[float | None, Query(ge=0)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         after: str | None = None,
     ) -> AssetPage:
         """Assets, newest first, filtered by overall status, the job they are at, pipeline,
-        the cluster they run on, paused, and age (seconds since creation); paged by `after`."""
+        the cluster they run on, paused, an ARS flag in ERROR, and age (seconds since
+        creation); paged by `after`."""
         where = AssetFilter(statuses=[s.upper() for s in status], job=job, pipeline=pipeline,
-                            cluster=cluster, paused=paused,
+                            cluster=cluster, paused=paused, ars_error=ars_error,
                             created_before=older_than(older_than_s),
                             created_after=older_than(newer_than_s))
         return await queries().assets(where, limit=limit, after=after)
@@ -206,5 +217,11 @@ def install_control_api(app: FastAPI, service: ControlService | None,
         job (`from_job`)."""
         return await actions().retry(guid, body.job, from_job=body.from_job, by=who,
                                      reason=body.reason)
+
+    @router.post("/assets/{guid}/ars-retry")
+    async def ars_retry(guid: GuidPath, body: ArsRetryRequest, who: Operator) -> ActionResult:
+        """Reset an ARS flag in ERROR (none named: every one) so that the ARS sync retries
+        the asset at once; 409 when the flag is not in ERROR."""
+        return await actions().ars_retry(guid, body.flag, by=who, reason=body.reason)
 
     app.include_router(router)

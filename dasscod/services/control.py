@@ -1,4 +1,5 @@
-"""Operators' actions: pause and resume, drain, cancel, retry, limits -- each one audited.
+"""Operators' actions: pause and resume, drain, cancel, retry, ARS retry, limits -- each one
+audited.
 
 Every action on an asset is an event of the state machine written by the same guarded
 (compare-and-set) transition as everything else the daemon does, with the operator's name
@@ -34,6 +35,8 @@ from dasscod.holds import (
 from dasscod.log import get_logger
 from dasscod.model import Flag, JobStatus, Track, utcnow
 from dasscod.pipeline import ACTIVE, RETRYABLE, SETTLED, Event, JobEvent, Pipeline
+from dasscod.queues import ArsFlag
+from dasscod.services.ars_retry import ARS_FLAGS, flags_in_error, plan_reset
 from dasscod.services.launch import Launcher, scheduler_job_name
 from dasscod.store import Stores
 
@@ -380,6 +383,42 @@ class ControlService:
                                + "; ".join(result.ignored))
         detail = f"running again from {from_job}: {', '.join(names)}"
         return await self._audit("retry", f"asset:{guid}", True, detail, by, reason)
+
+    async def ars_retry(self, guid: str, flag: str | None = None, *, by: str,
+                        reason: str | None) -> ActionResult:
+        """Reset an ARS flag left in ERROR (`flag`; none: every ARS flag in ERROR) so that the
+        ARS sync takes the asset up again at the step that failed (`services.ars_retry`)."""
+        if flag is not None and flag not in ARS_FLAGS:
+            raise ControlError(422, f"{flag} is not an ARS flag: give one of "
+                               + ", ".join(ARS_FLAGS))
+        track = await self._asset(guid)
+        in_error = flags_in_error(track)
+        if flag is not None:
+            value = getattr(track, flag)
+            if value is not Flag.ERROR:
+                raise ControlError(409, f"{flag} of {guid} is {value}, not ERROR: nothing to "
+                                   f"reset (`dasscod show {guid}` gives its ARS state)")
+            flags: list[ArsFlag] = [f for f in in_error if f == flag]
+        else:
+            if not in_error:
+                raise ControlError(409, f"no ARS flag of {guid} is in ERROR: nothing to reset "
+                                   f"(`dasscod show {guid}` gives its ARS state)")
+            flags = in_error
+        reset = plan_reset(track, flags)
+        result = await self.stores.track.apply(
+            guid, asset_fields=reset.fields, expect=reset.expect, known=track,
+            cause=f"control: ARS retry ({track.ars_error or 'no ARS error recorded'})",
+            by=by, reason=reason,
+        )  # fmt: skip
+        if not result.applied:
+            raise ControlError(409, f"{', '.join(flags)} of {guid} changed meanwhile (reset "
+                               "by someone else?): `dasscod show " + guid + "` gives its ARS "
+                               "state now")
+        detail = "ARS sync retries " + ", ".join(
+            f"{f} (ERROR -> {reset.fields[f]})" for f in flags)
+        if result.track.available_for_services is not Flag.YES:
+            detail += "; the asset is paused: the ARS sync takes it up once it is resumed"
+        return await self._audit("ars retry", f"asset:{guid}", True, detail, by, reason)
 
     # ------------------------------------------------------------------ audit
 

@@ -18,6 +18,7 @@ from dasscod.coordination import Throttle
 from dasscod.holds import ASSETS_IN_FLIGHT, PAUSE, Hold, Holds, cluster_target
 from dasscod.model import Flag, Job, JobStatus, Track, utcnow
 from dasscod.pipeline import ACTIVE, current_jobs
+from dasscod.services.ars_retry import flags_in_error
 from dasscod.services.control import ConfiguredLimits, ControlError
 from dasscod.services.launch import scheduler_job_name
 from dasscod.store import Stores
@@ -53,6 +54,8 @@ class AssetRow(BaseModel):
     paused: bool
     created: datetime
     error: str | None = None
+    #: ARS flags in ERROR: the ARS sync gave the asset up there (`dasscod ars-retry`).
+    ars_errors: list[str] = []
 
 
 class AssetPage(BaseModel):
@@ -288,6 +291,7 @@ def asset_row(track: Track) -> AssetRow:
         error=next((f"{j.name}: {j.last_error}" for j in track.job_list
                     if j.status in (S.ERROR, S.CRITICAL_ERROR) and j.last_error),
                    track.ars_error),
+        ars_errors=list(flags_in_error(track)),
     )  # fmt: skip
 
 
@@ -357,7 +361,10 @@ def failures(track: Track) -> list[tuple[str, str]]:
     found = [(j.name, j.last_error or "no error recorded") for j in track.job_list
              if j.status in (S.ERROR, S.CRITICAL_ERROR)]
     if track.ars_error:
-        found.append(("ars", track.ars_error))
+        # Named by the flags in ERROR (what `dasscod ars-retry` resets); a refusal the sync
+        # still retries by itself is plain "ars".
+        gave_up = flags_in_error(track)
+        found.append((f"ars {', '.join(gave_up)}" if gave_up else "ars", track.ars_error))
     return found
 
 

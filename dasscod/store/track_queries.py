@@ -12,14 +12,15 @@ import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 from pymongo import DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
-from dasscod.model import JobStatus, Track
-from dasscod.queues import ARS_ERROR, PAUSED, at_job, on_cluster, status_tag
+from dasscod.model import Flag, JobStatus, Track
+from dasscod.queues import ARS_ERROR, PAUSED, ArsFlag, at_job, on_cluster, status_tag
 
+ARS_FLAG_NAMES: tuple[ArsFlag, ...] = get_args(ArsFlag)
 #: Listing rows leave out what only `show` needs.
 LISTING_PROJECTION = {"history": 0, "file_list": 0}
 
@@ -35,6 +36,8 @@ class AssetFilter:
     pipeline: str | None = None
     cluster: str | None = None
     paused: bool = False
+    #: Only assets with an ARS flag in ERROR (the ARS sync gave them up).
+    ars_error: bool = False
     created_before: datetime | None = None
     created_after: datetime | None = None
 
@@ -65,9 +68,14 @@ class TrackQueries:
             at_job(where.job) if where.job else None,
             on_cluster(where.cluster) if where.cluster else None,
             PAUSED if where.paused else None,
+            ARS_ERROR if where.ars_error else None,
         ) if t]  # fmt: skip
         clauses: list[dict[str, Any]] = [{"queues": {"$in": [status_tag(s) for s in statuses]}}]
         clauses += [{"queues": tag} for tag in tags]
+        if where.ars_error:
+            # Among the assets ARS refused (the tag), those the sync gave up: a refusal the
+            # sync still retries (an ERDA sync failed once) sets `ars_error` too.
+            clauses.append({"$or": [{flag: Flag.ERROR.value} for flag in ARS_FLAG_NAMES]})
         if where.pipeline:
             clauses.append({"pipeline": where.pipeline})
         if where.created_before:
