@@ -85,7 +85,7 @@ def run(config: Path | None) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
     settings = _settings(config)
     configure_logging(settings.log_level, settings.log_format)
-    from dasscod.daemon import run_daemon  # the daemon's imports are not needed by other commands
+    from dasscod.wiring import run_daemon  # the daemon's imports are not needed by other commands
 
     try:
         failure = anyio.run(run_daemon, settings, config)

@@ -43,7 +43,6 @@ from pymongo.monitoring import (
     CommandSucceededEvent,
 )
 
-from dasscod.daemon import Daemon
 from dasscod.devstack.bench_demo import demo_runs, module_times
 from dasscod.devstack.mongo import mongo_server
 from dasscod.devstack.stack import LocalStack, deliver
@@ -61,6 +60,7 @@ from dasscod.settings import Settings
 from dasscod.store.codec import to_bson
 from dasscod.store.track import TRACK_INDEXES
 from dasscod.tokens import JobClaims, issue
+from dasscod.wiring import build_daemon
 
 CALLBACK_ASSETS = int(os.environ.get("BENCH_CALLBACK_ASSETS", "400"))
 SEQUENTIAL_ASSETS = int(os.environ.get("BENCH_SEQUENTIAL_ASSETS", "10"))
@@ -237,7 +237,7 @@ async def callbacks(stack: LocalStack, pipelines_dir: Path) -> tuple[float, int]
     # The jobs were never really submitted: keep the watcher from declaring them lost.
     settings = bench_settings(stack, pipelines_dir, watch_s=600.0)
     settings.intake.enabled = False
-    daemon = Daemon(settings)
+    daemon = build_daemon(settings)
     pipelines = load_pipelines(pipelines_dir)
     guids = [f"cb-{i:05d}-{uuid.uuid4().hex[:6]}" for i in range(CALLBACK_ASSETS)]
     async with anyio.create_task_group() as tg:
@@ -313,7 +313,7 @@ async def pipeline_run(stack: LocalStack, pipelines_dir: Path) -> dict[str, floa
     # a wait for a free slot (which the throttle imposes on purpose).
     settings.clusters["local"].max_jobs = max(settings.clusters["local"].max_jobs, LATENCY_ASSETS)
     settings.intake.poll_s = 0.1
-    daemon = Daemon(settings, command_listeners=[counter])
+    daemon = build_daemon(settings, command_listeners=[counter])
     async with anyio.create_task_group() as tg:
         tg.start_soon(daemon.run)
         await daemon.ready.wait()
@@ -425,7 +425,7 @@ async def idle(stack: LocalStack, pipelines_dir: Path) -> dict[str, float]:
         await coll.bulk_write(batch, ordered=False)
     await client.close()
     settings = bench_settings(stack, pipelines_dir, watch_s=10.0, housekeeping_s=15.0, sweep_s=30.0)
-    daemon = Daemon(settings)
+    daemon = build_daemon(settings)
     me = psutil.Process()
     async with anyio.create_task_group() as tg:
         tg.start_soon(daemon.run)

@@ -39,7 +39,6 @@ from dasscod.cluster.base import Command, CommandResult, JobSpec, Transport
 from dasscod.cluster.configured import Cluster
 from dasscod.cluster.slurm import SlurmScheduler
 from dasscod.cluster.ssh import SshTarget, SshTransport
-from dasscod.daemon import Daemon
 from dasscod.devstack.mongo import mongo_server
 from dasscod.devstack.stack import REPO_ROOT, LocalStack, deliver
 from dasscod.log import configure_logging
@@ -51,6 +50,7 @@ from dasscod.settings import ClusterSettings, Settings, TimingSettings
 from dasscod.store import Stores
 from dasscod.store.codec import to_bson
 from dasscod.supervisors.watch import Watcher
+from dasscod.wiring import build_daemon
 
 CLUSTER_DIR = Path(os.environ.get("DASSCOD_TEST_CLUSTER_DIR", "/var/lib/dasscod-test-cluster"))
 SETUP = REPO_ROOT / "tests" / "infra" / "setup_cluster.sh"
@@ -278,7 +278,7 @@ async def e2e_phase(env: Mapping[str, str], uri: str, root: Path, shared: Path) 
     cpus = node_cpus()
     slots = min(E2E_MAX_JOBS, cpus)
     guids = [f"sb-{i:03d}-{uuid.uuid4().hex[:6]}" for i in range(E2E_ASSETS)]
-    daemon = Daemon(settings)
+    daemon = build_daemon(settings)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True)
     coll = client[stack.database]["track"]
     timeout_s = max(300.0, E2E_ASSETS * 6 * (E2E_SLEEP_S + 10) / slots)

@@ -23,12 +23,12 @@ from typing import Any
 import anyio
 from pymongo import AsyncMongoClient
 
-from dasscod.daemon import Daemon
 from dasscod.devstack.demo import REAL_MODULES, draw_batch
 from dasscod.devstack.mongo import mongo_server
 from dasscod.devstack.stack import REPO_ROOT, LocalStack, deliver
 from dasscod.log import configure_logging
 from dasscod.settings import Settings
+from dasscod.wiring import build_daemon
 
 DEMO_ASSETS = 10
 #: Demo runs per benchmark; the median one is reported.
@@ -56,7 +56,7 @@ async def demo_phase(uri: str, root: Path) -> dict[str, Any]:
     batch = draw_batch(drawn, DEMO_ASSETS, (1200, 1800))
     guids = [p.guid for p, _ in batch]
     _progress(f"demo: {len(batch)} synthetic sheets through HERB0001 with the real modules")
-    daemon = Daemon(settings)
+    daemon = build_daemon(settings)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True)
     coll = client[stack.database]["track"]
     async with anyio.create_task_group() as tg:

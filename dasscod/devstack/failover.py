@@ -117,9 +117,9 @@ def writes_after(path: Path, t: float, *, ignore: frozenset[str] = frozenset({"l
 
 
 def main() -> None:
-    from dasscod.daemon import Daemon
     from dasscod.log import configure_logging
     from dasscod.settings import load_settings
+    from dasscod.wiring import build_daemon
 
     writes, flag, config = sys.argv[1:4]
     assert flag == "--config"
@@ -127,7 +127,7 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_format)
 
     async def run(out: TextIO) -> None:
-        daemon = Daemon(settings, command_listeners=[WriteLog(out)], config_path=Path(config))
+        daemon = build_daemon(settings, command_listeners=[WriteLog(out)], config_path=Path(config))
         async with anyio.create_task_group() as tg:
             tg.start_soon(daemon.handle_signals)
             await daemon.run()

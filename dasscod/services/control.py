@@ -38,6 +38,7 @@ from dasscod.pipeline import ACTIVE, RETRYABLE, SETTLED, Event, JobEvent, Pipeli
 from dasscod.queues import ArsFlag
 from dasscod.services.ars_retry import ARS_FLAGS, flags_in_error, plan_reset
 from dasscod.services.launch import Launcher, scheduler_job_name
+from dasscod.settings import Settings
 from dasscod.store import Stores
 
 log = get_logger(__name__)
@@ -73,6 +74,14 @@ class ActionResult(BaseModel):
 class ConfiguredLimits:
     assets_in_flight: int
     jobs_per_cluster: Mapping[str, int]
+
+    @classmethod
+    def of(cls, settings: Settings) -> ConfiguredLimits:
+        """The limits the configuration sets (operators' limits override them)."""
+        return cls(
+            assets_in_flight=settings.throttle.assets_in_flight,
+            jobs_per_cluster={n: c.max_jobs for n, c in settings.clusters.items()},
+        )
 
 
 class ControlService:

@@ -13,9 +13,9 @@ import anyio
 import pytest
 from pymongo import AsyncMongoClient
 
-from dasscod.daemon import Daemon
 from dasscod.devstack.ars import ArsSimulator
 from dasscod.devstack.stack import deliver
+from dasscod.wiring import build_daemon
 from tests.ars.conftest import eventually
 from tests.ars.test_sync_daemon import settings_with_ars
 
@@ -45,7 +45,7 @@ async def test_twenty_assets_leave_the_disk_as_they_found_it(
     settings.timing = settings.timing.model_copy(update={"housekeeping_s": 0.5})
     root = tmp_path / "stack"
     guids = [f"ret-{i}-{uuid.uuid4().hex[:6]}" for i in range(ASSETS)]
-    daemon = Daemon(settings)
+    daemon = build_daemon(settings)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
     track = client[settings.mongo.database]["track"]
     try:

@@ -13,13 +13,13 @@ import anyio
 import pytest
 from pymongo import AsyncMongoClient
 
-from dasscod.daemon import Daemon
 from dasscod.devstack.ars import ArsSimulator
 from dasscod.devstack.ars.server import DEFAULT_CLIENT_SECRET
 from dasscod.devstack.assets import add_asset
 from dasscod.devstack.stack import LocalStack, deliver, stop_daemon
 from dasscod.model import Flag, Track
 from dasscod.settings import Settings
+from dasscod.wiring import build_daemon
 from tests.ars.conftest import eventually
 from tests.ars.test_sync import DONE, assert_ars_metadata_is_local, wait_flags
 from tests.integration.test_daemon import settings_for
@@ -39,7 +39,7 @@ async def test_the_daemon_syncs_to_ars_before_the_load_job_becomes_ready(
     sim: ArsSimulator, tmp_path: Path, mongo_uri: str
 ) -> None:
     settings = settings_with_ars(sim, tmp_path, mongo_uri)
-    daemon = Daemon(settings)
+    daemon = build_daemon(settings)
     assert daemon.pipelines["PIPEHERB0001"].spec("load").requires["is_in_ars"] is Flag.YES
     async with anyio.create_task_group() as tg:
         tg.start_soon(daemon.run)
@@ -121,7 +121,7 @@ async def test_jobs_that_do_not_need_ars_run_through_an_outage(
     sim: ArsSimulator, tmp_path: Path, mongo_uri: str
 ) -> None:
     settings = settings_with_ars(sim, tmp_path, mongo_uri)
-    daemon = Daemon(settings)
+    daemon = build_daemon(settings)
     stores = daemon.stores
     async with anyio.create_task_group() as tg:
         tg.start_soon(daemon.run)

@@ -12,13 +12,13 @@ import anyio
 import httpx
 import pytest
 
-from dasscod.daemon import Daemon
 from dasscod.devstack.stack import LocalStack
 from dasscod.listener.app import create_app
 from dasscod.pipelines import load_pipelines
 from dasscod.settings import Settings
 from dasscod.store import Stores
 from dasscod.tokens import JobClaims, issue
+from dasscod.wiring import build_daemon
 
 
 def settings_for(tmp_path: Path, mongo_uri: str) -> Settings:
@@ -33,7 +33,7 @@ async def test_listener_runs_in_the_daemons_loop_and_stop_is_prompt(
     tmp_path: Path, mongo_uri: str
 ) -> None:
     settings = settings_for(tmp_path, mongo_uri)
-    daemon = Daemon(settings)
+    daemon = build_daemon(settings)
     async with anyio.create_task_group() as tg:
         tg.start_soon(daemon.run)
         with anyio.fail_after(30):
@@ -57,7 +57,7 @@ async def test_a_crashing_supervisor_is_restarted_with_backoff(
     tmp_path: Path, mongo_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("dasscod.daemon.RESTART_BACKOFF_S", (0.05, 0.2))
-    daemon = Daemon(settings_for(tmp_path, mongo_uri))
+    daemon = build_daemon(settings_for(tmp_path, mongo_uri))
     runs: list[float] = []
     fourth = anyio.Event()
 
@@ -86,7 +86,7 @@ async def test_a_pipeline_naming_no_configured_cluster_is_refused(
     settings = settings_for(tmp_path, mongo_uri)
     settings.clusters = {"elsewhere": settings.clusters["local"]}
     with pytest.raises(ValueError, match="no configured cluster"):
-        Daemon(settings)
+        build_daemon(settings)
 
 
 async def test_callbacks_while_mongodb_is_down_get_503_with_retry_after() -> None:

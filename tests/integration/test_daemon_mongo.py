@@ -15,10 +15,10 @@ import psutil
 import pytest
 from structlog.testing import capture_logs
 
-from dasscod.daemon import Daemon
 from dasscod.devstack.mongo import mongo_server
 from dasscod.devstack.stack import LocalStack
 from dasscod.settings import Settings
+from dasscod.wiring import build_daemon
 
 
 def settings_for(tmp_path: Path, mongo_uri: str, **mongo: Any) -> Settings:
@@ -59,7 +59,7 @@ async def test_an_outage_mid_run_is_one_warning_and_one_info_line_not_crashes(
 ) -> None:
     uri, server = own_mongo
     settings = settings_for(tmp_path, uri, timeout_s=0.5, operation_timeout_s=1.0)
-    daemon = Daemon(settings)
+    daemon = build_daemon(settings)
     with capture_logs() as logs:
         async with anyio.create_task_group() as tg:
             tg.start_soon(daemon.run)
@@ -88,7 +88,7 @@ async def test_waiting_for_mongodb_at_start_up_is_told_to_systemd(
         systemd.bind(str(tmp_path / "notify"))
         systemd.setblocking(False)
         monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
-        daemon = Daemon(settings)
+        daemon = build_daemon(settings)
         async with anyio.create_task_group() as tg:
             tg.start_soon(daemon.run)
             with anyio.fail_after(10):

@@ -10,10 +10,10 @@ import anyio
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from dasscod.daemon import Daemon
 from dasscod.devstack.mongo import free_port
 from dasscod.devstack.stack import LocalStack, deliver
 from dasscod.settings import Settings
+from dasscod.wiring import build_daemon
 
 
 def parse(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -61,7 +61,7 @@ async def test_an_asset_in_error_is_counted_on_a_separate_metrics_port(
     port = free_port()
     settings = failing_stack(tmp_path, mongo_uri, port=port)
     deliver(settings.intake.folder, "metrics-err-1")
-    daemon = Daemon(settings)
+    daemon = build_daemon(settings)
     async with anyio.create_task_group() as tg:
         tg.start_soon(daemon.run)
         with anyio.fail_after(30):
@@ -100,7 +100,7 @@ async def test_metrics_on_the_listener_and_a_restarted_supervisor_counted(
     tmp_path: Path, mongo_uri: str
 ) -> None:
     settings = failing_stack(tmp_path, mongo_uri)
-    daemon = Daemon(settings)
+    daemon = build_daemon(settings)
     crashed = anyio.Event()
 
     async def crashes_once() -> None:

@@ -23,7 +23,6 @@ from dasscod import metrics
 from dasscod.alerts.channels import Outbox, SmtpChannel, WebhookChannel
 from dasscod.alerts.conditions import DaemonConditions
 from dasscod.alerts.notifier import Notifier
-from dasscod.daemon import Daemon
 from dasscod.devstack.mongo import free_port
 from dasscod.devstack.stack import deliver
 from dasscod.model import JobStatus
@@ -33,6 +32,7 @@ from dasscod.settings import AlertSettings
 from dasscod.store import Stores
 from dasscod.store.codec import to_bson
 from dasscod.store.stats import take_snapshot
+from dasscod.wiring import build_daemon
 from tests.conftest import make_track
 from tests.observability.test_metrics import failing_stack
 
@@ -223,7 +223,7 @@ async def test_the_daemon_posts_an_asset_in_error_to_its_webhook(
     settings = failing_stack(tmp_path, mongo_uri)
     settings.alerts = AlertSettings(webhook_url=SecretStr(webhook.url), check_s=0.2)
     deliver(settings.intake.folder, "notify-err-1")
-    daemon = Daemon(settings)
+    daemon = build_daemon(settings)
     async with anyio.create_task_group() as tg:
         tg.start_soon(daemon.run)
         await until("the alert", lambda: webhook.bodies, 60)

@@ -14,10 +14,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from dasscod.daemon import Daemon
 from dasscod.devstack.stack import LocalStack
 from dasscod.settings import Settings
 from dasscod.watchdog import Progress, beat
+from dasscod.wiring import build_daemon
 
 INTERVAL_S = 1.0
 
@@ -86,7 +86,7 @@ async def wait_pings(systemd: FakeSystemd, n: int, timeout_s: float = 10) -> Non
 async def test_ready_status_pings_stopping_and_a_blocked_loop(
     tmp_path: Path, mongo_uri: str, systemd: FakeSystemd
 ) -> None:
-    daemon = Daemon(settings_for(tmp_path, mongo_uri))
+    daemon = build_daemon(settings_for(tmp_path, mongo_uri))
     async with anyio.create_task_group() as tg:
         tg.start_soon(daemon.run)
         with anyio.fail_after(30):
@@ -107,7 +107,7 @@ async def test_ready_status_pings_stopping_and_a_blocked_loop(
 async def test_a_stuck_supervisor_stops_the_pings(
     tmp_path: Path, mongo_uri: str, systemd: FakeSystemd
 ) -> None:
-    daemon = Daemon(settings_for(tmp_path, mongo_uri))
+    daemon = build_daemon(settings_for(tmp_path, mongo_uri))
     release = anyio.Event()
 
     async def hangs_until_released() -> None:

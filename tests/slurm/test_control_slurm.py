@@ -16,8 +16,8 @@ import anyio
 import pytest
 from pymongo import AsyncMongoClient
 
-from dasscod.daemon import Daemon
 from dasscod.devstack.stack import REPO_ROOT, LocalStack, deliver
+from dasscod.wiring import build_daemon
 from tests.slurm.conftest import LocalCluster
 from tests.slurm.test_daemon_slurm_e2e import job_log, settings_for
 
@@ -54,7 +54,7 @@ async def test_cancel_takes_a_live_slurm_job_off_the_queue_and_the_asset_ends_ca
                             DASSCO_TEST_SLEEP_S="120")
     guid = f"cancel-{uuid.uuid4().hex[:6]}"
     deliver(stack.intake, guid)
-    daemon = Daemon(settings)
+    daemon = build_daemon(settings)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
     track = client[stack.database]["track"]
     try:

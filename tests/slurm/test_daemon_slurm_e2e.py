@@ -22,10 +22,10 @@ import anyio
 import pytest
 from pymongo import AsyncMongoClient
 
-from dasscod.daemon import Daemon
 from dasscod.devstack.stack import LocalStack, deliver
 from dasscod.pipelines import load_pipelines
 from dasscod.settings import Settings
+from dasscod.wiring import build_daemon
 from tests.slurm.conftest import SETUP, LocalCluster
 
 pytestmark = pytest.mark.e2e
@@ -71,7 +71,7 @@ async def run_assets(
     guids = [f"slurm-{i}-{uuid.uuid4().hex[:6]}" for i in range(n)]
     for guid in guids:
         deliver(stack.intake, guid)
-    daemon = Daemon(settings)
+    daemon = build_daemon(settings)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
     coll = client[stack.database]["track"]
     docs: list[dict[str, Any]] = []

@@ -23,10 +23,10 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 
-from dasscod.daemon import Daemon
 from dasscod.devstack.stack import REPO_ROOT, LocalStack, deliver
 from dasscod.pipelines import load_pipelines
 from dasscod.settings import Settings
+from dasscod.wiring import build_daemon
 from tests.slurm.conftest import LocalCluster
 
 pytestmark = pytest.mark.e2e
@@ -111,7 +111,7 @@ async def test_an_agent_runs_herb0001_and_repairs_a_crash_between_qsub_and_repor
     guids = [f"pull-{i}-{uuid.uuid4().hex[:6]}" for i in range(2)]
     for guid in guids:
         deliver(stack.intake, guid)
-    daemon = Daemon(settings)
+    daemon = build_daemon(settings)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
     coll = client[stack.database]["track"]
     crashed: dict[str, Any] = {}
@@ -179,7 +179,7 @@ async def until_error(settings: Settings, stack: LocalStack, mongo_uri: str, sha
     token_file = tmp_path / "agent.token"
     token_file.write_text(AGENT_TOKEN + "\n")
     deliver(stack.intake, guid)
-    daemon = Daemon(settings)
+    daemon = build_daemon(settings)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
     coll = client[stack.database]["track"]
     try:
