@@ -9,7 +9,7 @@ and the `Claims` alias defined inside `create_app` cannot be resolved from a str
 """
 
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
@@ -291,9 +291,9 @@ def create_app(
         )
 
     install_metrics(app, route=metrics_route)
-    agent_tokens = [] if agent is None else [
-        c.settings.agent_token.get_secret_value() for c in agent.clusters.values()
-        if c.pull and c.settings.agent_token is not None]
+    agent_tokens = {} if agent is None else {
+        name: c.settings.agent_token.get_secret_value() for name, c in agent.clusters.items()
+        if c.pull and c.settings.agent_token is not None}
     app.add_middleware(Guard, gates=_gates(
         token_secret, intake_token, int(intake_max_mb * 1_000_000), agent_tokens,
         list((control_tokens or {}).values())))
@@ -308,10 +308,11 @@ INTAKE_OVERHEAD_BYTES = 1024 * KB
 
 
 def _gates(token_secret: Keys, intake_token: str | None, intake_max_bytes: int,
-           agent_tokens: list[str], control_tokens: list[str]) -> list[Gate]:
-    """Who may send a body to which route, and how large (see `dasscod.listener.guard`)."""
+           agent_tokens: Mapping[str, str], control_tokens: list[str]) -> list[Gate]:
+    """Who may send a body to which route, and how large (see `dasscod.listener.guard`).
+    `agent_tokens`: each pull cluster's agent credential, by the cluster's name."""
 
-    def job(token: str | None) -> Refusal:
+    def job(token: str | None, _: Mapping[str, str]) -> Refusal:
         if token is None:
             return 401, ("missing bearer token: send the job's DASSCO_TOKEN as "
                          "'Authorization: Bearer'")
@@ -321,21 +322,29 @@ def _gates(token_secret: Keys, intake_token: str | None, intake_max_bytes: int,
             return 401, str(exc)
         return None
 
-    def intake(token: str | None) -> Refusal:
+    def intake(token: str | None, _: Mapping[str, str]) -> Refusal:
         if intake_token is None:
             return 403, ("the intake API is disabled: set intake.api_token "
                          "(DASSCOD_INTAKE__API_TOKEN) to enable it")
         return None if _one_of(token, [intake_token]) else (
             401, "missing or wrong intake credential")
 
-    def agent_(token: str | None) -> Refusal:
+    # A token of no cluster: an unknown name costs the same comparison as a known one.
+    nobody = secrets.token_urlsafe(32)
+
+    def agent_(token: str | None, path: Mapping[str, str]) -> Refusal:
+        """The token must be the agent credential of the cluster the path names: one
+        cluster's agent cannot act for another, even with a body it never gets to send."""
         if token is None:
             return 401, ("missing agent credential: send the cluster's agent_token as "
                          "'Authorization: Bearer'")
-        return None if _one_of(token, agent_tokens) else (
-            403, "not the agent credential of a pull cluster")
+        cluster = path["cluster"]
+        expected = agent_tokens.get(cluster)
+        if _one_of(token, [expected or nobody]) and expected is not None:
+            return None
+        return 403, f"not the agent credential of a pull cluster {cluster[:100]!r}"
 
-    def operator(token: str | None) -> Refusal:
+    def operator(token: str | None, _: Mapping[str, str]) -> Refusal:
         if not control_tokens:
             return 403, ("the control API is off: give an admin token in control.tokens or "
                          "control.tokens_file")
@@ -346,7 +355,7 @@ def _gates(token_secret: Keys, intake_token: str | None, intake_max_bytes: int,
     prefix = API_PREFIX
     return [
         gate(f"{prefix}/assets", intake, intake_max_bytes + INTAKE_OVERHEAD_BYTES, ["POST"]),
-        gate(f"{prefix}/agent/.*", agent_, AGENT_MAX_BYTES),
+        gate(f"{prefix}/agent/(?P<cluster>[^/]*)(/.*)?", agent_, AGENT_MAX_BYTES),
         gate(f"{prefix}/control(/.*)?", operator),
         # A file's bytes: the route stops at the size the job reported for it.
         gate(f"{prefix}/assets/[^/]+/files/[^/]+", job, intake_max_bytes, ["PUT"]),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
@@ -22,7 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 #: What a gate answers for a credential: None to let the request in, or (status, detail).
 Refusal = tuple[int, str] | None
-Check = Callable[[str | None], Refusal]
+#: A gate's check: the bearer token and the path's named parts (a pull cluster's name).
+Check = Callable[[str | None, Mapping[str, str]], Refusal]
 
 KB = 1024
 #: A request whose route takes no body, or a small JSON one.
@@ -31,7 +32,8 @@ DEFAULT_MAX_BYTES = 64 * KB
 
 @dataclass(frozen=True)
 class Gate:
-    """Requests whose method is in `methods` (empty: any) and whose path matches `path`."""
+    """Requests whose method is in `methods` (empty: any) and whose path matches `path`;
+    the pattern's named groups are handed to the check."""
 
     path: re.Pattern[str]
     methods: frozenset[str]
@@ -39,8 +41,12 @@ class Gate:
     check: Check | None
     max_bytes: int = DEFAULT_MAX_BYTES
 
-    def matches(self, method: str, path: str) -> bool:
-        return (not self.methods or method in self.methods) and bool(self.path.fullmatch(path))
+    def match(self, method: str, path: str) -> Mapping[str, str] | None:
+        """The path's named parts if the request goes through this gate, else None."""
+        if self.methods and method not in self.methods:
+            return None
+        found = self.path.fullmatch(path)
+        return found.groupdict() if found is not None else None
 
 
 def gate(pattern: str, check: Check | None, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -67,11 +73,12 @@ class Guard:
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
-        found = next((g for g in self.gates if g.matches(method, path)), None)
+        found, parts = next(((g, p) for g in self.gates
+                             if (p := g.match(method, path)) is not None), (None, {}))
         max_bytes = found.max_bytes if found is not None else DEFAULT_MAX_BYTES
         headers = dict(scope["headers"])
         if found is not None and found.check is not None:
-            refusal = found.check(bearer(headers.get(b"authorization")))
+            refusal = found.check(bearer(headers.get(b"authorization")), parts)
             if refusal is not None:
                 await answer_and_close(send, *refusal)
                 return

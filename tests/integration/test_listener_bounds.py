@@ -5,6 +5,8 @@ with the daemon's listener configuration, raw sockets as the attacker):
   the route is off) at once: the process grows by less than 20 MB and nothing is written.
 - With valid credentials, a body over its route's cap gets 413 at the cap, declared or
   streamed (chunked), and a file PUT stops at the size the job reported.
+- An agent credential opens only the routes of the cluster it belongs to, from the
+  headers: another cluster's routes get 403 before the body.
 - 2,000 idle connections are closed after the header timeout while /healthz answers, and
   connections beyond `max_connections` are closed at once.
 """
@@ -26,8 +28,13 @@ import httpx
 import psutil
 import pytest
 
+from dasscod.cluster.configured import build_clusters
 from dasscod.listener.app import create_app
 from dasscod.pipeline import Event, JobEvent
+from dasscod.pipelines import load_pipelines
+from dasscod.services.agent import AgentService
+from dasscod.services.launch import Launcher
+from dasscod.settings import ClusterSettings
 from dasscod.store import Stores
 from dasscod.tokens import JobClaims, issue
 from tests.conftest import make_metadata, make_track
@@ -284,3 +291,44 @@ async def test_connections_beyond_the_limit_are_closed_at_once(stores: Stores) -
         for conn in (*held, extra):
             await conn.aclose()
 
+
+
+NORTH, SOUTH = "north-agent-credential-0123456789", "south-agent-credential-0123456789"
+
+
+async def test_an_agent_credential_opens_only_its_own_cluster_before_the_body(
+    stores: Stores
+) -> None:
+    """Two pull clusters: the north agent's credential on the south cluster's routes is
+    refused from the headers (403, the gigabyte unread), as is an unknown cluster; on its
+    own cluster the body is read, up to the agent cap."""
+    clusters = build_clusters({
+        name: ClusterSettings(scheduler="pull", agent_token=token, work_root="/c/work",
+                              state_dir="/c/jobs")
+        for name, token in (("north", NORTH), ("south", SOUTH))})
+    launcher = Launcher(stores=stores, clusters=clusters, pipelines=load_pipelines(),
+                        callback_base="http://daemon/api/v1", token_secret=SECRET,
+                        token_ttl_s=3600)
+    app = create_app(stores, SECRET, agent=AgentService(stores, clusters, launcher.job_spec))
+    cases = [
+        ("/api/v1/agent/south/claim", NORTH, "403"),
+        ("/api/v1/agent/south/report", NORTH, "403"),
+        ("/api/v1/agent/nowhere/claim", NORTH, "403"),
+        ("/api/v1/agent/north/claim", SOUTH, "403"),
+        ("/api/v1/agent/north/claim", NORTH, "413"),
+    ]
+    async with serving(app) as port:
+        for path, token, status in cases:
+            for chunked in (False, True):
+                line, sent = await anyio.to_thread.run_sync(partial(
+                    stream, port, request_head("POST", path, token, chunked=chunked),
+                    chunked=chunked))
+                assert line.startswith(f"HTTP/1.1 {status} "), (path, token, chunked, line)
+                assert sent < 64 << 20, (path, sent)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            mine = await client.post("/api/v1/agent/north/claim", json={"max": 1},
+                                     headers={"Authorization": f"Bearer {NORTH}"})
+            theirs = await client.get("/api/v1/agent/south/jobs",
+                                      headers={"Authorization": f"Bearer {NORTH}"})
+    assert mine.status_code == 200 and mine.json() == []
+    assert theirs.status_code == 403 and "south" in theirs.json()["detail"]
