@@ -15,13 +15,13 @@ import httpx
 from click.testing import CliRunner, Result
 
 from dasscod.cli import main
-from dasscod.daemon import Daemon
 from dasscod.devstack.ars import ArsSimulator
 from dasscod.devstack.assets import add_asset, make_track
 from dasscod.devstack.stack import LocalStack
 from dasscod.model import FileEntry, Flag, Track
 from dasscod.services.ars_retry import plan_reset
 from dasscod.settings import Settings
+from dasscod.wiring import build_daemon
 from tests.ars.conftest import eventually
 from tests.ars.test_sync import DONE, wait_flags
 
@@ -62,7 +62,7 @@ async def test_ars_flags_in_error_are_listed_reset_and_then_synced(
     sim: ArsSimulator, tmp_path: Path, mongo_uri: str
 ) -> None:
     settings = daemon_settings(sim, tmp_path, mongo_uri)
-    daemon = Daemon(settings)
+    daemon = build_daemon(settings)
     files = tmp_path / "files"
     erda, upload, create = (f"arsretry-{kind}-{uuid.uuid4().hex[:6]}"
                             for kind in ("erda", "upload", "create"))
