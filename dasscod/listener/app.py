@@ -56,6 +56,12 @@ API_PREFIX = "/api/v1"
 
 log = get_logger(__name__)
 
+def retry_later(detail: str, *, after_s: int) -> JSONResponse:
+    """503 with Retry-After: the request was fine, the daemon cannot take it now."""
+    return JSONResponse({"detail": detail}, status_code=503,
+                        headers={"Retry-After": str(after_s)})
+
+
 _bearer = HTTPBearer(auto_error=False, description="The job token from DASSCO_TOKEN")
 GuidPath = Annotated[str, Path(pattern=GUID_PATTERN)]
 FileName = Annotated[str, Path(pattern=FILE_NAME_PATTERN)]
@@ -137,38 +143,26 @@ def create_app(
     @app.exception_handler(TransitionConflict)
     async def _conflict(_: Request, exc: TransitionConflict) -> JSONResponse:
         # Retrying is safe: the runner's callback client backs off and sends again.
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+        return retry_later(str(exc), after_s=1)
 
     @app.exception_handler(ConnectionFailure)
     async def _store_down(_: Request, exc: ConnectionFailure) -> JSONResponse:
         # MongoDB is unreachable: nothing was applied; the job's client retries until it is
         # back, so the callback is delayed, not lost.
         log.warning("callback refused: MongoDB unreachable", error=str(exc)[:300])
-        return JSONResponse(
-            {"detail": "the daemon's database is unreachable; retry later"},
-            status_code=503,
-            headers={"Retry-After": "5"},
-        )
+        return retry_later("the daemon's database is unreachable; retry later", after_s=5)
 
     @app.exception_handler(PyMongoError)
     async def _store_failed(_: Request, exc: PyMongoError) -> JSONResponse:
         # Any other MongoDB failure (a timeout, disk full): it says nothing about the request;
         # whether it was applied is unknown, and every callback is safe to send again.
         log.warning("request failed: MongoDB error", error=describe(exc)[:300])
-        return JSONResponse(
-            {"detail": "the daemon's database failed; retry later"},
-            status_code=503,
-            headers={"Retry-After": "5"},
-        )
+        return retry_later("the daemon's database failed; retry later", after_s=5)
 
     @app.exception_handler(NotLeader)
     async def _standby(_: Request, exc: NotLeader) -> JSONResponse:
         # A standby (or a leader whose lease just ran out) applies nothing; the leader does.
-        return JSONResponse(
-            {"detail": f"{exc}; send it to the leading daemon or retry later"},
-            status_code=503,
-            headers={"Retry-After": "5"},
-        )
+        return retry_later(f"{exc}; send it to the leading daemon or retry later", after_s=5)
 
     api = APIRouter(prefix=API_PREFIX,
                     responses=refusals(400, 401, 403, 404, 409, 413, 422, 503))
