@@ -219,6 +219,18 @@ class Track(BaseModel):
                 return job
         raise KeyError(f"asset {self.id} has no job {name!r}")
 
+    @property
+    def paused(self) -> bool:
+        """Held back from services (`available_for_services` not YES): its running job
+        finishes, no next job is claimed."""
+        return self.available_for_services is not Flag.YES
+
+    @property
+    def failed_jobs(self) -> list[Job]:
+        """The jobs that failed the asset (ERROR, CRITICAL_ERROR), in pipeline order."""
+        return [j for j in self.job_list if j.status in (JobStatus.ERROR,
+                                                           JobStatus.CRITICAL_ERROR)]
+
     def to_document(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="python")
 

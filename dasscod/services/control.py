@@ -348,7 +348,7 @@ class ControlService:
                                    f"--from {job}`)")
             names = [job]
         else:
-            names = [j.name for j in track.job_list if j.status in (S.ERROR, S.CRITICAL_ERROR)]
+            names = [j.name for j in track.failed_jobs]
             if not names:
                 raise ControlError(409, f"no job of {guid} is in ERROR (the asset is "
                                    f"{track.jobs_status}): nothing to retry (to run a job "

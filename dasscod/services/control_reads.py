@@ -15,8 +15,8 @@ from pydantic import BaseModel
 
 from dasscod.cluster.configured import Cluster
 from dasscod.coordination import Throttle
-from dasscod.holds import ASSETS_IN_FLIGHT, PAUSE, Hold, Holds, cluster_target
-from dasscod.model import Flag, Job, JobStatus, Track, utcnow
+from dasscod.holds import ASSETS_IN_FLIGHT, LIMIT, PAUSE, Hold, Holds, cluster_target
+from dasscod.model import Job, JobStatus, Track, utcnow
 from dasscod.pipeline import ACTIVE, current_jobs
 from dasscod.services.ars_retry import flags_in_error
 from dasscod.services.control import ConfiguredLimits, ControlError
@@ -28,20 +28,6 @@ S = JobStatus
 MAX_PAGE = 500
 #: Assets named per error group.
 GROUP_EXAMPLES = 5
-
-
-class HoldView(BaseModel):
-    kind: str
-    target: str
-    by: str
-    at: datetime
-    reason: str | None = None
-    value: int | None = None
-
-    @classmethod
-    def of(cls, hold: Hold) -> HoldView:
-        return cls(kind=hold.kind, target=hold.target, by=hold.by, at=hold.at,
-                   reason=hold.reason, value=hold.value)
 
 
 class AssetRow(BaseModel):
@@ -139,7 +125,7 @@ class ClusterView(BaseModel):
     reachable: bool
     #: Seconds until an unreachable cluster is tried again.
     retry_in_s: float | None = None
-    paused: HoldView | None = None
+    paused: Hold | None = None
 
 
 class LimitView(BaseModel):
@@ -147,13 +133,13 @@ class LimitView(BaseModel):
     limit: int
     configured: int
     in_use: int
-    set: HoldView | None = None
+    set: Hold | None = None
 
 
 class StateView(BaseModel):
     draining: bool
     assets_in_flight: int
-    holds: list[HoldView]
+    holds: list[Hold]
 
 
 class AuditView(BaseModel):
@@ -181,7 +167,7 @@ class ControlReads:
                                + ", ".join(JobStatus.__members__))
         try:
             rows, cursor = await self.stores.track_queries.listing(
-                where, limit=max(1, min(limit, MAX_PAGE)), after=after)
+                where, limit=page_size(limit), after=after)
         except BadCursor as exc:
             raise ControlError(422, str(exc)) from exc
         return AssetPage(assets=[asset_row(t) for t in rows], next=cursor)
@@ -192,12 +178,10 @@ class ControlReads:
             raise ControlError(404, f"no asset {guid}: check the guid (`dasscod ls` lists "
                                "assets)")
         metadata = await self.stores.metadata.get(guid)
-        failed = next((j.name for j in track.job_list
-                       if j.status in (S.ERROR, S.CRITICAL_ERROR)), None)
+        failed = next((j.name for j in track.failed_jobs), None)
         return Timeline(
             guid=track.id, pipeline=track.pipeline, status=str(track.jobs_status),
-            paused=track.available_for_services is not Flag.YES,
-            created=track.created_timestamp, failed_job=failed,
+            paused=track.paused, created=track.created_timestamp, failed_job=failed,
             jobs=[self._job_view(track, j) for j in track.job_list],
             history=[Step(at=h.at, job=h.job, field=h.field, attempt=h.attempt,
                           from_=h.from_, to=h.to,
@@ -237,7 +221,6 @@ class ControlReads:
         views = []
         for name, cluster in sorted(self.clusters.items()):
             until = self.throttle.unreachable_until(name)
-            hold = self.holds.get(PAUSE, cluster_target(name))
             views.append(ClusterView(
                 name=name, scheduler=cluster.settings.scheduler,
                 max_jobs=self.throttle.max_jobs.get(name, 0),
@@ -246,36 +229,37 @@ class ControlReads:
                 assets_active=await self.stores.track_queries.count_on(name),
                 reachable=until is None,
                 retry_in_s=round(until - time.monotonic(), 1) if until is not None else None,
-                paused=HoldView.of(hold) if hold else None,
+                paused=self.holds.get(PAUSE, cluster_target(name)),
             ))  # fmt: skip
         return views
 
     def limits(self) -> list[LimitView]:
-        def set_by(target: str) -> HoldView | None:
-            hold = self.holds.get("limit", target)
-            return HoldView.of(hold) if hold else None
-
         views = [LimitView(target=ASSETS_IN_FLIGHT, limit=self.throttle.max_assets,
                            configured=self.configured.assets_in_flight,
                            in_use=self.throttle.assets_in_flight(),
-                           set=set_by(ASSETS_IN_FLIGHT))]
+                           set=self.holds.get(LIMIT, ASSETS_IN_FLIGHT))]
         for name in sorted(self.clusters):
             target = cluster_target(name)
             views.append(LimitView(target=target, limit=self.throttle.max_jobs.get(name, 0),
                                    configured=self.configured.jobs_per_cluster.get(name, 0),
-                                   in_use=self.throttle.active_jobs(name), set=set_by(target)))
+                                   in_use=self.throttle.active_jobs(name),
+                                   set=self.holds.get(LIMIT, target)))
         return views
 
     def state(self) -> StateView:
         return StateView(draining=self.holds.draining,
                          assets_in_flight=self.throttle.assets_in_flight(),
-                         holds=[HoldView.of(h) for h in self.holds.all()])
+                         holds=self.holds.all())
 
     async def audit(self, limit: int, *, by: str | None, target: str | None) -> list[AuditView]:
-        records = await self.stores.audit.latest(max(1, min(limit, MAX_PAGE)), by=by,
-                                                 target=target)
+        records = await self.stores.audit.latest(page_size(limit), by=by, target=target)
         return [AuditView(at=r.at, by=r.by, action=r.action, target=r.target, reason=r.reason,
                           outcome=r.outcome) for r in records]
+
+
+def page_size(limit: int) -> int:
+    """A page of 1 to MAX_PAGE rows, whatever was asked."""
+    return max(1, min(limit, MAX_PAGE))
 
 
 def asset_row(track: Track) -> AssetRow:
@@ -286,10 +270,9 @@ def asset_row(track: Track) -> AssetRow:
         at=[f"{j.name} {j.status}" + (f" {j.attempt}/{j.max_attempts}" if j.attempt else "")
             for j in jobs],
         clusters=list(track.active_clusters),
-        paused=track.available_for_services is not Flag.YES,
+        paused=track.paused,
         created=track.created_timestamp,
-        error=next((f"{j.name}: {j.last_error}" for j in track.job_list
-                    if j.status in (S.ERROR, S.CRITICAL_ERROR) and j.last_error),
+        error=next((f"{j.name}: {j.last_error}" for j in track.failed_jobs if j.last_error),
                    track.ars_error),
         ars_errors=list(flags_in_error(track)),
     )  # fmt: skip
@@ -358,8 +341,7 @@ def ars_state(track: Track) -> dict[str, Any]:
 
 def failures(track: Track) -> list[tuple[str, str]]:
     """(job, message) of what failed the asset: its jobs in ERROR, and ARS's refusal."""
-    found = [(j.name, j.last_error or "no error recorded") for j in track.job_list
-             if j.status in (S.ERROR, S.CRITICAL_ERROR)]
+    found = [(j.name, j.last_error or "no error recorded") for j in track.failed_jobs]
     if track.ars_error:
         # Named by the flags in ERROR (what `dasscod ars-retry` resets); a refusal the sync
         # still retries by itself is plain "ars".
