@@ -6,8 +6,11 @@ Phases, each against a fresh database on the test store (SecantusDB, or $DASSCOD
    a separate load-generator process so that it does not share the daemon's CPU;
 3. assets through HERB0001 with the direct scheduler and the test module: the hand-off latency
    from one job's finished callback to the next job's submission (from the stored history), and
-   all MongoDB commands spent on one asset (PyMongo command monitoring);
-4. the daemon idle with 10 000 finished assets in the store: CPU and resident memory;
+   the MongoDB commands spent on one asset once the daemon has settled after start-up (PyMongo
+   command monitoring, by kind and by caller: `bench_commands.py`), without the timed loops'
+   periodic reads that happen to fall in its window (reported beside it);
+4. the daemon idle with 10 000 finished assets in the store: CPU, resident memory, and the
+   MongoDB commands per second its timed loops cost whatever the number of assets;
 5. the demo batch with the real HPC modules, and each module on a full-size sheet
    (`bench_demo.py`);
 6. ARS synchronisation (`bench_ars.py`), the Slurm cluster (`bench_cluster.py`), the image
@@ -36,13 +39,8 @@ from typing import Any
 import anyio
 import psutil
 from pymongo import AsyncMongoClient, InsertOne
-from pymongo.monitoring import (
-    CommandFailedEvent,
-    CommandListener,
-    CommandStartedEvent,
-    CommandSucceededEvent,
-)
 
+from dasscod.devstack.bench_commands import CommandCounter, by_caller, by_kind, by_source
 from dasscod.devstack.bench_demo import demo_runs, module_times
 from dasscod.devstack.mongo import mongo_server
 from dasscod.devstack.stack import LocalStack, deliver
@@ -66,33 +64,17 @@ CALLBACK_ASSETS = int(os.environ.get("BENCH_CALLBACK_ASSETS", "400"))
 SEQUENTIAL_ASSETS = int(os.environ.get("BENCH_SEQUENTIAL_ASSETS", "10"))
 LATENCY_ASSETS = int(os.environ.get("BENCH_LATENCY_ASSETS", "8"))
 IDLE_ASSETS = int(os.environ.get("BENCH_IDLE_ASSETS", "10000"))
-IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_S", "20"))
+#: At least `sweep_s` (the longest period of the daemon's timed loops), so that each of them
+#: runs in the window and the background commands per second are a fair average.
+IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_S", "30"))
+#: The daemon has settled after start-up once it sent no command for this long.
+SETTLED_QUIET_S = 1.0
 CONCURRENCY = 16
 BENCH_PIPELINE = "PIPEBENCH"
 
 
 def progress(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-class CommandCounter(CommandListener):
-    def __init__(self) -> None:
-        self.count = 0
-        self.by_name: dict[str, int] = {}
-
-    def started(self, event: CommandStartedEvent) -> None:
-        self.count += 1
-        self.by_name[event.command_name] = self.by_name.get(event.command_name, 0) + 1
-
-    def succeeded(self, event: CommandSucceededEvent) -> None:
-        return None
-
-    def failed(self, event: CommandFailedEvent) -> None:
-        return None
-
-    def reset(self) -> None:
-        self.count = 0
-        self.by_name = {}
 
 
 # ------------------------------------------------------------------------------ phase 1
@@ -305,7 +287,7 @@ def _submitted(track: Track, pipeline: Pipeline) -> Track:
 # ------------------------------------------------------------------------------ phase 3
 
 
-async def pipeline_run(stack: LocalStack, pipelines_dir: Path) -> dict[str, float]:
+async def pipeline_run(stack: LocalStack, pipelines_dir: Path) -> dict[str, Any]:
     counter = CommandCounter()
     settings = bench_settings(stack, pipelines_dir, watch_s=10.0, housekeeping_s=15.0, sweep_s=30.0)
     settings.intake.settle_s = 0.0
@@ -320,14 +302,16 @@ async def pipeline_run(stack: LocalStack, pipelines_dir: Path) -> dict[str, floa
         # The bench's own polling goes through its own client, so that it is not counted.
         watcher: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_uri, tz_aware=True)
         coll = watcher[stack.database]["track"]
-        # One asset alone: every command the daemon sends while it goes through HERB0001.
+        # One asset alone: every command the daemon sends while it goes through HERB0001,
+        # once the start-up passes of every supervisor are over (they are no asset's cost).
+        await _settled(counter)
         single = f"one-{uuid.uuid4().hex[:8]}"
         progress("pipeline: one asset alone, counting MongoDB commands")
         counter.reset()
         deliver(stack.intake, single)
         await _wait_done(coll, [single], 120)
-        per_asset = counter.count
-        by_name = dict(counter.by_name)
+        asset_path = counter.asset_path()
+        periodic = counter.periodic()
         # Hand-offs one asset at a time: the orchestration's own latency. The job processes
         # run on this machine too, so with many at once they compete with the daemon and the
         # store for the CPU; that case is reported separately.
@@ -340,25 +324,35 @@ async def pipeline_run(stack: LocalStack, pipelines_dir: Path) -> dict[str, floa
             sequential.extend(_handoffs(await coll.find_one({"_id": guid}) or {}))
         guids = [f"par-{i}-{uuid.uuid4().hex[:6]}" for i in range(LATENCY_ASSETS)]
         progress(f"pipeline: {len(guids)} assets at once through HERB0001")
+        counter.reset()
         started = time.monotonic()
         for guid in guids:
             deliver(stack.intake, guid)
         await _wait_done(coll, guids, 300)
         parallel_wall = time.monotonic() - started
+        # Assets at once race for the same dispatchers and slots: a lost version race would
+        # cost a re-read and a second write, which this shows.
+        parallel_per_asset = len(counter.asset_path()) / len(guids)
         parallel: list[float] = []
         async for doc in coll.find({"_id": {"$in": guids}}):
             parallel.extend(_handoffs(doc))
         await watcher.close()
         daemon.stop()
-    progress(f"pipeline: commands for one asset by name: {by_name}")
+    progress(f"pipeline: commands for one asset: {by_caller(asset_path)}")
     return {
-        "mongo_commands_per_asset": per_asset,
+        "mongo_commands_per_asset": len(asset_path),
+        "mongo_commands_by_kind": by_kind(asset_path),
+        "mongo_commands_by_caller": by_caller(asset_path),
+        # Timed loops' reads that happened to fall in the asset's window: their cost per
+        # second is `mongo_background_commands_per_s` (idle phase).
+        "mongo_periodic_commands_during_asset": by_source(periodic),
         "dispatch_latency_ms_p50": _percentile(sequential, 50),
         "dispatch_latency_ms_p99": _percentile(sequential, 99),
         "dispatch_handoffs_measured": len(sequential),
         f"dispatch_latency_ms_p50_{LATENCY_ASSETS}_at_once": _percentile(parallel, 50),
         f"dispatch_latency_ms_p99_{LATENCY_ASSETS}_at_once": _percentile(parallel, 99),
         f"wall_s_{LATENCY_ASSETS}_assets_at_once": round(parallel_wall, 2),
+        f"mongo_commands_per_asset_{LATENCY_ASSETS}_at_once": round(parallel_per_asset, 2),
     }
 
 
@@ -387,6 +381,21 @@ def _handoffs(doc: dict[str, Any]) -> list[float]:
     ]
 
 
+async def _settled(counter: CommandCounter, timeout_s: float = 30.0) -> None:
+    """Wait until the daemon has sent no command for `SETTLED_QUIET_S`: the first pass of
+    every supervisor (each dispatcher's start-up sweep, housekeeping, retention, the watchers,
+    the metrics snapshot) is over. Only the lease renewals, every `leader.lease_s / 4`, and
+    the loops' next passes, `timing.*_s` apart, come after."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        last = counter.last_at
+        quiet = time.monotonic() - last if last is not None else 0.0
+        if quiet >= SETTLED_QUIET_S:
+            return
+        await anyio.sleep(SETTLED_QUIET_S - quiet)
+    raise RuntimeError(f"the daemon did not settle within {timeout_s:.0f} s of starting")
+
+
 async def _wait_done(coll: Any, guids: list[str], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -400,7 +409,7 @@ async def _wait_done(coll: Any, guids: list[str], timeout_s: float) -> None:
 # ------------------------------------------------------------------------------ phase 4
 
 
-async def idle(stack: LocalStack, pipelines_dir: Path) -> dict[str, float]:
+async def idle(stack: LocalStack, pipelines_dir: Path) -> dict[str, Any]:
     pipelines = load_pipelines(pipelines_dir)
     herb = pipelines["PIPEHERB0001"]
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_uri, tz_aware=True)
@@ -425,22 +434,33 @@ async def idle(stack: LocalStack, pipelines_dir: Path) -> dict[str, float]:
         await coll.bulk_write(batch, ordered=False)
     await client.close()
     settings = bench_settings(stack, pipelines_dir, watch_s=10.0, housekeeping_s=15.0, sweep_s=30.0)
-    daemon = build_daemon(settings)
+    counter = CommandCounter()
+    daemon = build_daemon(settings, command_listeners=[counter])
     me = psutil.Process()
     async with anyio.create_task_group() as tg:
         tg.start_soon(daemon.run)
         await daemon.ready.wait()
-        await anyio.sleep(2)  # let start-up work settle before measuring the steady state
+        await _settled(counter)  # start-up work is over: measure the steady state
         progress(f"idle: measuring for {IDLE_SECONDS:g} s")
+        counter.reset()
         cpu_before = me.cpu_times()
         wall_before = time.monotonic()
         await anyio.sleep(IDLE_SECONDS)
         cpu_after = me.cpu_times()
         wall = time.monotonic() - wall_before
         rss = me.memory_info().rss
+        background = list(counter.commands)
         daemon.stop()
     cpu = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
-    return {"idle_cpu_percent": round(100 * cpu / wall, 2), "rss_mb": round(rss / 2**20, 1)}
+    return {
+        "idle_cpu_percent": round(100 * cpu / wall, 2),
+        "rss_mb": round(rss / 2**20, 1),
+        # The fixed cost of the timed loops, whatever the number of assets: every command of
+        # the idle daemon, by the loop that sent it, over `idle_window_s`.
+        "mongo_background_commands_per_s": round(len(background) / wall, 2),
+        "mongo_background_by_source": by_source(background),
+        "idle_window_s": round(wall, 1),
+    }
 
 
 # ------------------------------------------------------------------------------ main
