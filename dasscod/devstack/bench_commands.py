@@ -120,6 +120,28 @@ def by_source(commands: list[Command]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+#: Per code object: (its name, a store method?, a public daemon function?), or None when it
+#: is neither (library code, the benchmark). Cached: the count must not slow the daemon.
+_ROLES: dict[CodeType, tuple[str, bool, bool] | None] = {}
+
+
+def _role(code: CodeType) -> tuple[str, bool, bool] | None:
+    if code in _ROLES:
+        return _ROLES[code]
+    path = Path(code.co_filename)
+    role: tuple[str, bool, bool] | None = None
+    if path.is_relative_to(_PACKAGE) and not path.is_relative_to(_OWN):
+        module = path.parent.name if path.stem == "__init__" else path.stem
+        name = f"{module}.{code.co_name}"
+        if path.is_relative_to(_STORE):
+            if path.stem != "fence" and not code.co_name.startswith("<"):
+                role = (name, True, False)
+        elif not code.co_name.startswith(("_", "<")):
+            role = (name, False, True)
+    _ROLES[code] = role
+    return role
+
+
 def _attribute(frame: FrameType | None) -> tuple[str, str | None]:
     """(caller, periodic loop or None) from the daemon's frames on the stack."""
     store_fn: str | None = None
@@ -129,14 +151,12 @@ def _attribute(frame: FrameType | None) -> tuple[str, str | None]:
         code = frame.f_code
         if loop is None and code in PERIODIC:
             loop = PERIODIC[code]
-        path = Path(code.co_filename)
-        if path.is_relative_to(_PACKAGE) and not path.is_relative_to(_OWN):
-            module = path.parent.name if path.stem == "__init__" else path.stem
-            name = f"{module}.{code.co_name}"
-            if path.is_relative_to(_STORE):
-                if path.stem != "fence" and not code.co_name.startswith("<"):
-                    store_fn = name  # the outermost store method: what the caller asked for
-            elif caller is None and not code.co_name.startswith(("_", "<")):
+        role = _role(code)
+        if role is not None:
+            name, in_store, public = role
+            if in_store:
+                store_fn = name  # the outermost store method: what the caller asked for
+            elif public and caller is None:
                 caller = name
         frame = frame.f_back
     described = " from ".join(part for part in (store_fn, caller) if part) or "unknown"
