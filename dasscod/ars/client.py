@@ -75,6 +75,12 @@ def _file_path(path: str) -> str:
     return "/".join(_seg(p) for p in parts)
 
 
+def _check_allocation(allocation_mb: int) -> None:
+    """ARS opens no share of less than 1 MB."""
+    if allocation_mb < 1:
+        raise ValueError("allocation_mb must be at least 1")
+
+
 class ArsClient:
     """The daemon's one ARS client. Use as `async with ArsClient(settings) as ars:`."""
 
@@ -124,8 +130,7 @@ class ArsClient:
         Check `result.http_info.ok`: ARS may create the asset yet fail the allocation
         (e.g. DISK_FULL), which is not an HTTP error.
         """
-        if allocation_mb < 1:
-            raise ValueError("allocation_mb must be at least 1")
+        _check_allocation(allocation_mb)
         response = await self._send(
             "POST",
             f"{self._base}/v1/assetmetadata",
@@ -137,12 +142,9 @@ class ArsClient:
 
     async def get_asset(self, guid: str) -> Asset:
         """Read the asset; `ArsNotFound` if ARS does not know it (the contract answers 204)."""
-        response = await self._send(
-            "GET", f"{self._base}/v1/assetmetadata/{_seg(guid)}", what=f"get asset {guid}"
-        )
-        if response.status_code == 204 or not response.content:
-            raise ArsNotFound(f"get asset {guid}: does not exist", status=response.status_code)
-        return Asset.model_validate(response.json())
+        found = await self._get_found(f"{self._base}/v1/assetmetadata/{_seg(guid)}",
+                                      what=f"get asset {guid}")
+        return Asset.model_validate(found.json())
 
     async def update_asset(self, asset: Asset) -> Asset:
         """Full-body update. ARS replaces the metadata with `asset` and logs an event by
@@ -200,12 +202,9 @@ class ArsClient:
 
     async def asset_status(self, guid: str) -> AssetStatusInfo:
         """Internal status, error and share size: how the ERDA sync is observed."""
-        response = await self._send(
-            "GET", f"{self._base}/v1/assets/status/{_seg(guid)}", what=f"status of {guid}"
-        )
-        if response.status_code == 204 or not response.content:
-            raise ArsNotFound(f"status of {guid}: does not exist", status=response.status_code)
-        return AssetStatusInfo.model_validate(response.json())
+        found = await self._get_found(f"{self._base}/v1/assets/status/{_seg(guid)}",
+                                      what=f"status of {guid}")
+        return AssetStatusInfo.model_validate(found.json())
 
     async def events(self, guid: str) -> list[Event]:
         response = await self._send(
@@ -224,8 +223,7 @@ class ArsClient:
         self, asset: MinimalAsset, *, allocation_mb: int, users: list[str] | None = None
     ) -> HttpInfo:
         """Open a share for an asset that has none (`ArsConflict` if one is open: never two)."""
-        if allocation_mb < 1:
-            raise ValueError("allocation_mb must be at least 1")
+        _check_allocation(allocation_mb)
         response = await self._send(
             "POST",
             f"{self._proxy}/shares/assets/{_seg(asset.asset_guid)}/createShare",
@@ -335,6 +333,14 @@ class ArsClient:
                 return True
             return exc.retry_after if exc.retry_after <= self.settings.retry_after_max_s else False
         return isinstance(exc, ArsUnavailable)
+
+    async def _get_found(self, url: str, *, what: str) -> httpx.Response:
+        """GET one asset's resource; `ArsNotFound` where ARS answers 204 or nothing (how its
+        contract says the asset does not exist)."""
+        response = await self._send("GET", url, what=what)
+        if response.status_code == 204 or not response.content:
+            raise ArsNotFound(f"{what}: does not exist", status=response.status_code)
+        return response
 
     async def _send(
         self,

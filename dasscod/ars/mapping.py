@@ -1,4 +1,5 @@
-"""The metadata document → ARS `Asset` body: one pure function, used for create and update.
+"""The metadata document → ARS `Asset` body (used for create and update) and the
+`MinimalAsset` that names an asset to the file proxy.
 
 Field names differ between the two (the metadata keeps the current system's names); this is the
 only place that knows how they correspond. Nothing here does I/O.
@@ -11,7 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from dasscod.ars.models import Asset, Specimen
+from dasscod.ars.models import Asset, MinimalAsset, Specimen
 
 #: ARS requires a status; a new asset is a working copy until curators say otherwise.
 DEFAULT_STATUS = "WORKING_COPY"
@@ -79,4 +80,16 @@ def to_ars_asset(metadata: Mapping[str, Any], *, update_user: str) -> Asset:
         tags={str(k): _tag(v) for k, v in (metadata.get("tags") or {}).items()},
         audited=bool(metadata.get("audited", False)),
         update_user=update_user,
+    )
+
+
+def to_minimal_asset(
+    metadata: Mapping[str, Any], *, asset_guid: str, parent_guid: str | None
+) -> MinimalAsset:
+    """The asset as the file proxy's share calls name it."""
+    return MinimalAsset(
+        asset_guid=asset_guid,
+        parent_guid=parent_guid,
+        institution=str(metadata["institution"]),
+        collection=str(metadata["collection"]),
     )

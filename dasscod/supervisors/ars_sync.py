@@ -55,7 +55,7 @@ from dasscod.ars import (
     size_mb,
 )
 from dasscod.ars.health import BreakerState, CircuitBreaker
-from dasscod.ars.mapping import to_ars_asset
+from dasscod.ars.mapping import to_ars_asset, to_minimal_asset
 from dasscod.ars.models import AssetStatusInfo
 from dasscod.ars.throttle import ShareBudget
 from dasscod.log import get_logger
@@ -452,15 +452,6 @@ class ArsSync:
             await self._fail(track, flag, expect, "no metadata", step)
         return md
 
-    @staticmethod
-    def _minimal(track: Track, md: Mapping[str, Any]) -> MinimalAsset:
-        return MinimalAsset(
-            asset_guid=track.id,
-            parent_guid=track.parent_guid,
-            institution=str(md["institution"]),
-            collection=str(md["collection"]),
-        )
-
     def _allocation_mb(self, track: Track) -> int:
         return self._allocation_for(files_mb(track.model_dump(include={"asset_size", "file_list"})))
 
@@ -576,7 +567,7 @@ class ArsSync:
         try:
             info = await self._call(
                 self.client.create_share(
-                    self._minimal(track, md), allocation_mb=self._allocation_mb(track)
+                    _minimal(track, md), allocation_mb=self._allocation_mb(track)
                 )
             )
             proxy_path = info.share_url or ""
@@ -615,7 +606,7 @@ class ArsSync:
         md = await self._metadata_or_fail(track, "has_new_file", expect, "upload")
         if md is None:
             return
-        minimal = self._minimal(track, md)
+        minimal = _minimal(track, md)
         folder = Path(track.temporary_path_local)
         files = []
         try:
@@ -806,7 +797,7 @@ class ArsSync:
                     await self._call(self.client.delete_share(track.id))
             if status.status != "COMPLETED":
                 request = AssetUpdateRequest(
-                    minimal_asset=self._minimal(track, md),
+                    minimal_asset=_minimal(track, md),
                     workstation=str(md.get("workstation_name", "")),
                     pipeline=str(md.get("pipeline_name", "")),
                     digitiser=md.get("digitiser") or None,
@@ -920,3 +911,7 @@ STEPS: tuple[Step, ...] = (
     ),
 )  # fmt: skip
 STEP: dict[StepName, Step] = {step.name: step for step in STEPS}
+
+
+def _minimal(track: Track, md: Mapping[str, Any]) -> MinimalAsset:
+    return to_minimal_asset(md, asset_guid=track.id, parent_guid=track.parent_guid)

@@ -17,11 +17,11 @@ import structlog
 
 from dasscod.ars import ArsClient
 from dasscod.ars.health import BreakerState
-from dasscod.ars.mapping import to_ars_asset
+from dasscod.ars.mapping import to_ars_asset, to_minimal_asset
 from dasscod.delivery import file_entry
 from dasscod.devstack.ars import ArsSimulator
 from dasscod.devstack.assets import add_asset, running_sync
-from dasscod.model import FileEntry, Flag, Track
+from dasscod.model import Flag, Track
 from dasscod.store import Stores
 from dasscod.supervisors.ars_sync import ArsSync, SyncOptions
 from tests.ars.conftest import eventually
@@ -250,19 +250,21 @@ async def test_a_file_reported_while_the_asset_is_created_is_not_forgotten(
     sim: ArsSimulator, stores: Stores, tmp_path: Path
 ) -> None:
     asset = guid("race")
-    before = await add_asset(stores, tmp_path, asset, files={}, is_in_ars=Flag.AWAIT)
-    # A file is reported while the create call is in flight ...
-    entry = FileEntry(name="late.jpg", type="jpg", file_size=0.1, check_sum=1)
-    assert await stores.track.add_file(asset, entry, cause="test")
-    # ... and the create's outcome is written from the copy read before it.
-    async with ArsClient(sim.settings()) as client:
-        sync = ArsSync(stores, client, stopping=anyio.Event(), options=FAST)
-        await sync._created(before, share_open=True, proxy_path="", problem="",
-                            cause="create: created")
-    after = await stores.track.get(asset)
-    assert after is not None
-    assert after.is_in_ars is Flag.YES
-    assert after.has_new_file is Flag.YES, "the late file must still be uploaded"
+    track = await add_asset(stores, tmp_path, asset, files={})
+    sim.faults.latency_s = 0.5  # the create's answer comes late: the call is in flight
+    async with running(sim, stores):
+
+        async def create_in_flight() -> bool | None:
+            return True if sim.count("/v1/assetmetadata", "POST") == 1 else None
+
+        await eventually(create_in_flight)
+        # A file is reported while the create call is in flight; the sync writes the
+        # create's outcome from the copy it read before the call.
+        sim.faults.latency_s = 0.0
+        await report_late_file(stores, track)
+        [done] = await wait_flags(stores, [asset], DONE)
+    assert "late.jpg" in sim.state.files[asset], "the late file must still be uploaded"
+    assert no_error_history(done)
 
 
 def with_options(**changes: Any) -> SyncOptions:
@@ -379,7 +381,7 @@ async def test_a_reopen_whose_answer_was_lost_does_not_open_a_second_share(
     md = await stores.metadata.get(g)
     assert md is not None
     async with ArsClient(sim.settings()) as client:
-        minimal = ArsSync._minimal(track, md)
+        minimal = to_minimal_asset(md, asset_guid=g, parent_guid=track.parent_guid)
         await client.create_share(minimal, allocation_mb=2)
     async with running(sim, stores):
         [done] = await wait_flags(stores, [g], {**DONE, "has_new_file": Flag.NO})
