@@ -296,7 +296,7 @@ def parse_qstat_full(stdout: str) -> list[Record]:
     """Records of ``qstat -f [-1]`` (Torque's or the Slurm wrapper's). Blocks without a job id
     or job_state are skipped."""
     records: list[Record] = []
-    for job_id, attrs in _blocks(stdout):
+    for job_id, attrs in qstat_blocks(stdout):
         state = attrs.get("job_state", "").strip().upper()
         if not JOB_ID.fullmatch(job_id) or not state:
             continue
@@ -317,7 +317,8 @@ _HEADER = re.compile(r"Job Id:\s*(\S+)\s*$")
 _ATTRIBUTE = re.compile(r"\s+([A-Za-z_][A-Za-z0-9_.]*) = ?(.*)$")
 
 
-def _blocks(stdout: str) -> list[tuple[str, dict[str, str]]]:
+def qstat_blocks(stdout: str) -> list[tuple[str, dict[str, str]]]:
+    """``qstat -f`` output as (job id, attributes) per job, a folded value joined again."""
     blocks: list[tuple[str, dict[str, str]]] = []
     attrs: dict[str, str] = {}
     last: str | None = None

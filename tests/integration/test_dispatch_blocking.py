@@ -5,6 +5,7 @@ assets behind it go on."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import anyio
@@ -117,18 +118,19 @@ async def test_an_asset_naming_an_unknown_pipeline_goes_to_error_with_the_reason
 
 
 async def test_an_unexpected_error_for_one_asset_is_logged_with_back_off(
-    stores: Stores, dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch
+    stores: Stores, dispatcher: Dispatcher, throttle: Throttle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [0.0]
     dispatcher.errors = RepeatedErrors(base_s=10, clock=lambda: now[0])
-    original = dispatcher._refusal
+    original = throttle.reserve
 
-    def broken_for_one(track: Track) -> str | None:
+    def broken_for_one(track: Track, clusters: Iterable[str], job: str = "") -> str | None:
         if track.id == "bad-1":
             raise RuntimeError("a bug that only this asset triggers")
-        return original(track)
+        return original(track, clusters, job)
 
-    monkeypatch.setattr(dispatcher, "_refusal", broken_for_one)
+    # The throttle the dispatcher was given fails for one asset: a bug in what it calls.
+    monkeypatch.setattr(throttle, "reserve", broken_for_one)
     await add(stores, "bad-1", "PIPEFREE")
     await add(stores, "free-1", "PIPEFREE")
 

@@ -34,6 +34,7 @@ from dasscod.cluster.torque_parse import (
     parse_job_id,
     parse_qstat_full,
     parse_query,
+    qstat_blocks,
     submit_error_is_permanent,
 )
 
@@ -127,9 +128,7 @@ def test_torque_by_name_prefers_the_live_job() -> None:
 
 def test_folded_variable_list_is_joined() -> None:
     text = recorded("qstat_f_torque_handwritten.stdout")
-    from dasscod.cluster.torque_parse import _blocks
-
-    attrs = _blocks(text)[0][1]
+    attrs = qstat_blocks(text)[0][1]
     assert "PBS_O_LOGNAME=dassco,PBS_O_PATH" in attrs["Variable_List"]
     assert attrs["Variable_List"].endswith("PBS_O_HOST=login1")
 
