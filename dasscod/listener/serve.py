@@ -2,18 +2,24 @@
 
 uvicorn closes a keep-alive connection that stays idle after a response, but not one that
 connects and never sends a request, nor one that sends its headers a byte at a time, and
-it does not bound how many connections it holds. `GuardedHttp` adds those three: at most
-`max_connections` at once (one more is closed at once), and every request's headers must be
-complete within `header_timeout_s` of the connection, or of the previous response.
+it does not bound how many connections it holds, how large a request's head is (httptools
+sets no limit: one connection could send gigabytes of headers) or how many pipelined requests
+a connection queues. `GuardedHttp` adds those: at most `max_connections` at once (one more is
+closed at once); every request's headers complete within `header_timeout_s` of the
+connection, or of the previous response; a request line of at most `MAX_URL_BYTES` (else
+414), at most `MAX_HEADERS` header lines of `MAX_HEAD_BYTES` in all, trailers included (else
+431); at most `MAX_PIPELINED` requests waiting behind the one being answered (a client that
+sends more is cut off: no HTTP client in use pipelines at all).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from dasscod.listener.pace import BodyPace
 from dasscod.settings import ListenerSettings
@@ -27,8 +33,34 @@ class ListenerConfig(uvicorn.Config):
         self.header_timeout_s = header_timeout_s
 
 
+KIB = 1024
+#: The request line's target (path and query). A job's longest is a file's path, < 1 KiB.
+MAX_URL_BYTES = 8 * KIB
+#: Header (and trailer) lines of one request, and their names and values in all. A job
+#: token is about 400 bytes.
+MAX_HEADERS = 100
+MAX_HEAD_BYTES = 64 * KIB
+MAX_PIPELINED = 16
+
+
+class HeadRefused(Exception):
+    """Raised in a parser callback: httptools stops parsing and the request is refused."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
 class GuardedHttp(HttpToolsProtocol):
     _header_timer: asyncio.TimerHandle | None = None
+    _head_lines = 0
+    _head_bytes = 0
+    #: Bytes received since the parser last made progress (a request began, its headers
+    #: completed, body bytes came): httptools gathers a header or trailer value whole before
+    #: it hands it over, so an endless one is only seen here.
+    _stalled = 0
+    _refused: HeadRefused | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -39,14 +71,72 @@ class GuardedHttp(HttpToolsProtocol):
             return
         self._await_headers()
 
+    def data_received(self, data: bytes) -> None:
+        self._stalled += len(data)
+        super().data_received(data)
+        if self._stalled > MAX_URL_BYTES + MAX_HEAD_BYTES and not self.transport.is_closing():
+            self._stop(HeadRefused(431, f"more than {MAX_HEAD_BYTES} bytes of headers"))
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_lines = self._head_bytes = self._stalled = 0
+
+    def on_body(self, body: bytes) -> None:
+        self._stalled = 0
+        super().on_body(body)
+
+    def on_url(self, url: bytes) -> None:
+        if len(self.url) + len(url) > MAX_URL_BYTES:
+            self._refuse(414, f"request target longer than {MAX_URL_BYTES} bytes")
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Also called for a chunked body's trailers, after the headers: counted with them.
+        self._head_lines += 1
+        self._head_bytes += len(name) + len(value)
+        if self._head_lines > MAX_HEADERS or self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse(431, f"more than {MAX_HEADERS} header lines or {MAX_HEAD_BYTES} "
+                         "bytes of headers")
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
         self._cancel_header_timer()
+        self._stalled = 0
+        if len(self.pipeline) >= MAX_PIPELINED:
+            self._refuse(429, f"more than {MAX_PIPELINED} pipelined requests waiting")
         super().on_headers_complete()
+
+    def _refuse(self, status: int, detail: str) -> None:
+        self._refused = HeadRefused(status, detail)
+        raise self._refused
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request httptools could not parse; ours when a limit above
+        stopped the parser."""
+        refused, self._refused = self._refused, None
+        if refused is None:
+            super().send_400_response(msg)
+        else:
+            self._stop(refused)
+
+    def _stop(self, refused: HeadRefused) -> None:
+        """Answer the refusal if it is about the head of the next request, else (trailers,
+        a pipeline) cut the connection: a second answer would garble the first."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        elif self._header_timer is not None:
+            body = json.dumps({"detail": refused.detail}).encode()
+            self.transport.write(b"".join([
+                STATUS_LINE[refused.status], b"content-type: application/json\r\n",
+                b"content-length: %d\r\n" % len(body), b"connection: close\r\n\r\n", body]))
+        self.transport.close()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
-            self._await_headers()  # the next request on this connection
+        # The next request on this connection, unless a pipelined one was already started.
+        if not self.transport.is_closing() and self.cycle.response_complete:
+            self._await_headers()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
