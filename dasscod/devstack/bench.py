@@ -3,7 +3,8 @@
 Phases, each against a fresh database on the test store (SecantusDB, or $DASSCOD_TEST_MONGO_URI):
 1. raw single-document updates of track documents (`store_updates_per_s`), the yardstick for
 2. authenticated job callbacks over HTTP into the daemon's listener (`callbacks_per_s`), sent by
-   a separate load-generator process so that it does not share the daemon's CPU;
+   a separate load-generator process so that it does not share the daemon's CPU, and the
+   MongoDB commands each costs (`mongo_commands_per_callback`);
 3. assets through HERB0001 with the direct scheduler and the test module: the hand-off latency
    from one job's finished callback to the next job's submission (from the stored history), and
    the MongoDB commands spent on one asset once the daemon has settled after start-up (PyMongo
@@ -215,11 +216,13 @@ def _quiet() -> Iterator[None]:
     yield
 
 
-async def callbacks(stack: LocalStack, pipelines_dir: Path) -> tuple[float, int]:
+async def callbacks(stack: LocalStack, pipelines_dir: Path) -> tuple[float, float]:
+    """(callbacks per second, MongoDB commands per callback without the timed loops' reads)."""
     # The jobs were never really submitted: keep the watcher from declaring them lost.
     settings = bench_settings(stack, pipelines_dir, watch_s=600.0)
     settings.intake.enabled = False
-    daemon = build_daemon(settings)
+    counter = CommandCounter()
+    daemon = build_daemon(settings, command_listeners=[counter])
     pipelines = load_pipelines(pipelines_dir)
     guids = [f"cb-{i:05d}-{uuid.uuid4().hex[:6]}" for i in range(CALLBACK_ASSETS)]
     async with anyio.create_task_group() as tg:
@@ -250,9 +253,11 @@ async def callbacks(stack: LocalStack, pipelines_dir: Path) -> tuple[float, int]
         ]
         spec = {"base": settings.listener.callback_base, "concurrency": CONCURRENCY, "items": items}
         progress(f"callbacks: {2 * len(items)} callbacks from a load generator")
+        counter.reset()
         result = await anyio.run_process(
             [sys.executable, "-c", LOADGEN], input=json.dumps(spec).encode(), check=True
         )
+        sent = counter.asset_path()
         out = json.loads(result.stdout.decode().strip().splitlines()[-1])
         done = await daemon.stores.track.collection.count_documents(
             {"_id": {"$in": guids}, "jobs_status": "DONE"}
@@ -260,7 +265,8 @@ async def callbacks(stack: LocalStack, pipelines_dir: Path) -> tuple[float, int]
         daemon.stop()
     if out["n_errors"] or done != len(guids):
         raise RuntimeError(f"callback phase failed: {done}/{len(guids)} done, {out}")
-    return 2 * len(items) / out["elapsed"], len(items)
+    progress(f"callbacks: commands sent: {by_caller(sent)}")
+    return 2 * len(items) / out["elapsed"], len(sent) / (2 * len(items))
 
 
 def _submitted(track: Track, pipeline: Pipeline) -> Track:
@@ -475,7 +481,7 @@ async def main() -> dict[str, Any]:
             store_rate = await raw_updates(uri, load_pipelines(pipelines_dir))
             stack = LocalStack(root / "cb", uri, database="bench_callbacks")
             stack.write_config()
-            callback_rate, _ = await callbacks(stack, pipelines_dir)
+            callback_rate, per_callback = await callbacks(stack, pipelines_dir)
             stack = LocalStack(root / "pipe", uri, database="bench_pipeline")
             stack.write_config()
             pipeline = await pipeline_run(stack, pipelines_dir)
@@ -488,6 +494,7 @@ async def main() -> dict[str, Any]:
         "store_updates_per_s": round(store_rate, 1),
         "callbacks_per_s": round(callback_rate, 1),
         "callback_ratio": round(callback_rate / store_rate, 3),
+        "mongo_commands_per_callback": round(per_callback, 3),
         **pipeline,
         **idle_numbers,
         **demo_numbers,
