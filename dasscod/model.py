@@ -121,6 +121,16 @@ class FileEntry(BaseModel):
     ars_link: str = ""
 
 
+class AgentCleanup(BaseModel):
+    """What one pull cluster's agent is to remove of a settled asset: its work folder and
+    the state files of its jobs' attempts there (scripts, output, exit files)."""
+
+    cluster: str
+    work_dir: str
+    #: Scheduler names of the attempts that ran on the cluster (`dassco.<guid>.<job>.<n>`).
+    names: list[str]
+
+
 class HistoryEntry(BaseModel):
     """One transition, appended to `track.history` in the same write that makes it."""
 
@@ -195,6 +205,10 @@ class Track(BaseModel):
     available_for_services_wait_time: int | None = None
     temporary_files_local: Flag = Flag.NO
     temporary_path_local: str = ""
+    #: Pull clusters whose agent has yet to remove this asset's files there (retention,
+    #: `services.agent`): written when the daemon removed its own copy, dropped per cluster
+    #: once that cluster's agent reports the removal done.
+    agent_cleanup: list[AgentCleanup] = Field(default_factory=list)
     proxy_path: str = ""
     #: Incremented in the same write every time `update_metadata` is set to YES, so the ARS
     #: sync clears the flag only if nothing changed while its push was in flight.

@@ -13,6 +13,9 @@ failed or cancelled), and `ars_error` for an asset ARS refused. Each asset holds
 and at most a few others, so the index stays about twice the size of the collection and a
 filtered, paged listing never scans the collection.
 
+`cleanup:<cluster>` marks a settled asset whose files on a pull cluster that cluster's agent
+has yet to remove (retention asks; the agent's report answer carries the request).
+
 `has_new_file` keeps its own index: a reported file sets it with a `$push` guard of its own
 (`TrackStore.add_file`), outside the planned transitions that derive the tags.
 """
@@ -62,6 +65,11 @@ def flag_tag(flag: ArsFlag, value: Flag | str) -> str:
     return f"{flag}={Flag(value)}"
 
 
+def agent_cleanup_tag(cluster: str) -> str:
+    """A settled asset whose files on pull cluster `cluster` its agent has yet to remove."""
+    return f"cleanup:{cluster}"
+
+
 def status_tag(status: str) -> str:
     """An asset whose overall status (`jobs_status`) is `status`."""
     return f"status:{status}"
@@ -94,6 +102,7 @@ def queue_tags(
         tags.append(ARS_ERROR)
     if status in ("DONE", "ERROR") and track.temporary_files_local is Flag.YES:
         tags.append(HOLDS_FILES)
+    tags += [agent_cleanup_tag(c.cluster) for c in track.agent_cleanup]
     if status is not None:
         tags.append(status_tag(status))
     tags += [at_job(job) for job in at]

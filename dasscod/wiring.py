@@ -149,7 +149,7 @@ def build_daemon(
                           if intake_settings.api_token else None),
             intake_max_mb=intake_settings.api_max_mb,
             files_root=intake_settings.work_area.absolute(),
-            agent=AgentService(stores, clusters, launcher.job_spec),
+            agent=AgentService(stores, clusters, launcher.job_spec, grace_s=timing.grace_s),
             slots=throttle,
             control=(control, control_reads),
             control_tokens=settings.control.named(),

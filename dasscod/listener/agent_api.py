@@ -15,6 +15,8 @@ from dasscod.cluster.configured import Cluster
 from dasscod.protocol.agent import (
     ClaimedJob,
     ClaimRequest,
+    ForgottenAnswer,
+    ForgottenReport,
     LiveJob,
     RefusedReport,
     ReportAnswer,
@@ -84,7 +86,14 @@ def agent_router(service: AgentService | None) -> APIRouter:
     @router.post("/{cluster}/report")
     async def report(cluster: Agent, body: StatusReport) -> ReportAnswer:
         """What the scheduler says about the agent's jobs. A live attempt that ended without
-        its final callback is LOST; a job that is no attempt's live job is to be cancelled."""
+        its final callback is LOST; a job that is no attempt's live job is to be cancelled
+        (`cancel`); settled assets' files on the cluster are to be removed (`forget`)."""
         return await agents().report(cluster, body)
+
+    @router.post("/{cluster}/forgotten")
+    async def forgotten(cluster: Agent, body: ForgottenReport) -> ForgottenAnswer:
+        """The agent removed the files of these assets that a report's answer named
+        (`forget`); the daemon stops asking (idempotent)."""
+        return await agents().forgotten(cluster, body)
 
     return router

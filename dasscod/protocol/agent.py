@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, Field
 
 from dasscod.cluster import torque_parse
@@ -80,7 +82,33 @@ class StatusReport(BaseModel):
     jobs: list[ObservedJob] = Field(default_factory=list, max_length=10_000)
 
 
+class ForgetOrder(BaseModel):
+    """A settled asset whose files on the cluster the agent is to remove (retention)."""
+
+    asset_guid: str
+    work_dir: str = Field(description="the asset's work folder on the cluster (its last "
+                          "component is the guid): removed with everything in it")
+    names: list[str] = Field(description="scheduler names of the asset's attempts there: "
+                             "<state-dir>/<name>{,.sh,.out,.err,.exit} are removed")
+
+
 class ReportAnswer(BaseModel):
     cancel: list[str] = Field(description="scheduler job ids to cancel (qdel / scancel)")
     lost: int = Field(description="jobs the report ended (gone without a final callback)")
     submitted: int = Field(description="job ids the report recorded (found after a crash)")
+    forget: list[ForgetOrder] = Field(
+        default_factory=list,
+        description="assets whose files to remove; report each done with `forgotten`",
+    )
+
+
+class ForgottenReport(BaseModel):
+    asset_guids: list[Annotated[str, Field(pattern=GUID_PATTERN)]] = Field(
+        max_length=1000,
+        description="assets whose files on the cluster the agent removed (as a report's "
+        "answer asked)",
+    )
+
+
+class ForgottenAnswer(BaseModel):
+    cleared: int = Field(description="assets taken off the cluster's clean-up list")

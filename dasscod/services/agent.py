@@ -14,15 +14,20 @@ The daemon never reaches a pull cluster. The dispatcher claims jobs for it as fo
   message says retrying cannot help);
 - reads the daemon's live jobs (`live_jobs`), asks the scheduler about them in one query and
   `report`s what it saw: a job that ended without its final callback is LOST (retry policy),
-  by the same rule as the watcher's for other clusters (`services.lost`); the answer names
-  the scheduler jobs to cancel (attempts no longer live, e.g. timed out, or a second job of
-  one attempt).
+  by the same rule as the watcher's for other clusters (`services.lost`). The report also
+  holds every other live job the agent submitted (its script is in the agent's state folder):
+  the answer names those to cancel, by the watcher's stray rule (`services.strays`: attempts
+  no longer live, e.g. timed out, after `grace_s` if the job runs; a second job of one
+  attempt, the job of an asset this daemon does not track, at once);
+- removes the files retention no longer needs on the cluster: the report's answer names
+  settled assets (`forget`: the work folder and the attempts' state files, recorded by
+  retention in `agent_cleanup`), and the agent says which it removed (`forgotten`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from dasscod.cluster.base import JobSpec, SchedulerError
@@ -33,6 +38,9 @@ from dasscod.model import Job, JobStatus, Track, utcnow
 from dasscod.pipeline import ACTIVE, Event, JobEvent
 from dasscod.protocol.agent import (
     ClaimedJob,
+    ForgetOrder,
+    ForgottenAnswer,
+    ForgottenReport,
     LiveJob,
     RefusedReport,
     ReportAnswer,
@@ -43,9 +51,13 @@ from dasscod.protocol.callbacks import Ack
 from dasscod.services.launch import scheduler_job_name
 from dasscod.services.lost import adopted, has_ended, lost
 from dasscod.services.replies import Rejected, ack
+from dasscod.services.strays import StrayClock, same_job, unaccounted
 from dasscod.store import Stores
 
 log = get_logger(__name__)
+
+#: Assets whose files an agent is told to remove per report.
+FORGET_BATCH = 50
 
 
 @dataclass
@@ -54,6 +66,10 @@ class AgentService:
     clusters: Mapping[str, Cluster]
     #: Builds a claimed attempt's job (command, environment with its token, limits).
     job_spec: Callable[[Track, str], JobSpec]
+    #: A stray job whose attempt has just ended is left this long to leave by itself
+    #: (`timing.grace_s`).
+    grace_s: float = 120.0
+    _strays: dict[str, StrayClock] = field(default_factory=dict, init=False)
 
     def pull_cluster(self, name: str) -> Cluster | None:
         """The pull cluster of this name, if there is one."""
@@ -148,42 +164,87 @@ class AgentService:
 
     async def report(self, cluster: Cluster, body: StatusReport) -> ReportAnswer:
         """What the scheduler says about the agent's jobs. A live attempt that ended without
-        its final callback is LOST; a job that is no attempt's live job is to be cancelled."""
+        its final callback is LOST; a job no live attempt accounts for (`services.strays`) is
+        to be cancelled."""
         store = self.stores.track
         tracks = {t.id: t for t in await store.find({s.asset_guid for s in body.jobs})}
         answer = ReportAnswer(cancel=[], lost=0, submitted=0)
         cause = f"agent {cluster.name}: report"
+        strays = self._strays.setdefault(cluster.name, StrayClock(self.grace_s))
+        strays.forget_all_but({s.hpc_job_id for s in body.jobs})
         for observed in body.jobs:
             seen = observed.outcome()
             track = tracks.get(seen.asset_guid)
-            if track is None or not any(j.name == seen.job for j in track.job_list):
-                continue  # not ours to judge
-            job = track.job(seen.job)
-            if job.cluster != cluster.name and job.attempt == seen.attempt:
-                continue
-            live = job.attempt == seen.attempt and job.status in ACTIVE
+            job = _job_of(track, seen.job)
             ended = has_ended(seen.state)
-            if live and not job.has_scheduler_id:
-                # Submitted by an agent that died before reporting it: record it now.
-                events = adopted(job, seen.hpc_job_id, seen)
-                result = await store.apply(track.id, events, cause=cause, known=track)
-                tracks[track.id] = result.track
-                answer.submitted += int(result.applied)
-                answer.lost += int(ended and result.applied)
-            elif live and str(job.hpc_job_id) == seen.hpc_job_id:
-                if ended:
-                    result = await store.apply(track.id, [lost(job, seen)], cause=cause,
-                                               known=track)  # fmt: skip
+            if (track is not None and job is not None and job.cluster == cluster.name
+                    and job.attempt == seen.attempt and job.status in ACTIVE):
+                if not job.has_scheduler_id:
+                    # Submitted by an agent that died before reporting it: record it now.
+                    events = adopted(job, seen.hpc_job_id, seen)
+                    result = await store.apply(track.id, events, cause=cause, known=track)
                     tracks[track.id] = result.track
-                    answer.lost += int(result.applied)
-            elif not ended and not (job.attempt == seen.attempt and job.status is JobStatus.DONE):
-                # A stale attempt, one that timed out, or a second job of a live attempt:
-                # at most one live scheduler job per attempt.
+                    answer.submitted += int(result.applied)
+                    answer.lost += int(ended and result.applied)
+                    continue
+                if same_job(str(job.hpc_job_id), seen.hpc_job_id):
+                    if ended:
+                        result = await store.apply(track.id, [lost(job, seen)], cause=cause,
+                                                   known=track)  # fmt: skip
+                        tracks[track.id] = result.track
+                        answer.lost += int(result.applied)
+                    continue
+            if ended:
+                continue  # gone by itself: nothing to cancel
+            key = (seen.asset_guid, seen.job, seen.attempt)
+            why, at_once = unaccounted(track, key, cluster.name, seen.hpc_job_id, seen.state)
+            if why is None:
+                strays.accounted(seen.hpc_job_id)
+            elif strays.due(seen.hpc_job_id, at_once=at_once):
+                if strays.first_warning(seen.hpc_job_id):
+                    log.warning("the agent is told to cancel a job that no live attempt "
+                                "accounts for", cluster=cluster.name,
+                                hpc_job_id=seen.hpc_job_id, asset_guid=seen.asset_guid,
+                                job=seen.job, attempt=seen.attempt, state=str(seen.state),
+                                reason=why)  # fmt: skip
                 answer.cancel.append(seen.hpc_job_id)
         if answer.cancel or answer.lost or answer.submitted:
             log.info("agent report", cluster=cluster.name, lost=answer.lost,
                      submitted=answer.submitted, cancel=answer.cancel)  # fmt: skip
+        answer.forget = await self._forget_orders(cluster)
         return answer
+
+    async def _forget_orders(self, cluster: Cluster) -> list[ForgetOrder]:
+        """Settled assets whose files on the cluster retention wants gone (a batch per
+        report; the rest come with the next ones). Never an asset with a job running."""
+        orders = []
+        for track in await self.stores.track.awaiting_agent_cleanup(cluster.name, FORGET_BATCH):
+            if track.in_flight or any(j.status in ACTIVE for j in track.job_list):
+                continue  # run again by an operator since: its files are in use
+            for entry in track.agent_cleanup:
+                if entry.cluster == cluster.name:
+                    orders.append(ForgetOrder(asset_guid=track.id, work_dir=entry.work_dir,
+                                              names=entry.names))
+        return orders
+
+    async def forgotten(self, cluster: Cluster, body: ForgottenReport) -> ForgottenAnswer:
+        """The agent removed these assets' files on the cluster: take the cluster off each
+        one's clean-up list (idempotent; an asset not waiting for it is left alone)."""
+        cleared = 0
+        for guid in dict.fromkeys(body.asset_guids):
+            track = await self.stores.track.get(guid)
+            if track is None or not any(c.cluster == cluster.name for c in track.agent_cleanup):
+                continue
+            rest = [c for c in track.agent_cleanup if c.cluster != cluster.name]
+            result = await self.stores.track.apply(
+                guid, asset_fields={"agent_cleanup": rest}, known=track,
+                expect={"agent_cleanup": track.agent_cleanup},
+                cause=f"agent {cluster.name}: files on the cluster removed",
+            )  # fmt: skip
+            cleared += int(result.applied)
+        if cleared:
+            log.info("agent removed asset files", cluster=cluster.name, assets=cleared)
+        return ForgottenAnswer(cleared=cleared)
 
     async def _track(self, cluster: Cluster, guid: str, name: str) -> Track:
         """The asset, which must have this job on this cluster."""
@@ -192,6 +253,10 @@ class AgentService:
             raise Rejected(404, f"no asset {guid}")
         _job_on(cluster, track, name)
         return track
+
+
+def _job_of(track: Track | None, name: str) -> Job | None:
+    return next((j for j in track.job_list if j.name == name), None) if track else None
 
 
 def _job_on(cluster: Cluster, track: Track, name: str) -> Job:

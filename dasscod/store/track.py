@@ -31,6 +31,7 @@ from dasscod.queues import (
     PAUSED,
     ArsFlag,
     FlagQuery,
+    agent_cleanup_tag,
     flag_tag,
     on_cluster,
 )
@@ -363,6 +364,12 @@ class TrackStore:
     async def holding_files(self, limit: int) -> list[Track]:
         """Settled assets (DONE or ERROR) whose files are still on disk: retention's work."""
         cursor = self.collection.find({"queues": HOLDS_FILES}).limit(limit)
+        return [Track.model_validate(doc) async for doc in cursor]
+
+    async def awaiting_agent_cleanup(self, cluster: str, limit: int) -> list[Track]:
+        """Settled assets whose files on pull cluster `cluster` its agent has yet to remove."""
+        cursor = self.collection.find({"queues": agent_cleanup_tag(cluster)},
+                                      {"history": 0}).limit(limit)
         return [Track.model_validate(doc) async for doc in cursor]
 
     async def paused(self) -> list[Track]:

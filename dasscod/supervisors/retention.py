@@ -3,7 +3,10 @@
 What is removed, per asset: its folder in the work area (the delivered originals, or a
 derivative's files received from the cluster), its work folder on every cluster it ran on, and
 the state files of every attempt of its jobs there (the batch scripts, their output and exit
-files; the direct scheduler's job folders). Then `temporary_files_local` becomes NO.
+files; the direct scheduler's job folders). Then `temporary_files_local` becomes NO. A pull
+cluster the daemon cannot reach: the same write records what its agent is to remove there
+(`agent_cleanup`); the agent's next report gets it in its answer, removes the files and says
+so (`services.agent`).
 
 When:
 - a DONE asset once ERDA has it (`erda_sync` YES): ARS and ERDA keep the files from then on.
@@ -30,7 +33,7 @@ from pymongo.errors import PyMongoError
 
 from dasscod.cluster.configured import Cluster
 from dasscod.log import get_logger
-from dasscod.model import Flag, JobStatus, Track, utcnow
+from dasscod.model import AgentCleanup, Flag, JobStatus, Track, utcnow
 from dasscod.pipeline import ACTIVE
 from dasscod.repeated import RepeatedErrors
 from dasscod.services.launch import scheduler_job_name
@@ -104,9 +107,17 @@ class Retention:
         return None
 
     async def _remove(self, track: Track, why: str) -> bool:
+        for_agents: list[AgentCleanup] = []
         for name, jobs in _attempts_by_cluster(track).items():
             cluster = self.clusters.get(name)
-            if cluster is not None:
+            if cluster is None:
+                continue
+            if cluster.pull:
+                # The daemon cannot reach it: its agent removes them when told (its report's
+                # answer) and says so, which takes the cluster off the list.
+                for_agents.append(AgentCleanup(
+                    cluster=name, work_dir=str(cluster.workdir(track.id)), names=jobs))
+            else:
                 await cluster.forget(track.id, jobs)
         local = _inside(track.temporary_path_local, self.work_area)
         if local is not None:
@@ -114,10 +125,13 @@ class Retention:
         elif track.temporary_path_local:
             log.warning("asset folder outside the work area left in place",
                         asset_guid=track.id, path=track.temporary_path_local)
+        fields: dict[str, object] = {"temporary_files_local": Flag.NO,
+                                     "temporary_path_local": ""}
+        if for_agents:
+            fields["agent_cleanup"] = merged_cleanup(track.agent_cleanup, for_agents)
         result = await self.stores.track.apply(
             track.id, (), cause=f"retention: files removed ({why})", known=track,
-            asset_fields={"temporary_files_local": Flag.NO, "temporary_path_local": ""},
-            expect={"temporary_files_local": Flag.YES},
+            asset_fields=fields, expect={"temporary_files_local": Flag.YES},
         )
         self.errors.cleared(track.id)
         if result.applied:
@@ -143,6 +157,16 @@ def _attempts_by_cluster(track: Track) -> dict[str, list[str]]:
             found.setdefault(job.cluster, set()).add(
                 scheduler_job_name(track.id, job.name, job.attempt))
     return {cluster: sorted(names) for cluster, names in found.items()}
+
+
+def merged_cleanup(pending: list[AgentCleanup], more: list[AgentCleanup]) -> list[AgentCleanup]:
+    """`pending` with `more` added: one entry per cluster, its attempts' names united."""
+    by_cluster = {c.cluster: c for c in pending}
+    for extra in more:
+        known = by_cluster.get(extra.cluster)
+        names = sorted({*extra.names, *(known.names if known else [])})
+        by_cluster[extra.cluster] = extra.model_copy(update={"names": names})
+    return [by_cluster[name] for name in sorted(by_cluster)]
 
 
 def _inside(path: str, root: Path) -> Path | None:

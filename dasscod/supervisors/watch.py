@@ -24,13 +24,14 @@ from datetime import datetime, timedelta
 
 import anyio
 
-from dasscod.cluster.base import JobInfo, SchedulerError, SchedulerState, TransportError
+from dasscod.cluster.base import SchedulerError, TransportError
 from dasscod.cluster.configured import Cluster
 from dasscod.log import get_logger
 from dasscod.model import Job, JobStatus, Track, utcnow
 from dasscod.pipeline import Event, JobEvent, Pipeline
 from dasscod.services.launch import AttemptKey, Launcher, parse_job_name, scheduler_job_name
 from dasscod.services.lost import adopted, has_ended, lost
+from dasscod.services.strays import StrayClock, unaccounted
 from dasscod.settings import TimingSettings
 from dasscod.store import Stores
 from dasscod.watchdog import beat
@@ -41,8 +42,6 @@ log = get_logger(__name__)
 RECONCILE_AFTER_S = 10.0
 #: How often the stray-job sweep lists the cluster's jobs (Torque's qstat lists every user's).
 STRAYS_EVERY_S = 60.0
-#: An attempt in these states may have a job on the cluster.
-LIVE = (JobStatus.STARTING, JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 def _patience(submit_timeout_s: float) -> timedelta:
@@ -51,11 +50,6 @@ def _patience(submit_timeout_s: float) -> timedelta:
     if submit_timeout_s <= 0:
         return timedelta(0)
     return timedelta(seconds=submit_timeout_s + RECONCILE_AFTER_S)
-
-
-def _same_job(recorded: str, listed: str) -> bool:
-    """Torque may print `123.server` where qsub said `123`: the number decides."""
-    return recorded == listed or recorded.split(".", 1)[0] == listed.split(".", 1)[0]
 
 
 class Watcher:
@@ -79,9 +73,8 @@ class Watcher:
         self.log = log.bind(cluster=cluster.name)
         #: Attempts whose submission outcome is still unknown (logged once each).
         self._looking: set[AttemptKey] = set()
-        #: Jobs on the cluster no live attempt accounts for: when first seen (monotonic), and
-        #: whether their cancel was logged.
-        self._strays: dict[str, tuple[float, bool]] = {}
+        #: Jobs on the cluster no live attempt accounts for: their grace, and one warning each.
+        self._strays = StrayClock(timing.grace_s)
         self.strays_every_s = STRAYS_EVERY_S
         self._strays_swept: float | None = None
 
@@ -175,9 +168,7 @@ class Watcher:
         live = await self.cluster.scheduler.ours()
         if live is None:
             return
-        seen = {info.job_id for info in live}
-        for job_id in [j for j in self._strays if j not in seen]:
-            del self._strays[job_id]  # gone
+        self._strays.forget_all_but({info.job_id for info in live})
         named = [(info, parse_job_name(info.name)) for info in live]
         guids = sorted({key[0] for _, key in named if key is not None})
         if not guids:
@@ -188,42 +179,20 @@ class Watcher:
         for info, key in named:
             if key is None or key in self.launcher.submitting:
                 continue
-            why, at_once = self._unaccounted(tracks.get(key[0]), key, info)
+            why, at_once = unaccounted(tracks.get(key[0]), key, self.cluster.name, info.job_id,
+                                       info.state)
             if why is None:
-                self._strays.pop(info.job_id, None)
+                self._strays.accounted(info.job_id)
                 continue
-            first, logged = self._strays.setdefault(info.job_id, (now, False))
-            if not at_once and now - first < self.timing.grace_s:
+            if not self._strays.due(info.job_id, at_once=at_once, now=now):
                 continue  # an attempt that just ended: its job is leaving by itself
-            if not logged:
+            if self._strays.first_warning(info.job_id):
                 self.log.warning(
                     "cancelling a job on the cluster that no live attempt accounts for",
                     hpc_job_id=info.job_id, scheduler_job=info.name, asset_guid=key[0],
                     job=key[1], attempt=key[2], state=str(info.state), reason=why,
                 )
-                self._strays[info.job_id] = (first, True)
             await self.cluster.scheduler.cancel(info.job_id)
-
-    def _unaccounted(self, track: Track | None, key: AttemptKey,
-                     info: JobInfo) -> tuple[str | None, bool]:
-        """Why the scheduler's job `info` (named after attempt `key`) is not the live job of
-        that attempt, and whether to cancel it at once; (None, False) when it is."""
-        guid, name, attempt = key
-        pending = info.state is SchedulerState.PENDING
-        if track is None:
-            return f"asset {guid} is not tracked by this daemon", True
-        job = next((j for j in track.job_list if j.name == name), None)
-        if job is None:
-            return f"asset {guid} has no job {name}", True
-        if job.cluster != self.cluster.name and job.status in LIVE:
-            return f"the live attempt runs on cluster {job.cluster}", True
-        if job.attempt != attempt:
-            return f"attempt {attempt} is not the live attempt ({job.attempt})", pending
-        if job.has_scheduler_id and not _same_job(str(job.hpc_job_id), info.job_id):
-            return f"a second job for the attempt (its job is {job.hpc_job_id})", True
-        if job.status not in LIVE:
-            return f"the attempt is {job.status}", pending
-        return None, False
 
     async def _check(self, pairs: list[tuple[Track, Job]], now: datetime) -> None:
         by_id = {str(j.hpc_job_id): (t, j) for t, j in pairs}

@@ -19,7 +19,13 @@ One run (`--once`, e.g. from cron; `--loop SECONDS` repeats it):
    keep_completed) the report carries the first line of its exit file,
    ``<state folder>/<name>.exit``, which the Torque job script writes as its last act; the
    daemon reads how the job ended from it. So the cluster's ``state_dir`` in the daemon's
-   configuration must be this agent's ``--state-dir``.
+   configuration must be this agent's ``--state-dir``. Other ``dassco.*`` jobs are reported
+   only if their script is in the state folder (submitted from here): jobs named like ours
+   but submitted elsewhere are left alone, as the daemon's own stray sweep leaves them;
+4. remove the files of settled assets the answer names (``forget``: the asset's work folder,
+   whose last component must be its guid, and its attempts' script, output and exit files
+   in the state folder) and tell the daemon which are gone (``forgotten``); one whose
+   removal failed is asked for again by the next answer.
 
 Only one run at a time per state folder (a lock file); an overlapping cron run exits at once.
 Exit codes: 0 done, 75 the daemon was unreachable (or a scheduler command failed; the next
@@ -31,11 +37,12 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
@@ -50,6 +57,9 @@ JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\[\]-]{0,99}")
 COMMAND_TIMEOUT_S = 120.0
 #: The most of an exit file's line sent to the daemon (its API takes 500 characters).
 EXIT_FILE_MAX = 300
+#: A job's files in the state folder: `<name>` (a folder, if any), its script, output and
+#: exit file.
+FORGET_SUFFIXES = ("", ".sh", ".sh.tmp", ".out", ".err", ".exit")
 
 TORQUE_STATES = {
     "Q": "PENDING",
@@ -292,8 +302,10 @@ class Agent:
         return f"/agent/{quote(self.cluster, safe='')}/{tail}"
 
     def run_once(self) -> dict[str, int]:
-        """One cycle; returns counts (submitted, found, reported, cancelled)."""
-        counts = {"submitted": 0, "found": 0, "refused": 0, "reported": 0, "cancelled": 0}
+        """One cycle; returns counts (submitted, found, refused, reported, cancelled,
+        forgotten)."""
+        counts = {"submitted": 0, "found": 0, "refused": 0, "reported": 0, "cancelled": 0,
+                  "forgotten": 0}
         listing = self.scheduler.list_jobs()
         by_name: dict[str, Seen] = {}
         for seen in listing:
@@ -357,15 +369,58 @@ class Agent:
             parsed = parse_name(seen.name)
             if parsed is None or seen.job_id in reported or seen.ended:
                 continue
+            if not self.submitted_here(seen.name):
+                continue  # named like ours, submitted elsewhere: not ours to judge
             observed.append(_observed(*parsed, seen))  # the daemon decides: record or cancel
         answer = self.client.post(self._path("report"), {"jobs": observed}) or {}
         counts["reported"] = len(observed)
         for job_id in answer.get("cancel", []):
             if JOB_ID.fullmatch(str(job_id)):
-                self.log(f"cancelling {job_id}: no longer a live attempt")
+                self.log(f"cancelling {job_id}: no live attempt accounts for it")
                 self.scheduler.cancel(str(job_id))
                 counts["cancelled"] += 1
+        removed = [guid for order in answer.get("forget", [])
+                   if (guid := self._forget(order)) is not None]  # fmt: skip
+        if removed:
+            self.client.post(self._path("forgotten"), {"asset_guids": removed})
+            counts["forgotten"] = len(removed)
         return counts
+
+    def submitted_here(self, name: str) -> bool:
+        """Whether the job of this name was submitted from this state folder (its script is
+        here): only such jobs are reported besides the daemon's live ones."""
+        return bool(NAME.fullmatch(name)) and (self.state_dir / f"{name}.sh").is_file()
+
+    def _forget(self, order: Mapping[str, Any]) -> str | None:
+        """Remove a settled asset's files as the daemon asked: its work folder and its
+        attempts' files in the state folder. The guid if all are gone (they may have been
+        already), None if the order is not one to carry out or a removal failed (the daemon
+        asks again)."""
+        guid = str(order.get("asset_guid", ""))
+        work_dir = PurePosixPath(str(order.get("work_dir", "")))
+        names = [str(n) for n in order.get("names", [])]
+        # Only the asset's own folder, and only its own attempts' files: a path with "..",
+        # a relative one or one not named after the asset is refused whatever the daemon says.
+        sound = (
+            NAME.fullmatch(guid) is not None
+            and work_dir.is_absolute()
+            and ".." not in work_dir.parts
+            and work_dir.name == guid
+            and all(NAME.fullmatch(n) and (parse_name(n) or ("",))[0] == guid for n in names)
+        )
+        if not sound:
+            self.log(f"not removing the files of {guid!r}: the daemon's request is malformed")
+            return None
+        try:
+            _remove(Path(work_dir))
+            for name in names:
+                for suffix in FORGET_SUFFIXES:
+                    _remove(self.state_dir / f"{name}{suffix}")
+        except OSError as exc:
+            self.log(f"removing the files of {guid} failed: {exc}; the next run tries again")
+            return None
+        self.log(f"{guid}: files removed (work folder and {len(names)} job(s))")
+        return guid
 
     def _exit_file(self, name: str) -> str | None:
         """The first line of the job's exit file, if it has one (see the module docstring)."""
@@ -392,6 +447,15 @@ class Agent:
             os.close(fd)
         temporary.replace(target)
         return target
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, a link (never what it points to) or a folder tree; gone already is
+    fine."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.is_dir():
+        shutil.rmtree(path)
 
 
 def _observed(guid: str, job: str, attempt: int, seen: Seen) -> dict[str, Any]:

@@ -195,9 +195,11 @@ class FakeScheduler:
 class FakeDaemon:
     """Answers the agent API's calls from canned data and records them."""
 
-    def __init__(self, claims: list[dict[str, Any]], cancel: list[str]) -> None:
+    def __init__(self, claims: list[dict[str, Any]], cancel: list[str],
+                 forget: list[dict[str, Any]] | None = None) -> None:
         self.claims = claims
         self.cancel = cancel
+        self.forget = forget or []
         self.posts: list[tuple[str, Any]] = []
 
     def post(self, path: str, body: Any = None) -> Any:
@@ -205,7 +207,9 @@ class FakeDaemon:
         if path.endswith("/claim"):
             return self.claims
         if path.endswith("/report"):
-            return {"cancel": self.cancel, "lost": 0, "submitted": 0}
+            return {"cancel": self.cancel, "lost": 0, "submitted": 0, "forget": self.forget}
+        if path.endswith("/forgotten"):
+            return {"cleared": len(body["asset_guids"])}
         return {"applied": True, "status": "QUEUED", "detail": None}
 
     def get(self, path: str) -> Any:
@@ -222,16 +226,21 @@ def claimed(guid: str) -> dict[str, Any]:
 
 
 def test_one_run_submits_reports_refusals_and_cancels(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
     already = Seen("400", "dassco.g0.load.1", "RUNNING")  # submitted by a run that died
-    scheduler = FakeScheduler([already], refuse={"dassco.g2.load.1"})
+    (state / "dassco.g0.load.1.sh").write_text("#!/bin/sh\n")  # ... from this state folder
+    elsewhere = Seen("401", "dassco.gx.load.1", "RUNNING")  # named like ours: not from here
+    scheduler = FakeScheduler([already, elsewhere], refuse={"dassco.g2.load.1"})
     daemon = FakeDaemon([claimed("g0"), claimed("g1"), claimed("g2"), claimed("g3")],
                         cancel=["399"])
     lines: list[str] = []
-    agent = Agent("local", cast(CallbackClient, daemon), scheduler, tmp_path / "state",
-                  log=lines.append)
+    agent = Agent("local", cast(CallbackClient, daemon), scheduler, state, log=lines.append)
     counts = agent.run_once()
     assert counts == {"submitted": 2, "found": 1, "refused": 1, "reported": 3,
-                      "cancelled": 1}
+                      "cancelled": 1, "forgotten": 0}
+    [report] = daemon.bodies("/report")
+    assert sorted(j["hpc_job_id"] for j in report["jobs"]) == ["400", "500", "501"]
     # The refused job did not stop the ones after it.
     assert scheduler.submitted == ["dassco.g1.load.1", "dassco.g3.load.1"]
     assert daemon.bodies("/submitted") == [
@@ -285,3 +294,49 @@ def test_a_submit_command_that_does_not_answer_ends_the_run(tmp_path: Path) -> N
         agent.run_once()
     # Nothing is reported for it: the lease runs out and a later run looks it up by name.
     assert daemon.bodies("/refused") == [] and daemon.bodies("/submitted") == []
+
+
+def test_the_files_of_settled_assets_are_removed_as_the_daemon_asks(tmp_path: Path) -> None:
+    state, work = tmp_path / "state", tmp_path / "work"
+    for guid in ("g1", "g2", "g3"):
+        (work / guid / "derivatives").mkdir(parents=True)
+        (work / guid / "derivatives" / "a.jpg").write_bytes(b"jpeg")
+    state.mkdir()
+    for name in ("dassco.g1.load.1", "dassco.g1.load.2", "dassco.g1.ocr.1", "dassco.g3.load.1"):
+        for suffix in (".sh", ".out", ".err", ".exit"):
+            (state / f"{name}{suffix}").write_text("x")
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (work / "g1" / "link").symlink_to(outside)  # a link in the folder: never followed
+
+    def order(guid: str, work_dir: Path | str, *names: str) -> dict[str, Any]:
+        return {"asset_guid": guid, "work_dir": str(work_dir), "names": list(names)}
+
+    daemon = FakeDaemon([], cancel=[], forget=[
+        order("g1", work / "g1", "dassco.g1.load.1", "dassco.g1.load.2", "dassco.g1.ocr.1"),
+        order("g2", work / "g2"),
+        order("gone", work / "gone", "dassco.gone.load.1"),  # removed by an earlier run
+        order("g3", work / "g3" / ".." / "g3", "dassco.g3.load.1"),  # not a plain path
+        order("g3", tmp_path, "dassco.g3.load.1"),  # not the asset's folder
+        order("g3", work / "g3", "dassco.g1.load.1"),  # another asset's job
+    ])
+    lines: list[str] = []
+    agent = Agent("local", cast(CallbackClient, daemon), FakeScheduler([], set()), state,
+                  log=lines.append)
+    counts = agent.run_once()
+    assert counts["forgotten"] == 3
+    assert daemon.bodies("/forgotten") == [{"asset_guids": ["g1", "g2", "gone"]}]
+    assert not (work / "g1").exists() and not (work / "g2").exists()
+    assert outside.is_dir()
+    assert sorted(p.name for p in state.iterdir()) == [
+        f"dassco.g3.load.1{suffix}" for suffix in (".err", ".exit", ".out", ".sh")]
+    assert (work / "g3" / "derivatives" / "a.jpg").exists()
+    assert sum("malformed" in line for line in lines) == 3
+
+
+def test_a_run_with_nothing_to_remove_tells_the_daemon_nothing(tmp_path: Path) -> None:
+    daemon = FakeDaemon([], cancel=[])
+    agent = Agent("local", cast(CallbackClient, daemon), FakeScheduler([], set()),
+                  tmp_path / "state", log=lambda line: None)
+    agent.run_once()
+    assert daemon.bodies("/forgotten") == []

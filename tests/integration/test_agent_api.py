@@ -117,18 +117,23 @@ async def test_submitted_then_report_lost_and_cancel(
     running = {**body, "state": "RUNNING"}
     report = await client.post("/api/v1/agent/local/report", json={"jobs": [running]},
                                headers=AUTH)
-    assert report.json() == {"cancel": [], "lost": 0, "submitted": 0}
+    assert report.json() == {"cancel": [], "lost": 0, "submitted": 0, "forget": []}
     # A second scheduler job of the same attempt is cancelled.
     twin = {**running, "hpc_job_id": "42"}
     gone = {**body, "state": "UNKNOWN", "reason": "no longer known"}
     report = await client.post("/api/v1/agent/local/report", json={"jobs": [twin, gone]},
                                headers=AUTH)
-    assert report.json() == {"cancel": ["42"], "lost": 1, "submitted": 0}
+    assert report.json() == {"cancel": ["42"], "lost": 1, "submitted": 0, "forget": []}
     track = await stores.track.get("c1")
     assert track is not None and track.job("load").status is JobStatus.RETRY
     assert "no longer known" in (track.job("load").last_error or "")
-    # The attempt is over: the scheduler job that still runs is to be cancelled.
+    # The attempt is over; its job still runs: it is given `grace_s` to leave by itself,
+    # as a job still queued for it is not.
     report = await client.post("/api/v1/agent/local/report", json={"jobs": [running]},
+                               headers=AUTH)
+    assert report.json()["cancel"] == []
+    queued = {**running, "state": "PENDING"}
+    report = await client.post("/api/v1/agent/local/report", json={"jobs": [queued]},
                                headers=AUTH)
     assert report.json()["cancel"] == ["41"]
 
@@ -142,7 +147,7 @@ async def test_a_report_records_a_job_submitted_by_an_agent_that_died(
             "state": "PENDING"}
     report = await client.post("/api/v1/agent/local/report", json={"jobs": [seen]},
                                headers=AUTH)
-    assert report.json() == {"cancel": [], "lost": 0, "submitted": 1}
+    assert report.json() == {"cancel": [], "lost": 0, "submitted": 1, "forget": []}
     track = await stores.track.get("d1")
     assert track is not None
     assert track.job("load").hpc_job_id == "77" and track.job("load").lease_until is None
@@ -255,7 +260,7 @@ async def test_an_exit_file_says_how_a_job_the_scheduler_forgot_ended(
         client, stores, "x1", "41", reason="the scheduler no longer knows the job",
         exit_file="status=143 signal=TERM elapsed=61 limit=60 job=41",
     )
-    assert report.json() == {"cancel": [], "lost": 1, "submitted": 0}
+    assert report.json() == {"cancel": [], "lost": 1, "submitted": 0, "forget": []}
     track = await stores.track.get("x1")
     assert track is not None
     load = track.job("load")
