@@ -72,7 +72,7 @@ from typing import Any, BinaryIO
 from pydantic import ValidationError
 
 from dasscod.filenames import file_name_problem
-from dasscod.model import FileEntry, Metadata
+from dasscod.model import FileEntry, Metadata, validation_problems
 
 READY_MARKER = ".ready"
 REASON_FILE = "REASON.txt"
@@ -307,11 +307,9 @@ def _validate_metadata(data: dict[str, Any], source: str) -> Metadata:
     try:
         return Metadata.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise DeliveryRejected(f"the metadata in {source} is not valid: {problems}") from exc
+        raise DeliveryRejected(
+            f"the metadata in {source} is not valid: {validation_problems(exc)}"
+        ) from exc
 
 
 def _os_error(exc: OSError) -> str:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dasscod.bounds import Document, Moment, check_document
 
@@ -26,6 +26,15 @@ def as_utc(moment: datetime) -> datetime:
     """A time from outside (a callback, a delivery): naive ones are taken as UTC, which is
     also how MongoDB reads them back."""
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """What a document lacks, one `field.path: message` per problem, for a refusal that says
+    what to fix."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+        for err in exc.errors()
+    )
 
 
 class JobStatus(StrEnum):

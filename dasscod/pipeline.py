@@ -23,7 +23,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from dasscod.model import NEVER_QUEUED, Flag, HistoryEntry, Job, JobStatus, Track
+from dasscod.model import (
+    NEVER_QUEUED,
+    Flag,
+    HistoryEntry,
+    Job,
+    JobStatus,
+    Track,
+    validation_problems,
+)
 from dasscod.queues import queue_tags
 
 # --------------------------------------------------------------------------- pipeline data
@@ -126,11 +134,7 @@ def parse_pipeline(text: str, *, source: str = "<string>") -> Pipeline:
     try:
         return Pipeline.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise PipelineError(f"{source}: {problems}") from exc
+        raise PipelineError(f"{source}: {validation_problems(exc)}") from exc
 
 
 # --------------------------------------------------------------------------- events

@@ -389,6 +389,8 @@ def _read_tokens_file(path: Path) -> dict[str, SecretStr]:
 class ArsSyncSettings(_Section):
     """How the ARS sync supervisor paces itself (used only when [ars] is set)."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True)  # shared by the sync's parts
+
     #: Every step looks for work at least this often even without a wake-up.
     sweep_s: float = Field(default=30.0, gt=0)
     #: How often assets awaiting the (asynchronous) ERDA sync are asked about.
@@ -401,7 +403,9 @@ class ArsSyncSettings(_Section):
     #: An asset whose ARS call failed as unavailable is left alone this long.
     unavailable_backoff_s: float = Field(default=10.0, ge=0)
     max_erda_failures: int = Field(default=3, ge=1)
-    #: Failures in a row that open the circuit breaker, and its probe interval while open.
+    #: Failures in a row that open the circuit breaker, and its probe interval while open:
+    #: one probe call per cooldown. Kept short on purpose: a probe is one request, and the
+    #: cooldown is how late the sync notices that ARS is back.
     breaker_threshold: int = Field(default=3, ge=1)
     breaker_cooldown_s: float = Field(default=2.0, gt=0)
     breaker_max_cooldown_s: float = Field(default=5.0, gt=0)

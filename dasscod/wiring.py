@@ -43,7 +43,7 @@ from dasscod.settings import AlertSettings, Settings
 from dasscod.store import Stores
 from dasscod.store.outage import OutageLog
 from dasscod.store.stats import take_snapshot
-from dasscod.supervisors.ars_sync import ArsSync, SyncOptions, require_files_in_ars
+from dasscod.supervisors.ars_sync import ArsSync, require_files_in_ars
 from dasscod.supervisors.dispatch import Dispatcher
 from dasscod.supervisors.housekeeping import Housekeeping
 from dasscod.supervisors.intake import IntakeSupervisor
@@ -116,7 +116,7 @@ def build_daemon(
     }
     ars_sync = (
         ArsSync(stores, ArsClient(settings.ars), stopping=stopping,
-                options=SyncOptions(**settings.ars_sync.model_dump()))
+                options=settings.ars_sync)
         if settings.ars is not None else None
     )
     stores.track.subscribe(_change_router(throttle, ars_sync, dispatchers, wakeups))

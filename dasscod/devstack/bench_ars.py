@@ -25,7 +25,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -273,7 +272,7 @@ async def main() -> dict[str, Any]:
     return {
         **calls,
         **recovery,
-        "sync_options": asdict(OPTIONS),
+        "sync_options": OPTIONS.model_dump(),
         "client_retries": {
             "attempts": client.retry_attempts,
             "timeout_s": client.retry_timeout_s,

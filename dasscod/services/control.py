@@ -12,7 +12,7 @@ an `audit` record.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -213,21 +213,20 @@ class ControlService:
             raise ControlError(422, f"name the {kind} to act on")
         return name
 
+    def _known(self, kind: str, name: str | None, known: Collection[str]) -> str:
+        """`name`, one of the `known` pipelines or clusters (404 naming those there are)."""
+        name = self._name(kind, name)
+        if name not in known:
+            raise ControlError(404, f"no {kind} {name}; {kind}s: " + ", ".join(sorted(known)))
+        return name
+
     def _hold_target(self, kind: str, name: str | None) -> str:
         if kind == "intake":
             return INTAKE
         if kind == "pipeline":
-            pipeline = self._name(kind, name)
-            if pipeline not in self.pipelines:
-                raise ControlError(404, f"no pipeline {pipeline}; pipelines: "
-                                   + ", ".join(sorted(self.pipelines)))
-            return pipeline_target(pipeline)
+            return pipeline_target(self._known(kind, name, self.pipelines))
         if kind == "cluster":
-            cluster = self._name(kind, name)
-            if cluster not in self.clusters:
-                raise ControlError(404, f"no cluster {cluster}; clusters: "
-                                   + ", ".join(sorted(self.clusters)))
-            return cluster_target(cluster)
+            return cluster_target(self._known(kind, name, self.clusters))
         raise ControlError(422, f"cannot pause a {kind!r}: pause one of {', '.join(PAUSABLE)}")
 
     # ------------------------------------------------------------------ one asset

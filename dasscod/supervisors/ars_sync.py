@@ -62,6 +62,7 @@ from dasscod.log import get_logger
 from dasscod.model import FileEntry, Flag, Track, utcnow
 from dasscod.pipeline import Pipeline
 from dasscod.queues import ArsFlag, FlagQuery, QueueField
+from dasscod.settings import ArsSyncSettings
 from dasscod.store import Stores
 from dasscod.store.track import files_mb
 from dasscod.watchdog import beat
@@ -126,31 +127,11 @@ class Step:
         return f"meta:{guid}" if self.metadata_side else guid
 
 
-@dataclass(frozen=True)
-class SyncOptions:
-    #: Every step looks for work at least this often even without a wake-up.
-    sweep_s: float = 30.0
-    #: How often assets awaiting ERDA are asked about (ERDA sync is asynchronous).
-    confirm_poll_s: float = 2.0
-    batch: int = 50
-    #: ARS calls in flight at once, over all steps.
-    concurrency: int = 16
-    #: Allocation = the asset's files in MB (rounded up) plus this, for derivatives.
-    allocation_headroom_mb: int = 1
-    #: An asset whose ARS call failed as unavailable is left alone this long.
-    unavailable_backoff_s: float = 10.0
-    max_erda_failures: int = 3
-    breaker_threshold: int = 3
-    #: While ARS is down, one probe call per cooldown. Kept short on purpose: a probe is one
-    #: request, and the cooldown is how late the sync notices that ARS is back.
-    breaker_cooldown_s: float = 2.0
-    breaker_max_cooldown_s: float = 5.0
-    #: An ERDA sync not finished after this long is requested again, then checked.
-    erda_timeout_s: float = 900.0
-    max_awaiting_erda: int = 12
-    max_open_mb: int = 60_000
-    max_open_original_mb: int = 20_000
-    max_open_derivative_mb: int = 30_000
+#: How the sync paces itself: the `[ars_sync]` settings, one declaration for the
+#: configuration, the daemon, the tests and the bench.
+SyncOptions = ArsSyncSettings
+#: The defaults, as the daemon runs without an `[ars_sync]` section.
+DEFAULT_OPTIONS = SyncOptions()
 
 
 def require_files_in_ars(
@@ -185,7 +166,7 @@ class ArsSync:
         client: ArsClient,
         *,
         stopping: anyio.Event,
-        options: SyncOptions = SyncOptions(),
+        options: SyncOptions = DEFAULT_OPTIONS,
         breaker: CircuitBreaker | None = None,
     ) -> None:
         self.stores = stores
@@ -443,6 +424,20 @@ class ArsSync:
         expect[flag] = free
         return await self._claim(track, fields, expect, step)
 
+    async def _take_up(
+        self, track: Track, flag: ArsFlag, free: Flag, taken: Flag, step: StepName,
+        also: ArsFields | None = None,
+    ) -> tuple[Track, dict[str, Any]] | None:
+        """`_claim_or_resume`, then the asset's metadata (`_metadata_or_fail`): the claimed
+        document and the metadata, or None when the step cannot go on."""
+        claimed = await self._claim_or_resume(track, flag, free, taken, step, also)
+        if claimed is None:
+            return None
+        expect: ArsFields = {}
+        expect[flag] = taken
+        md = await self._metadata_or_fail(claimed, flag, expect, step)
+        return None if md is None else (claimed, md)
+
     async def _metadata_or_fail(
         self, track: Track, flag: ArsFlag, expect: ArsFields, step: StepName
     ) -> dict[str, Any] | None:
@@ -553,16 +548,13 @@ class ArsSync:
         second one: ARS answers 409 while one is open, which means an earlier try got through)."""
         if not track.temporary_path_local:
             return  # nothing to upload yet; the file's arrival wakes this step again
-        claimed = await self._claim_or_resume(
+        taken = await self._take_up(
             track, "has_open_share", NO, AWAIT, "reopen", also={"has_new_file": YES}
         )
-        if claimed is None:
+        if taken is None:
             return
-        track = claimed
+        track, md = taken
         expect: ArsFields = {"has_open_share": AWAIT}
-        md = await self._metadata_or_fail(track, "has_open_share", expect, "reopen")
-        if md is None:
-            return
         proxy_path = ""
         try:
             info = await self._call(
@@ -598,14 +590,11 @@ class ArsSync:
             # A derivative whose files are still on the cluster: its upload job sends them to
             # the listener, which sets the path (and so wakes this step).
             return
-        claimed = await self._claim_or_resume(track, "has_new_file", YES, UPLOADING, "upload")
-        if claimed is None:
+        taken = await self._take_up(track, "has_new_file", YES, UPLOADING, "upload")
+        if taken is None:
             return
-        track = claimed
+        track, md = taken
         expect: ArsFields = {"has_new_file": UPLOADING}
-        md = await self._metadata_or_fail(track, "has_new_file", expect, "upload")
-        if md is None:
-            return
         minimal = _minimal(track, md)
         folder = Path(track.temporary_path_local)
         files = []

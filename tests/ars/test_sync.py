@@ -4,7 +4,6 @@ lifecycle, crash recovery, outages, refusals and metadata coalescing."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -268,7 +267,7 @@ async def test_a_file_reported_while_the_asset_is_created_is_not_forgotten(
 
 
 def with_options(**changes: Any) -> SyncOptions:
-    return dataclasses.replace(FAST, **changes)
+    return FAST.model_copy(update=changes)
 
 
 async def report_late_file(stores: Stores, track: Track) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -10,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from dasscod.pipelines import BUILTIN_PIPELINES
-from dasscod.settings import ArsSyncSettings, ConfigError, Settings, load_settings, masked
-from dasscod.supervisors.ars_sync import SyncOptions
+from dasscod.settings import ConfigError, Settings, load_settings, masked
 
 MONGO_PASSWORD = "pw-Zq8vX3tK"
 SECRET = "s3cr3t-token-value-0123456789abcdef"
@@ -277,12 +275,9 @@ def test_an_explicit_token_secret_wins_over_the_file(
     assert load_settings(path).security.secret() == SECRET
 
 
-def test_the_ars_sync_section_matches_the_supervisors_options(
+def test_the_ars_sync_section_is_read_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every SyncOptions field can be set from the configuration, with the same default."""
-    assert set(ArsSyncSettings.model_fields) == {f.name for f in dataclasses.fields(SyncOptions)}
-    assert SyncOptions(**ArsSyncSettings().model_dump()) == SyncOptions()
     monkeypatch.setenv("DASSCOD_ARS_SYNC__CONCURRENCY", "4")
     assert load_settings().ars_sync.concurrency == 4
 
