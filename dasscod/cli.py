@@ -47,13 +47,7 @@ def _with_stores(settings: Settings, work: Callable[[Stores], Awaitable[T]]) -> 
             pipelines = load_pipelines(settings.pipelines_dir)
         except PipelineError as exc:
             raise click.ClickException(str(exc)) from exc
-        stores = Stores.connect(
-            settings.mongo.uri.get_secret_value(),
-            settings.mongo.database,
-            pipelines,
-            timeout_s=settings.mongo.timeout_s,
-            operation_timeout_s=settings.mongo.operation_timeout_s,
-        )
+        stores = Stores.from_settings(settings.mongo, pipelines)
         try:
             ping = await stores.ping()
             if ping.fatal:

@@ -84,12 +84,9 @@ def build_daemon(
     def fence() -> None:
         leadership.check()
 
-    stores = Stores.connect(
-        settings.mongo.uri.get_secret_value(),
-        settings.mongo.database,
+    stores = Stores.from_settings(
+        settings.mongo,
         pipelines,
-        timeout_s=settings.mongo.timeout_s,
-        operation_timeout_s=settings.mongo.operation_timeout_s,
         policy=RetryPolicy(timing.retry_backoff_s, timing.retry_backoff_max_s),
         listeners=command_listeners or [],
         fence=fence,

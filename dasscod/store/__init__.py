@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import pymongo
 from pymongo import AsyncMongoClient
@@ -29,6 +29,17 @@ from dasscod.store.track import (
     TransitionConflict,
 )
 from dasscod.store.track_queries import TrackQueries
+
+if TYPE_CHECKING:
+    from dasscod.settings import MongoSettings
+
+
+class DaemonOptions(TypedDict, total=False):
+    """What the daemon's stores add to a plain connection (see `Stores.connect`)."""
+
+    policy: RetryPolicy
+    listeners: list[CommandListener] | None
+    fence: Callable[[], None] | None
 
 log = get_logger(__name__)
 
@@ -121,6 +132,17 @@ class Stores:
         )
         return cls(client, database, pipelines, policy=policy, fence=fence,
                    ping_timeout_s=timeout_s)
+
+    @classmethod
+    def from_settings(
+        cls, mongo: MongoSettings, pipelines: Mapping[str, Pipeline],
+        **daemon: Unpack[DaemonOptions],
+    ) -> Stores:
+        """`connect` where the `[mongo]` settings say; `daemon` holds what only the daemon
+        adds (retry policy, command listeners, the leader fence)."""
+        return cls.connect(mongo.uri.get_secret_value(), mongo.database, pipelines,
+                           timeout_s=mongo.timeout_s,
+                           operation_timeout_s=mongo.operation_timeout_s, **daemon)
 
     async def ensure_indexes(self) -> None:
         """Idempotent: creating an index that exists with the same spec is a no-op."""
