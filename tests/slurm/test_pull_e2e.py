@@ -2,7 +2,8 @@
 (run `--once` in a loop by the test, as from cron) claims the jobs, submits them with the
 Torque wrappers' qsub on the local test cluster and reports back, and the jobs call back over
 HTTP. One job is submitted by an agent that "dies" before reporting it: the next runs find it
-by its name, and it runs exactly once."""
+by its name, and it runs exactly once. The agent cancels the strays the daemon names and
+removes the files retention let go."""
 
 from __future__ import annotations
 
@@ -240,3 +241,76 @@ async def test_jobs_that_die_without_calling_back_are_settled_from_their_exit_fi
     for attempt in (1, 2, 3):
         assert jobs_named(f"dassco.{guid}.load.{attempt}"), "each attempt ran once"
         assert len(jobs_named(f"dassco.{guid}.load.{attempt}")) == 1
+
+
+def squeue_state(job_id: str) -> str:
+    done = subprocess.run(["squeue", "-h", "--states=all", "-j", job_id, "-o", "%T"],
+                          capture_output=True, text=True, timeout=30, check=False)
+    return done.stdout.strip() or "GONE"
+
+
+async def test_the_agent_cancels_its_strays_and_removes_what_retention_let_go(
+    slurm_cluster: LocalCluster, shared: Path, tmp_path: Path, mongo_uri: str
+) -> None:
+    """A job the agent submitted for an asset the daemon does not track is cancelled at the
+    agent's first run; a job named like ours but submitted from elsewhere is left alone. An
+    asset whose jobs end in ERROR is let go by retention (retention_days 0): the agent removes
+    its work folder and its attempts' files on the cluster, and the daemon stops asking."""
+    stack = LocalStack(tmp_path / "stack", mongo_uri, database=f"pull_{uuid.uuid4().hex[:8]}")
+    settings = pull_settings(stack, shared, shared / "runs.jsonl", slurm_cluster.partition)
+    settings.intake = settings.intake.model_copy(update={"retention_days": 0.0})
+    settings.timing = settings.timing.model_copy(
+        update={"retry_backoff_s": 0.1, "retry_backoff_max_s": 0.2, "housekeeping_s": 0.5})
+    state = shared / "agent"
+    state.mkdir(mode=0o777)
+    held = {}
+    for kind, folder in (("stray", state), ("elsewhere", shared)):
+        name = f"dassco.{kind}-{uuid.uuid4().hex[:6]}.load.1"
+        script = folder / f"{name}.sh"
+        script.write_text(f"#!/bin/sh\n#PBS -N {name}\nsleep 300\n")
+        qsub = await anyio.run_process(["qsub", "-h", "-o", "/dev/null", "-e", "/dev/null",
+                                        str(script)], check=False)
+        assert qsub.returncode == 0, qsub.stdout + qsub.stderr
+        held[kind] = qsub.stdout.decode().strip()
+    guid = f"pull-kept-{uuid.uuid4().hex[:6]}"
+    work = shared / "work" / guid
+    (work / "derivatives").mkdir(parents=True)  # what load and derivatives leave there
+    (work / "derivatives" / "a.jpg").write_bytes(b"jpeg")
+    token_file = tmp_path / "agent.token"
+    token_file.write_text(AGENT_TOKEN + "\n")
+    deliver(stack.intake, guid)
+    daemon = build_daemon(settings)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    coll = client[stack.database]["track"]
+
+    def cleaned(docs: list[dict[str, Any]]) -> bool:
+        return bool(docs) and docs[0]["jobs_status"] == "ERROR" \
+            and docs[0]["temporary_files_local"] == "NO" and not docs[0].get("agent_cleanup")
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(daemon.run)
+            with anyio.fail_after(30):
+                await daemon.ready.wait()
+            first = await anyio.to_thread.run_sync(
+                agent, settings.listener.callback_base, token_file, state)
+            stray_after_first_run = squeue_state(held["stray"])
+            docs, runs_of_agent = await agent_until(
+                coll, settings.listener.callback_base, token_file, shared, [guid],
+                settled=cleaned, timeout_s=120)
+            elsewhere_state = squeue_state(held["elsewhere"])
+            daemon.stop()
+    finally:
+        await client.drop_database(stack.database)
+        await client.close()
+        await anyio.run_process(["scancel", held["elsewhere"], held["stray"]], check=False)
+    assert first.returncode == 0, first.stderr
+    assert stray_after_first_run in ("CANCELLED", "GONE"), stray_after_first_run
+    assert f"cancelling {held['stray']}" in first.stderr
+    assert held["elsewhere"] not in first.stderr + "".join(r.stderr for r in runs_of_agent)
+    assert elsewhere_state == "PENDING", "a job submitted from elsewhere is never touched"
+    assert cleaned(docs), docs
+    assert all(r.returncode == 0 for r in runs_of_agent), runs_of_agent[-1].stderr
+    assert any("forgotten 1" in r.stderr for r in runs_of_agent)
+    assert not work.exists()
+    assert not [p.name for p in state.iterdir() if guid in p.name]
