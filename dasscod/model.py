@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dasscod.bounds import Document, Moment, check_document
+from dasscod.bounds import Document, Moment, Texts, check_document
 
 
 def utcnow() -> datetime:
@@ -279,18 +279,18 @@ class Metadata(BaseModel):
     date_metadata_created: Moment | None = None
     date_metadata_updated: Moment | None = None
     file_format: str = ""
-    payload_type: str | list[str] = "image"
-    preparation_type: str | list[str] = ""
+    payload_type: str | Texts = "image"
+    preparation_type: str | Texts = ""
     funding: str = ""
-    barcode: list[str] = Field(default_factory=list)
+    barcode: Texts = Field(default_factory=list)
     asset_subject: str = ""
     multispecimen: bool = False
-    specimen_pid: str | list[str] = ""
-    restricted_access: list[str] = Field(default_factory=list)
+    specimen_pid: str | Texts = ""
+    restricted_access: Texts = Field(default_factory=list)
     tags: Document = Field(default_factory=dict)
     status: str = ""
     audited: bool = False
-    external_publisher: list[str] = Field(default_factory=list)
+    external_publisher: Texts = Field(default_factory=list)
     metadata_created_by: str = ""
     metadata_updated_by: str = ""
     metadata_uploaded_by: str = ""

@@ -32,7 +32,7 @@ CLUSTER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 def agent_router(service: AgentService | None) -> APIRouter:
     router = APIRouter(prefix="/api/v1/agent", tags=["agent"],
-                       responses=refusals(400, 401, 403, 404, 409, 413, 422, 503))
+                       responses=refusals(400, 401, 403, 404, 408, 409, 413, 422, 503))
 
     async def pull_cluster(
         cluster: Annotated[str, Path(pattern=CLUSTER_NAME)],

@@ -23,6 +23,7 @@ from dasscod.listener.agent_api import agent_router
 from dasscod.listener.control_api import install_control_api
 from dasscod.listener.guard import KB, Gate, Guard, Refusal, gate
 from dasscod.listener.intake_api import Intake, intake_router
+from dasscod.listener.invalid import install_validation_answer
 from dasscod.listener.observe import install_metrics
 from dasscod.log import get_logger
 from dasscod.model import GUID_PATTERN, Metadata
@@ -165,7 +166,7 @@ def create_app(
         return retry_later(f"{exc}; send it to the leading daemon or retry later", after_s=5)
 
     api = APIRouter(prefix=API_PREFIX,
-                    responses=refusals(400, 401, 403, 404, 409, 413, 422, 503))
+                    responses=refusals(400, 401, 403, 404, 408, 409, 413, 422, 503))
 
     @api.post("/jobs/queued", tags=["jobs"])
     async def job_queued(body: QueuedCallback, who: Claims) -> Ack:
@@ -284,6 +285,7 @@ def create_app(
             {"status": "mongodb unreachable", "error": ping.error}, status_code=503
         )
 
+    install_validation_answer(app)
     install_metrics(app, route=metrics_route)
     agent_tokens = {} if agent is None else {
         name: c.settings.agent_token.get_secret_value() for name, c in agent.clusters.items()

@@ -125,7 +125,7 @@ def install_control_api(app: FastAPI, service: ControlService | None,
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
     router = APIRouter(prefix=PREFIX, tags=["control"],
-                       responses=refusals(400, 401, 403, 404, 409, 413, 422, 503))
+                       responses=refusals(400, 401, 403, 404, 408, 409, 413, 422, 503))
 
     @router.get("/assets")
     async def list_assets(

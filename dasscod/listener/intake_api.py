@@ -44,7 +44,7 @@ class Intake(Protocol):
 
 def intake_router(intake: Intake | None, token: str | None, max_mb: float) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["intake"],
-                       responses=refusals(400, 401, 403, 409, 413, 422, 503))
+                       responses=refusals(400, 401, 403, 408, 409, 413, 422, 503))
 
     async def ingestion_client(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],

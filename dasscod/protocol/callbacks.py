@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dasscod.bounds import Document, Moment
+from dasscod.bounds import Document, Moment, Texts
 from dasscod.filenames import FILE_NAME_PATTERN
 from dasscod.model import GUID_PATTERN
 
@@ -39,7 +39,7 @@ class JobResults(_Body):
     metadata: Document | None = None
     barcode: BarcodeResult | None = None
     clean_up: bool = False
-    derivatives: list[str] = Field(default_factory=list, description="guids registered")
+    derivatives: Texts = Field(default_factory=list, description="guids registered")
 
 
 class JobCallback(_Body):
@@ -137,6 +137,8 @@ def refusals(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "missing, invalid or expired credential",
         403: "the credential is not for this asset, job, route or cluster",
         404: "no such asset, job or file",
+        408: "the body came too slowly (listener.body_timeout_s, body_min_rate); the "
+             "connection is closed",
         409: "the token's attempt is not the live one, or the asset or file already exists",
         413: "the body is over this route's cap (or the reported file size)",
         422: "the body or a parameter is invalid (the detail names it)",

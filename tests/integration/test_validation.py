@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from dasscod.listener.app import create_app
+from dasscod.listener.invalid import MAX_ERRORS
 from dasscod.pipeline import Event, JobEvent
 from dasscod.store import Stores
 from dasscod.tokens import JobClaims, issue
@@ -94,3 +95,41 @@ async def test_what_the_store_cannot_keep_is_422(
     assert answer.status_code == 422, answer.text
     assert expected in answer.text
     assert [doc async for doc in stores.db["track"].find({})] == before
+
+
+FINISHED = b'{"asset_guid": "%s", "job": "ocr", "results": ' % GUID.encode()
+RAW = [
+    (FINISHED + b'{"metadata": {"a": 1e999999}}}', 422, "finite"),
+    (FINISHED + b'{"metadata": {"a": [NaN, -Infinity]}}}', 422, "finite"),
+    (FINISHED + b'{"bogus": Infinity}}', 422, "Extra inputs"),
+    # 120,000 wrongly typed items: one error (the list is too long), not 120,000.
+    (FINISHED + b'{"derivatives": [' + b"1," * 120_000 + b"1]}}", 422, "at most 1000"),
+    (FINISHED + b'{"metadata": {"a": ' + b"9" * 5000 + b"}}}", 400, "parsing the body"),
+    (b"[" * 200_000, 400, "parsing the body"),
+]
+
+
+@pytest.mark.parametrize(("content", "status", "expected"), RAW,
+                         ids=["1e999999", "NaN", "Infinity elsewhere", "120k items",
+                              "5000 digits", "200k deep"])
+async def test_hostile_json_gets_a_short_4xx(
+    client: httpx.AsyncClient, stores: Stores, content: bytes, status: int, expected: str,
+) -> None:
+    """JSON that Python reads but JSON cannot write (inf, NaN) once made the 422 itself fail
+    (500); a long list of wrong items made an answer of 14 MB."""
+    before = [doc async for doc in stores.db["track"].find({})]
+    answer = await client.post("/api/v1/jobs/finished", content=content,
+                               headers={"Content-Type": "application/json"})
+    assert answer.status_code == status, answer.text[:500]
+    assert expected in answer.text
+    assert len(answer.content) < 4096
+    assert [doc async for doc in stores.db["track"].find({})] == before
+
+
+async def test_many_errors_are_listed_up_to_a_limit(client: httpx.AsyncClient) -> None:
+    answer = await client.post(f"/api/v1/assets/{GUID}/barcode", json={
+        "job": "ocr", "asset_subject": "specimen", "barcodes": [1] * 500})
+    assert answer.status_code == 422
+    body = answer.json()
+    assert len(body["detail"]) == MAX_ERRORS and body["errors"] == 500
+    assert body["detail"][0]["loc"] == ["body", "barcodes", 0]
