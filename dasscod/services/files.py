@@ -11,6 +11,7 @@ checked, or absent. The other way, the `load` job fetches an asset's files.
 from __future__ import annotations
 
 import hashlib
+import secrets
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -49,7 +50,9 @@ async def receive_file(
         raise CallbackRejected(422, problem)
     folder = files_root / guid
     await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
-    part = folder / f".{name}.part"
+    # One temporary file per request: a retried upload may overlap its first try, whose late
+    # bytes must not land in the file the retry stored.
+    part = folder / f".{name}.{secrets.token_hex(8)}.part"
     crc = 0
     digest = hashlib.sha256()
     # The job reported the size (in MB of 10^6 bytes, as dassco-hpc does): a body that goes

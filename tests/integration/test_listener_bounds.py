@@ -5,6 +5,7 @@ with the daemon's listener configuration, raw sockets as the attacker):
   the route is off) at once: the process grows by less than 20 MB and nothing is written.
 - With valid credentials, a body over its route's cap gets 413 at the cap, declared or
   streamed (chunked), and a file PUT stops at the size the job reported.
+- Two uploads of one file at once (a retry overlapping its first try) store it whole.
 - An agent credential opens only the routes of the cluster it belongs to, from the
   headers: another cluster's routes get 403 before the body.
 - 2,000 idle connections are closed after the header timeout while /healthz answers, and
@@ -332,3 +333,42 @@ async def test_an_agent_credential_opens_only_its_own_cluster_before_the_body(
                                       headers={"Authorization": f"Bearer {NORTH}"})
     assert mine.status_code == 200 and mine.json() == []
     assert theirs.status_code == 403 and "south" in theirs.json()["detail"]
+
+
+async def test_two_puts_of_one_file_at_once_store_it_whole(
+    setup: tuple[Any, Path, Staging], stores: Stores
+) -> None:
+    """A job's upload retried while its first try is still sending: the first try's late
+    bytes must not land in the file the second stored (they once shared one temporary file,
+    and the first then failed with a 500)."""
+    app, tmp_path, _ = setup
+    token = issue(SECRET, JobClaims(GUID, "derivatives", 1), ttl_s=60)
+    await stores.track.apply(GUID, [JobEvent("derivatives", Event.CLAIM, cluster="local")],
+                             cause="test")
+    path = f"/api/v1/assets/{CHILD}/files/d.jpg"
+    async with serving(app) as port, httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}
+    ) as client:
+        assert (await client.post("/api/v1/derivatives", json=make_metadata(
+            CHILD, parent_guid=GUID).model_dump(mode="json"))).status_code == 200
+        assert (await client.post(f"/api/v1/assets/{CHILD}/files", json={
+            "name": "d.jpg", "type": "jpg", "check_sum": zlib.crc32(DATA),
+            "file_size": len(DATA) / 1e6, "sha256": hashlib.sha256(DATA).hexdigest()})
+        ).status_code == 200
+        first = await anyio.connect_tcp("127.0.0.1", port)
+        async with first:
+            half = len(DATA) // 2
+            await first.send((f"PUT {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer "
+                              f"{token}\r\nContent-Length: {len(DATA)}\r\n\r\n").encode()
+                             + DATA[:half])
+            with anyio.fail_after(5):
+                while not list((tmp_path / "files").rglob("*.part")):  # its write has begun
+                    await anyio.sleep(0.01)
+            second = await client.put(path, content=DATA)
+            assert second.status_code == 200, second.text
+            await first.send(DATA[half:])
+            with anyio.fail_after(5):
+                answer = await first.receive()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    assert (tmp_path / "files" / CHILD / "d.jpg").read_bytes() == DATA
+    assert list((tmp_path / "files").rglob("*.part")) == []
