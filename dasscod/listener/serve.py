@@ -4,12 +4,13 @@ uvicorn closes a keep-alive connection that stays idle after a response, but not
 connects and never sends a request, nor one that sends its headers a byte at a time, and
 it does not bound how many connections it holds, how large a request's head is (httptools
 sets no limit: one connection could send gigabytes of headers) or how many pipelined requests
-a connection queues. `GuardedHttp` adds those: at most `max_connections` at once (one more is
-closed at once); every request's headers complete within `header_timeout_s` of the
-connection, or of the previous response; a request line of at most `MAX_URL_BYTES` (else
-414), at most `MAX_HEADERS` header lines of `MAX_HEAD_BYTES` in all, trailers included (else
-431); at most `MAX_PIPELINED` requests waiting behind the one being answered (a client that
-sends more is cut off: no HTTP client in use pipelines at all).
+a connection queues. `GuardedHttp` adds those: at most `max_connections` at once (when full,
+a new connection closes the one that has waited longest for a request; a newcomer is closed
+only when every connection is busy with one); every request's headers complete within
+`header_timeout_s` of the connection, or of the previous response; a request line of at most
+`MAX_URL_BYTES` (else 414), at most `MAX_HEADERS` header lines of `MAX_HEAD_BYTES` in all,
+trailers included (else 431); at most `MAX_PIPELINED` requests waiting behind the one being
+answered (a client that sends more is cut off: no HTTP client in use pipelines at all).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class ListenerConfig(uvicorn.Config):
         super().__init__(app, http=GuardedHttp, **kwargs)
         self.max_connections = max_connections
         self.header_timeout_s = header_timeout_s
+        #: Connections waiting for a request's headers, the longest waiting first.
+        self.awaiting: dict[GuardedHttp, None] = {}
+        #: Connections closed to make room, until their transport reports them gone.
+        self.evicted: set[GuardedHttp] = set()
 
 
 KIB = 1024
@@ -62,14 +67,30 @@ class GuardedHttp(HttpToolsProtocol):
     _stalled = 0
     _refused: HeadRefused | None = None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    @property
+    def limits(self) -> ListenerConfig:
         config = self.config
         assert isinstance(config, ListenerConfig)
-        if len(self.connections) > config.max_connections:
-            transport.close()
-            return
+        return config
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        limits = self.limits
+        if len(self.connections) - len(limits.evicted) > limits.max_connections:
+            # Full: make room by closing the connection that has waited longest for a
+            # request (idle, or sending its headers slowly): clients that connect and never
+            # ask cannot keep the ones that do out. When every connection is busy with a
+            # request, the newcomer is closed instead.
+            oldest = next(iter(limits.awaiting), self)
+            oldest.evict()
+            if oldest is self:
+                return
         self._await_headers()
+
+    def evict(self) -> None:
+        self._cancel_header_timer()
+        self.limits.evicted.add(self)
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         self._stalled += len(data)
@@ -140,6 +161,7 @@ class GuardedHttp(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        self.limits.evicted.discard(self)
         super().connection_lost(exc)
 
     def _await_headers(self) -> None:
@@ -147,13 +169,16 @@ class GuardedHttp(HttpToolsProtocol):
         config = self.config
         assert isinstance(config, ListenerConfig)
         self._header_timer = self.loop.call_later(config.header_timeout_s, self._too_slow)
+        config.awaiting[self] = None
 
     def _too_slow(self) -> None:
         self._header_timer = None
+        self.limits.awaiting.pop(self, None)
         if not self.transport.is_closing():
             self.transport.close()
 
     def _cancel_header_timer(self) -> None:
+        self.limits.awaiting.pop(self, None)
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None

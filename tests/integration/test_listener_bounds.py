@@ -9,7 +9,8 @@ with the daemon's listener configuration, raw sockets as the attacker):
 - An agent credential opens only the routes of the cluster it belongs to, from the
   headers: another cluster's routes get 403 before the body.
 - 2,000 idle connections are closed after the header timeout while /healthz answers, and
-  connections beyond `max_connections` are closed at once.
+  when all `max_connections` are taken the one that waited longest for a request makes room
+  (a newcomer is closed only when every connection is busy with a request).
 """
 
 from __future__ import annotations
@@ -282,13 +283,50 @@ async def test_idle_connections_are_closed_while_healthz_answers(stores: Stores)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-async def test_connections_beyond_the_limit_are_closed_at_once(stores: Stores) -> None:
+async def test_when_full_the_longest_waiting_connection_makes_room(stores: Stores) -> None:
+    """Slowloris: 60 connections that never send a request against a cap of 20. Each new one
+    closes the one that has waited longest, so the listener stays reachable: /healthz and a
+    callback's 401 are answered, and the 20 newest attackers are the ones still held."""
     app = create_app(stores, SECRET)
-    async with serving(app, header_timeout_s=30.0, max_connections=5) as port:
+    async with serving(app, header_timeout_s=30.0, max_connections=20) as port:
+        idle = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(60)]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            with anyio.fail_after(5):
+                health = await client.get("/healthz")
+                refused = await client.post("/api/v1/jobs/finished", json={})
+        assert health.status_code == 200
+        assert refused.status_code == 401
+        closed = []
+        for conn in idle:
+            with anyio.move_on_after(0.2):
+                try:
+                    await conn.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    closed.append(conn)
+        # The two answered requests made room twice more: 42 of the 60 are gone, oldest first.
+        assert closed == idle[:len(closed)] and 40 <= len(closed) <= 42, len(closed)
+        for conn in idle:
+            await conn.aclose()
+
+
+async def test_when_every_connection_is_busy_a_new_one_is_closed(stores: Stores) -> None:
+    """Connections in the middle of a request are not taken: the newcomer is closed."""
+    app = create_app(stores, SECRET)
+    token = issue(SECRET, JobClaims(GUID, "load", 1), ttl_s=60)
+    busy_head = (f"POST /api/v1/jobs/finished HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer "
+                 f"{token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+    async with serving(app, header_timeout_s=30.0, body_timeout_s=30.0,
+                       max_connections=5) as port:
         held = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(5)]
+        for conn in held:
+            await conn.send(busy_head.encode())  # headers in, the body never comes
         extra = await anyio.connect_tcp("127.0.0.1", port)
         with anyio.fail_after(5), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
             await extra.receive()
+        for conn in held:
+            with anyio.move_on_after(0.2) as waiting:
+                await conn.receive()
+            assert waiting.cancelled_caught, "a busy connection was closed"
         for conn in (*held, extra):
             await conn.aclose()
 
