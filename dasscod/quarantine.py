@@ -112,7 +112,8 @@ def _write_reason(folder: Path, text: str) -> None:
 
 def _write_reason_at(dir_fd: int, text: str) -> None:
     out = os.open(REASON_FILE, _CREATE, 0o644, dir_fd=dir_fd)
-    with os.fdopen(out, "w", encoding="utf-8") as stream:
+    # A name that is not UTF-8 (surrogate escapes) is written with its bytes escaped.
+    with os.fdopen(out, "w", encoding="utf-8", errors="backslashreplace") as stream:
         stream.write(text)
 
 

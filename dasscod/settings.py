@@ -186,6 +186,9 @@ class IntakeSettings(_Section):
     api_token_file: Path | None = None
     #: Largest delivery the intake API accepts, all files together.
     api_max_mb: float = Field(default=2000.0, gt=0)
+    #: Largest folder delivery, all image files together, refused from the files' sizes
+    #: before any is read (a 1 TB sparse file costs nothing to make and hours to checksum).
+    max_delivery_mb: float = Field(default=10_000.0, gt=0)
     #: An asset in ERROR keeps its files (work area, cluster work folder, job state files)
     #: this long, for an operator to look at or retry; a DONE asset's go once ERDA has them.
     retention_days: float = Field(default=30.0, ge=0)

@@ -3,12 +3,13 @@
 The request is multipart: one `metadata` part (the metadata JSON, as in a folder delivery) and
 one or more `files` parts (the images). The parts are written to a staging folder and taken
 by the intake supervisor with exactly the checks of a folder delivery, so both ways end in the
-same documents. Answers: 201 with the new asset, 401 without the intake credential, 409 for
-a guid that is already registered (nothing changes), 413 beyond the size limit, 422 with what
-is wrong with the delivery.
+same documents. Answers: 201 with the new asset, 400 for a request the multipart parser
+refuses (more than one text part, more than MAX_FILES files, a metadata part larger than a
+metadata file may be, part headers over python-multipart's bounds), 401 without the intake
+credential, 409 for a guid that is already registered or being registered right now
+(nothing changes), 413 beyond the size limit, 422 with what is wrong with the delivery.
 """
 
-import json
 import re
 import secrets
 import shutil
@@ -20,7 +21,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from dasscod.delivery import DeliveryRejected
+from dasscod.delivery import MAX_FILES, MAX_METADATA_BYTES, DeliveryRejected, parse_metadata_json
 from dasscod.filenames import file_name_problem
 from dasscod.model import GUID_PATTERN, Track
 from dasscod.protocol.callbacks import refusals
@@ -58,7 +59,11 @@ def intake_router(intake: Intake | None, token: str | None, max_mb: float) -> AP
             raise HTTPException(401, "missing or wrong intake credential",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    @router.post("/assets", status_code=201, dependencies=[Depends(ingestion_client)])
+    # The multipart parser's own bounds, before the route runs: one text part (the metadata,
+    # as large as a metadata file may be) and a delivery's files; more is a 400.
+    @router.post("/assets", status_code=201, dependencies=[Depends(ingestion_client)],
+                 form_limits={"max_fields": 1, "max_files": MAX_FILES,
+                              "max_part_size": MAX_METADATA_BYTES})
     async def deliver(
         metadata: Annotated[str, Form(description="the asset's metadata JSON")],
         files: Annotated[list[UploadFile], File(description="the asset's image files")],
@@ -69,9 +74,11 @@ def intake_router(intake: Intake | None, token: str | None, max_mb: float) -> AP
             raise HTTPException(503, f"{held}; deliver again once it is resumed",
                                 headers={"Retry-After": "60"})
         try:
-            guid = json.loads(metadata).get("asset_guid")
-        except (ValueError, AttributeError):
-            raise HTTPException(422, "metadata is not a JSON object") from None
+            # The folder delivery's parser: the same refusals (duplicate keys, NaN, nesting...).
+            raw = metadata.encode("utf-8", "surrogatepass")
+            guid = parse_metadata_json(raw, "metadata").get("asset_guid")
+        except DeliveryRejected as exc:
+            raise HTTPException(422, exc.reason) from None
         if not isinstance(guid, str) or not re.fullmatch(GUID_PATTERN, guid):
             # Checked before the guid names a file: a NUL or 300 characters must be a 422.
             raise HTTPException(422, "metadata.asset_guid: a guid of letters, digits and . _ - "

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -42,14 +43,17 @@ from pymongo.errors import PyMongoError
 
 from dasscod import metrics
 from dasscod.delivery import (
+    BYTES_PER_MB,
     READY_MARKER,
     REASON_FILE,
     Delivery,
+    DeliveryChanged,
     DeliveryRejected,
     SettleTracker,
     Snapshot,
     read_delivery,
     snapshot,
+    verify_unchanged,
 )
 from dasscod.holds import Holds
 from dasscod.log import get_logger
@@ -76,8 +80,6 @@ STAGING = ".incoming"
 #: Work-area folders checked against the store per query during recovery.
 RECOVERY_BATCH = 500
 
-#: The snapshot of a delivery whose folder is a symbolic link (it is quarantined, not read).
-_LINK: Snapshot = (("", False, -1, -1),)
 
 
 @dataclass
@@ -85,6 +87,20 @@ class _Item:
     """Where a delivery is right now (it moves from the intake folder to the work area)."""
 
     path: Path
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """An entry of the intake folder, as one scan found it."""
+
+    name: str
+    ready: bool
+    snap: Snapshot | None
+    #: Why it cannot be taken, known from the listing alone (a link, a loose file, a folder
+    #: too large or unreadable to list): it is quarantined without being read.
+    problem: DeliveryRejected | None = None
+    #: The problem waits until the entry has settled (a loose file may still be copied in).
+    settle_first: bool = False
 
 
 class IntakeSupervisor:
@@ -120,7 +136,13 @@ class IntakeSupervisor:
         self._mongo_down = False
         #: The last problem logged per folder, so a persisting one is not logged every scan.
         self._reported: dict[str, str] = {}
-        self._api_lock = anyio.Lock()
+        #: Guids being taken right now (from the folder or the API): a second delivery of
+        #: one of them waits for the first to be registered or refused.
+        self._taking: set[str] = set()
+        #: Intake-folder deliveries that changed while they were read: they are taken only
+        #: once they have settled, `.ready` or not.
+        self._changing: set[str] = set()
+        self._max_bytes = int(settings.max_delivery_mb * BYTES_PER_MB)
         #: An operator's pause of intake, or the drain: deliveries wait where they are.
         self.holds = holds if holds is not None else Holds()
 
@@ -173,20 +195,22 @@ class IntakeSupervisor:
             if self.held():
                 return taken  # an interrupted take above was finished; nothing new is taken
             now = self._clock()
-            self._settle.retain(name for name, _, _ in candidates)
-            for name, ready, snap in candidates:
-                if snap is _LINK:
-                    await self._quarantine(
-                        self.folder / name,
-                        "the delivery folder is a symbolic link; intake takes only real "
-                        "folders (it never follows a link out of the intake folder)",
-                        hint=f"Move or copy the folder itself into the intake folder "
-                        f"{self.folder}; this quarantine folder holds only the link.",
-                    )
+            names = {c.name for c in candidates}
+            self._settle.retain(names)
+            self._changing &= names
+            self._forget_reports(names)
+            for candidate in candidates:
+                name, problem = candidate.name, candidate.problem
+                if problem is not None and not candidate.settle_first:
+                    await self._quarantine(self.folder / name, problem.reason, hint=problem.hint)
                     continue
-                if not (ready or self._settle.settled(name, snap, now)):
+                ready = candidate.ready and name not in self._changing
+                if not (ready or self._settle.settled(name, candidate.snap, now)):
                     continue
-                if await self._process(_Item(self.folder / name), self._take):
+                self._changing.discard(name)
+                if problem is not None:
+                    await self._quarantine(self.folder / name, problem.reason, hint=problem.hint)
+                elif await self._process(_Item(self.folder / name), self._take):
                     taken += 1
         except TRANSIENT as exc:
             if is_fatal(exc):
@@ -255,10 +279,15 @@ class IntakeSupervisor:
         """Take an asset delivered through the API and staged in `staged`: the same checks and
         the same result as a folder delivery, but a problem is raised to the caller
         (DeliveryRejected, AssetExists) instead of quarantined, and nothing is kept."""
-        async with self._api_lock:  # two uploads of one guid: the second sees the first
+        guid: str | None = None
+        try:
             try:
-                delivery = await to_thread.run_sync(read_delivery, staged, self.pipelines.keys())
+                delivery = await to_thread.run_sync(self._read, staged)
                 guid = delivery.guid
+                if guid in self._taking:  # two uploads of one guid: the second waits for none
+                    guid = None
+                    raise AssetExists(f"asset {delivery.guid} is being registered right now")
+                self._taking.add(guid)
                 target = self.work_area / guid
                 if (await self.stores.track.get(guid) is not None
                         or await to_thread.run_sync(target.exists)):
@@ -271,6 +300,9 @@ class IntakeSupervisor:
             self._unfinished.add(target)
             if not await self._register(item, delivery, source="intake API"):
                 raise AssetExists(f"asset {guid} is already registered")
+        finally:
+            if guid is not None:
+                self._taking.discard(guid)
         track = await self.stores.track.get(guid)
         assert track is not None
         return track
@@ -284,6 +316,16 @@ class IntakeSupervisor:
             return await step(item)
         except TRANSIENT:
             raise
+        except DeliveryChanged as exc:
+            if item.path.parent != self.folder:
+                await self._quarantine(item.path, exc.reason, hint=exc.hint)
+                return False
+            # Still being written (or rewritten): it waits until it has settled.
+            self._changing.add(item.path.name)
+            self._settle.forget(item.path.name)
+            self._report(str(item.path), "delivery changed while it was read; it is taken "
+                         "once it has settled", level="warning", folder=str(item.path),
+                         reason=exc.reason)
         except DeliveryRejected as exc:
             await self._quarantine(item.path, exc.reason, hint=exc.hint)
         except Exception as exc:
@@ -298,32 +340,40 @@ class IntakeSupervisor:
 
     async def _take(self, item: _Item) -> bool:
         """Steps 1-4 for a delivery in the intake folder."""
-        delivery = await to_thread.run_sync(read_delivery, item.path, self.pipelines.keys())
+        delivery = await to_thread.run_sync(self._read, item.path)
         guid = delivery.guid
-        if await self.stores.track.get(guid) is not None:
-            raise _already_registered(guid)
-        target = self.work_area / guid
-        if await to_thread.run_sync(target.exists):
-            # An earlier take of this asset was interrupted after its move: finish that one
-            # first; this delivery is then a second copy of a registered asset.
-            self._unfinished.add(target)
-            if await self._process(_Item(target), self._finish):
+        if guid in self._taking:
+            return False  # the API is taking it; the next scan finds it registered (or not)
+        self._taking.add(guid)
+        try:
+            if await self.stores.track.get(guid) is not None:
                 raise _already_registered(guid)
+            target = self.work_area / guid
             if await to_thread.run_sync(target.exists):
-                return False  # it could not be quarantined either; logged, next scan retries
-        source = item.path
-        await to_thread.run_sync(_move_into_place, source, target)
-        item.path = target
-        self._unfinished.add(target)
-        self._reported.pop(str(source), None)
-        return await self._register(item, delivery, source=str(source))
+                # An earlier take of this asset was interrupted after its move: finish that
+                # one first; this delivery is then a second copy of a registered asset.
+                self._unfinished.add(target)
+                if await self._process(_Item(target), self._finish):
+                    raise _already_registered(guid)
+                if await to_thread.run_sync(target.exists):
+                    return False  # it could not be quarantined either; logged, retried
+            source = item.path
+            await to_thread.run_sync(_move_into_place, source, target)
+            item.path = target
+            self._unfinished.add(target)
+            self._reported.pop(str(source), None)
+            # What was checksummed must be what was moved: nothing written or swapped since.
+            await to_thread.run_sync(verify_unchanged, delivery, target)
+            return await self._register(item, delivery, source=str(source))
+        finally:
+            self._taking.discard(guid)
 
     async def _finish(self, item: _Item) -> bool:
         """Steps 3-4 for a work-area folder whose take was interrupted."""
         if await self.stores.track.get(item.path.name) is not None:
             self._unfinished.discard(item.path)  # it was complete after all
             return False
-        delivery = await to_thread.run_sync(read_delivery, item.path, self.pipelines.keys())
+        delivery = await to_thread.run_sync(self._read, item.path)
         if delivery.guid != item.path.name:
             raise DeliveryRejected(
                 f"the work-area folder {item.path.name} holds asset {delivery.guid}: "
@@ -390,6 +440,13 @@ class IntakeSupervisor:
         """Move `path` to the quarantine folder with a REASON.txt; on failure log (once) and
         leave it where it is."""
         now = utcnow()
+        if not await to_thread.run_sync(os.path.lexists, path):
+            # Renamed or removed by its producer since it was listed: nothing to move, and
+            # nothing was taken (a renamed one is found again under its new name).
+            log.info("delivery vanished before it was taken", folder=str(path), reason=reason)
+            self._unfinished.discard(path)
+            self._settle.forget(path.name)
+            return
         try:
             dest = await to_thread.run_sync(
                 move_to_quarantine,
@@ -398,7 +455,7 @@ class IntakeSupervisor:
                 _reason_text(reason, hint=hint, source=path, intake=self.folder, at=now),
                 now,
             )
-        except OSError as exc:
+        except Exception as exc:  # anything: a delivery must never end the loop
             self._report(
                 str(path),
                 "delivery could not be quarantined; left in place",
@@ -436,9 +493,19 @@ class IntakeSupervisor:
                 if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".")
             )
 
-    def _list_intake(self) -> list[tuple[str, bool, Snapshot | None]]:
-        """(name, has `.ready`, snapshot) of each non-empty delivery folder."""
-        found: list[tuple[str, bool, Snapshot | None]] = []
+    def _read(self, folder: Path) -> Delivery:
+        """Read and check a delivery (in a worker thread): every chunk checksummed is the
+        intake's heartbeat, so a large delivery is progress and a hung read is not."""
+        return read_delivery(folder, self.pipelines.keys(), max_bytes=self._max_bytes,
+                             progress=self._beat)
+
+    def _beat(self) -> None:
+        beat(self.settings.poll_s)
+
+    def _list_intake(self) -> list[_Candidate]:
+        """Each entry of the intake folder that is not a dot entry, an empty folder or one of
+        the daemon's own folders."""
+        found: list[_Candidate] = []
         own = {self.work_area, self.quarantine}
         with os.scandir(self.folder) as listing:
             entries = sorted(listing, key=lambda e: e.name)
@@ -446,24 +513,49 @@ class IntakeSupervisor:
             path = Path(entry.path)
             if entry.name.startswith(".") or path in own:
                 continue
-            if entry.is_symlink():
-                found.append((entry.name, False, _LINK))
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # gone since it was listed
+            if stat.S_ISLNK(info.st_mode):
+                found.append(_Candidate(entry.name, False, None, DeliveryRejected(
+                    "the delivery folder is a symbolic link; intake takes only real "
+                    "folders (it never follows a link out of the intake folder)",
+                    hint=f"Move or copy the folder itself into the intake folder "
+                    f"{self.folder}; this quarantine folder holds only the link.")))
                 continue
-            if not entry.is_dir(follow_symlinks=False):
-                self._report(
-                    str(path),
-                    "file outside a delivery folder ignored",
-                    file=str(path),
-                    hint="deliver each asset in its own sub-folder",
-                    level="warning",
-                )
+            if not stat.S_ISDIR(info.st_mode):
+                regular = stat.S_ISREG(info.st_mode)
+                what = "a file" if regular else "not a folder (a FIFO, socket or device)"
+                # A loose file may still be being copied in: it is moved once it has settled.
+                found.append(_Candidate(
+                    entry.name, False, (("", False, info.st_size, info.st_mtime_ns),),
+                    DeliveryRejected(
+                        f"{entry.name} is {what}, not a delivery folder: intake takes one "
+                        "folder per asset",
+                        hint="Put the asset's metadata file and image files in a folder of "
+                        f"their own inside the intake folder {self.folder}; this quarantine "
+                        "folder holds the entry as it was found."),
+                    settle_first=regular))
                 continue
-            snap = snapshot(path)
+            try:
+                snap = snapshot(path)
+            except DeliveryRejected as exc:
+                found.append(_Candidate(entry.name, False, None, exc))
+                continue
             if snap == ():
                 continue  # an empty folder: a delivery that has not started yet
             ready = snap is not None and any(e[0] == READY_MARKER for e in snap)
-            found.append((entry.name, ready, snap))
+            found.append(_Candidate(entry.name, ready, snap))
         return found
+
+    def _forget_reports(self, names: set[str]) -> None:
+        """Drop the logged problems of intake-folder entries that are gone (bounded memory
+        however many names come and go)."""
+        prefix = str(self.folder) + os.sep
+        for key in [k for k in self._reported
+                    if k.startswith(prefix) and k[len(prefix):] not in names]:
+            del self._reported[key]
 
     def _report(self, key: str, event: str, *, level: str = "error", **fields: Any) -> None:
         text = repr((event, sorted(fields.items())))

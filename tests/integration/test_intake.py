@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -61,17 +62,20 @@ def deliver(
 class Intake:
     """The supervisor under test plus its folders."""
 
-    def __init__(self, root: Path, stores: Stores, settle_s: float = 30.0) -> None:
+    def __init__(self, root: Path, stores: Stores, settle_s: float = 30.0, *,
+                 clock: Callable[[], float] | None = None, **settings: Any) -> None:
         self.settings = IntakeSettings(
             folder=root / "intake",
             work_area=root / "assets",
             quarantine=root / "quarantine",
             settle_s=settle_s,
             poll_s=0.05,
+            **settings,
         )
         self.stores = stores
         self.new: list[Track] = []
-        self.supervisor = IntakeSupervisor(self.settings, stores, PIPELINES, on_new=self.new.append)
+        self.supervisor = IntakeSupervisor(self.settings, stores, PIPELINES, on_new=self.new.append,
+                                           clock=clock or time.monotonic)
         for folder in (self.folder, self.work_area, self.quarantine):
             folder.mkdir(parents=True, exist_ok=True)
 

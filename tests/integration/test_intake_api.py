@@ -94,7 +94,7 @@ async def test_a_duplicate_guid_is_409_and_changes_nothing(
     [
         (meta("api-3", institution=""), None, "institution"),
         (meta("api-4", pipeline_name="PIPENOPE"), None, "PIPENOPE"),
-        ("{not json", None, "not a JSON object"),
+        ("{not json", None, "metadata is not valid JSON"),
         (meta("api-5"), {}, "files"),
         (meta("api-6"), {"../escape.tif": IMAGE}, "file name"),
         # the rule of dasscod.filenames, the one `load` applies on the cluster

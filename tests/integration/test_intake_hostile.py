@@ -6,16 +6,22 @@ of the intake folder, or block its loop.
 
 from __future__ import annotations
 
+import json
 import os
+import zlib
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 import anyio
+import anyio.from_thread
 import pytest
 import structlog
 
-from dasscod.delivery import REASON_FILE
+from dasscod import delivery as delivery_module
+from dasscod.delivery import MAX_ENTRIES, REASON_FILE, verify_unchanged
 from dasscod.quarantine import NAME_MAX
-from dasscod.store import Stores
+from dasscod.store import AssetExists, Stores
 from tests.integration.test_intake import Intake, deliver, meta
 
 #: A scan that blocks (a FIFO opened for writing) fails the test instead of hanging it.
@@ -151,3 +157,239 @@ async def test_a_reason_folder_sends_the_delivery_into_a_fresh_folder(intake: In
     (holder,) = intake.quarantined()
     assert "REASON.txt is not a regular file" in (holder / REASON_FILE).read_text()
     assert (holder / "bad" / REASON_FILE / "inside").read_text() == "x"
+
+
+# --------------------------------------------------------------------------- more attacks
+
+
+def quarantine_lines(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
+    return [e for e in logs if e["event"] == "delivery quarantined"]
+
+
+def loud(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
+    """Error lines and tracebacks: a hostile delivery is a warning, never a crash."""
+    return [e for e in logs if e["log_level"] in ("error", "critical") or "exc_info" in e]
+
+
+def make_hostile(intake: Intake, tmp_path: Path, kind: str) -> str:
+    """Build one hostile delivery; return what its REASON.txt must say."""
+    if kind == "not-utf8-folder":
+        raw = os.fsencode(intake.folder) + b"/bad-\xff\xfe"
+        Path(os.fsdecode(raw)).mkdir()
+        Path(os.fsdecode(raw), "m.json").write_text(json.dumps(meta("x1", pipeline_name="NOPE")))
+        Path(os.fsdecode(raw), "x1.tif").write_bytes(b"II*\0")
+        Path(os.fsdecode(raw), ".ready").touch()
+        return "unknown pipeline"
+    if kind == "not-utf8-image":
+        folder = deliver(intake.folder, "x2", meta("x2"))
+        os.close(os.open(os.fsencode(folder) + b"/x2-\xe6.tif", os.O_CREAT | os.O_WRONLY))
+        return "x2-\\udce6.tif"
+    if kind == "dollar-keys":
+        deliver(intake.folder, "x3", meta("x3", **{"$set": {"jobs_status": "DONE"}}))
+        return "starts with '$'"
+    if kind == "owned-fields":
+        deliver(intake.folder, "x4", meta("x4", _id="victim", metadata_version=7))
+        return "the daemon writes those fields itself"
+    if kind == "lone-surrogate":
+        deliver(intake.folder, "x5", json.dumps(meta("x5"))[:-1] + ', "note": "\\udc80"}')
+        return "cannot be stored"
+    if kind == "duplicate-key":
+        deliver(intake.folder, "x6", json.dumps(meta("x6"))[:-1] + ', "asset_guid": "other"}')
+        return "is given twice"
+    if kind == "deep-json":
+        deliver(intake.folder, "x7", '{"tags": ' + "[" * 50_000 + "]" * 50_000 + "}")
+        return "nested too deeply"
+    if kind == "huge-metadata":
+        folder = deliver(intake.folder, "x8", meta("x8"))
+        with (folder / "x8.json").open("r+b") as stream:
+            stream.truncate(1 << 30)
+        return "too large for a metadata file"
+    if kind == "huge-image":
+        folder = deliver(intake.folder, "x9", meta("x9"))
+        with (folder / "x9-big.tif").open("wb") as stream:
+            stream.truncate(3 * MAX_DELIVERY_MB * 1_000_000)
+        return "more than intake takes in one delivery"
+    if kind == "hard-link":
+        outside = tmp_path / "outside.tif"
+        outside.write_bytes(b"II*\0 the producer's own")
+        folder = deliver(intake.folder, "x10", meta("x10"))
+        os.link(outside, folder / "x10-linked.tif")
+        return "has 2 names (hard links)"
+    if kind == "case-twins":
+        deliver(intake.folder, "x11", meta("x11"), {"x11.tif": b"II*\0a", "X11.TIF": b"II*\0b"})
+        return "differ only in case"
+    if kind == "hidden-fifo":
+        folder = deliver(intake.folder, "x12", meta("x12"))
+        os.mkfifo(folder / ".pipe")
+        return ".pipe is not a regular file"
+    if kind == "too-many-entries":
+        folder = deliver(intake.folder, "x13", meta("x13"))
+        for n in range(MAX_ENTRIES):
+            (folder / f"x13-{n}.tif").write_bytes(b"II*\0")
+        return f"more than {MAX_ENTRIES} entries"
+    if kind == "parent-path":
+        deliver(intake.folder, "x14", meta("x14", parent_guid="../../etc"))
+        return "is not the guid of another asset"
+    if kind == "fifo-in-intake":
+        os.mkfifo(intake.folder / "x15.pipe")
+        return "x15.pipe is not a folder (a FIFO, socket or device)"
+    raise AssertionError(kind)
+
+
+HOSTILE = ["not-utf8-folder", "not-utf8-image", "dollar-keys", "owned-fields", "lone-surrogate",
+           "duplicate-key", "deep-json", "huge-metadata", "huge-image", "hard-link", "case-twins",
+           "hidden-fifo", "too-many-entries", "parent-path", "fifo-in-intake"]
+MAX_DELIVERY_MB = 1
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+async def test_a_hostile_delivery_is_quarantined_with_its_reason_and_one_line(
+    tmp_path: Path, stores: Stores, kind: str
+):
+    intake = Intake(tmp_path, stores, max_delivery_mb=MAX_DELIVERY_MB)
+    expected = make_hostile(intake, tmp_path, kind)
+    deliver(intake.folder, "good", meta("good"))  # taken at the same time, unharmed
+
+    with structlog.testing.capture_logs() as logs:
+        assert await scan(intake) == 1
+
+    assert await stores.track.get("good") is not None
+    assert await intake.counts() == (1, 1)  # nothing of the hostile one was stored
+    assert sorted(p.name for p in intake.work_area.iterdir()) == ["good"]
+    assert list(intake.folder.iterdir()) == []
+    (place,) = intake.quarantined()
+    assert expected in (place / REASON_FILE).read_text(encoding="utf-8")
+    (line,) = quarantine_lines(logs)
+    assert expected in line["reason"]
+    assert loud(logs) == []
+
+
+async def test_a_loose_file_in_the_intake_folder_is_quarantined_once_settled(
+    tmp_path: Path, stores: Stores
+):
+    clock = [0.0]
+    intake = Intake(tmp_path, stores, settle_s=5, clock=lambda: clock[0])
+    (intake.folder / "sheet.tif").write_bytes(b"II*\0 delivered without its folder")
+
+    assert await scan(intake) == 0
+    assert intake.quarantined() == []  # it may still be being copied
+    clock[0] = 6
+    assert await scan(intake) == 0
+
+    (holder,) = intake.quarantined()
+    assert (holder / "sheet.tif").read_bytes() == b"II*\0 delivered without its folder"
+    assert "sheet.tif is a file, not a delivery folder" in (holder / REASON_FILE).read_text()
+    assert list(intake.folder.iterdir()) == []
+
+
+async def test_a_file_written_while_it_is_read_waits_and_is_taken_once_settled(
+    tmp_path: Path, stores: Stores, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(delivery_module, "CRC_CHUNK", 4)
+    clock = [0.0]
+    intake = Intake(tmp_path, stores, settle_s=5, clock=lambda: clock[0])
+    folder = deliver(intake.folder, "g20", meta("g20"), {"g20.tif": b"II*\0first"})
+    writes = [b"-and-more"]
+
+    def writer() -> None:
+        if writes:
+            with (folder / "g20.tif").open("ab") as stream:
+                stream.write(writes.pop())
+
+    monkeypatch.setattr(intake.supervisor, "_beat", writer)
+
+    with structlog.testing.capture_logs() as logs:
+        assert await scan(intake) == 0  # .ready, but the file changed under the checksum
+        assert await scan(intake) == 0  # no longer trusted: it must settle first
+        clock[0] = 6
+        assert await scan(intake) == 1
+
+    assert intake.quarantined() == []
+    track = await stores.track.get("g20")
+    assert track is not None
+    assert track.file_list[0].check_sum == zlib.crc32(b"II*\0first-and-more")
+    waits = [e for e in logs if e["event"].startswith("delivery changed while it was read")]
+    assert len(waits) == 1
+
+
+async def test_a_file_changed_after_the_checksum_is_never_registered(
+    tmp_path: Path, stores: Stores, monkeypatch: pytest.MonkeyPatch
+):
+    intake = Intake(tmp_path, stores)
+    folder = deliver(intake.folder, "g21", meta("g21"), {"g21.tif": b"II*\0checked"})
+    real = intake.supervisor._read
+
+    def read_then_swap(path: Path) -> Any:
+        found = real(path)
+        # Between the checksum and the move: the producer swaps the file.
+        (folder / "new.tmp").write_bytes(b"II*\0swapped")
+        (folder / "new.tmp").replace(folder / "g21.tif")
+        return found
+
+    monkeypatch.setattr(intake.supervisor, "_read", read_then_swap)
+    assert await scan(intake) == 0
+
+    assert await intake.counts() == (0, 0)
+    assert list(intake.work_area.iterdir()) == []
+    reason = intake.reason()
+    assert "g21.tif changed (was written to or replaced) while the delivery was taken" in reason
+    (moved,) = intake.quarantined()
+    assert (moved / "g21.tif").read_bytes() == b"II*\0swapped"
+
+
+async def test_a_delivery_renamed_before_it_is_taken_is_taken_under_its_new_name(
+    tmp_path: Path, stores: Stores, monkeypatch: pytest.MonkeyPatch
+):
+    intake = Intake(tmp_path, stores)
+    deliver(intake.folder, "g22", meta("g22"))
+    real = intake.supervisor._read
+    renamed: list[Path] = []
+
+    def rename_then_read(path: Path) -> Any:
+        if not renamed:
+            renamed.append(path.rename(path.with_name("g22-renamed")))
+        return real(path)
+
+    monkeypatch.setattr(intake.supervisor, "_read", rename_then_read)
+    with structlog.testing.capture_logs() as logs:
+        assert await scan(intake) == 0  # gone from under the take: nothing to quarantine
+        assert await scan(intake) == 1  # found again under its new name
+
+    assert await stores.track.get("g22") is not None
+    assert intake.quarantined() == []
+    assert loud(logs) == []
+    assert [e["event"] for e in logs if "vanished" in e["event"]] == [
+        "delivery vanished before it was taken"]
+
+
+async def test_the_same_guid_from_the_api_and_the_folder_at_once_is_registered_once(
+    tmp_path: Path, stores: Stores, monkeypatch: pytest.MonkeyPatch
+):
+    intake = Intake(tmp_path, stores)
+    deliver(intake.folder, "g23", meta("g23"))
+    staged = intake.supervisor.staging_folder()
+    (staged / "g23.json").write_text(json.dumps(meta("g23")))
+    (staged / "g23.tif").write_bytes(b"II*\0 api copy")
+    real = verify_unchanged
+    api_result: list[Any] = []
+
+    def verify_and_race(delivery: Any, folder: Path) -> None:
+        # The folder delivery is moved and about to be registered: the API delivers it too.
+        api_result.append(anyio.from_thread.run(_accept, intake, staged))
+        real(delivery, folder)
+
+    monkeypatch.setattr("dasscod.supervisors.intake.verify_unchanged", verify_and_race)
+    assert await scan(intake) == 1
+
+    assert isinstance(api_result[0], AssetExists)
+    assert "being registered right now" in str(api_result[0])
+    assert await intake.counts() == (1, 1)
+    assert not staged.exists()
+    assert intake.quarantined() == []
+
+
+async def _accept(intake: Intake, staged: Path) -> Any:
+    try:
+        return await intake.supervisor.accept(staged)
+    except AssetExists as exc:
+        return exc
