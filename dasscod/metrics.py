@@ -85,6 +85,13 @@ ARS_CALLS = Counter(
 INTAKE_QUARANTINED = Counter(
     "dasscod_intake_quarantined", "Deliveries moved to the quarantine folder.",
 )
+LISTENER_CUT_OFF = Counter(
+    "dasscod_listener_cut_off",
+    "Connections the listener closed to protect itself, by reason: header_timeout (no "
+    "request within listener.header_timeout_s), evicted (the longest waiting, to make room), "
+    "full (every connection busy with a request), head_too_large (414/431), pipelined.",
+    ["reason"],
+)
 SUPERVISOR_RESTARTS = Counter(
     "dasscod_supervisor_restarts",
     "Supervisors restarted after they crashed, by supervisor.",

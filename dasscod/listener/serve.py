@@ -22,6 +22,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from dasscod import metrics
 from dasscod.listener.pace import BodyPace
 from dasscod.settings import ListenerSettings
 
@@ -83,6 +84,7 @@ class GuardedHttp(HttpToolsProtocol):
             # request, the newcomer is closed instead.
             oldest = next(iter(limits.awaiting), self)
             oldest.evict()
+            metrics.LISTENER_CUT_OFF.labels(reason="full" if oldest is self else "evicted").inc()
             if oldest is self:
                 return
         self._await_headers()
@@ -143,6 +145,8 @@ class GuardedHttp(HttpToolsProtocol):
     def _stop(self, refused: HeadRefused) -> None:
         """Answer the refusal if it is about the head of the next request, else (trailers,
         a pipeline) cut the connection: a second answer would garble the first."""
+        metrics.LISTENER_CUT_OFF.labels(
+            reason="pipelined" if refused.status == 429 else "head_too_large").inc()
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.disconnected = True
             self.cycle.message_event.set()
@@ -175,6 +179,7 @@ class GuardedHttp(HttpToolsProtocol):
         self._header_timer = None
         self.limits.awaiting.pop(self, None)
         if not self.transport.is_closing():
+            metrics.LISTENER_CUT_OFF.labels(reason="header_timeout").inc()
             self.transport.close()
 
     def _cancel_header_timer(self) -> None:

@@ -32,6 +32,7 @@ import pytest
 
 from dasscod.cluster.configured import build_clusters
 from dasscod.listener.app import create_app
+from dasscod.metrics import REGISTRY
 from dasscod.pipeline import Event, JobEvent
 from dasscod.pipelines import load_pipelines
 from dasscod.services.agent import AgentService
@@ -252,6 +253,11 @@ async def _put_stops(port: int, tmp_path: Path, stores: Stores) -> None:
 IDLE = 2000
 
 
+def cut_off(reason: str) -> float:
+    """`dasscod_listener_cut_off_total` for `reason`, as /metrics shows it."""
+    return REGISTRY.get_sample_value("dasscod_listener_cut_off_total", {"reason": reason}) or 0
+
+
 async def test_idle_connections_are_closed_while_healthz_answers(stores: Stores) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = 2 * IDLE + 256  # both ends are in this process
@@ -288,6 +294,7 @@ async def test_when_full_the_longest_waiting_connection_makes_room(stores: Store
     closes the one that has waited longest, so the listener stays reachable: /healthz and a
     callback's 401 are answered, and the 20 newest attackers are the ones still held."""
     app = create_app(stores, SECRET)
+    evicted_before = cut_off("evicted")
     async with serving(app, header_timeout_s=30.0, max_connections=20) as port:
         idle = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(60)]
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
@@ -305,6 +312,7 @@ async def test_when_full_the_longest_waiting_connection_makes_room(stores: Store
                     closed.append(conn)
         # The two answered requests made room twice more: 42 of the 60 are gone, oldest first.
         assert closed == idle[:len(closed)] and 40 <= len(closed) <= 42, len(closed)
+        assert cut_off("evicted") - evicted_before == len(closed)
         for conn in idle:
             await conn.aclose()
 

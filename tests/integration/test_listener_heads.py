@@ -21,6 +21,7 @@ import pytest
 
 from dasscod.listener.app import create_app
 from dasscod.listener.serve import MAX_HEADERS, MAX_PIPELINED
+from dasscod.metrics import REGISTRY
 from dasscod.store import Stores
 from tests.serving import serving
 
@@ -71,6 +72,8 @@ FLOODS = [
 async def test_an_endless_head_is_refused(stores: Stores, what: str, start: bytes,
                                           filler: bytes, status: str) -> None:
     me = psutil.Process()
+    refused_before = REGISTRY.get_sample_value(
+        "dasscod_listener_cut_off_total", {"reason": "head_too_large"}) or 0
     async with serving(create_app(stores, SECRET)) as port:
         before = me.memory_info().rss
         line, sent, closed = await anyio.to_thread.run_sync(partial(flood, port, start, filler))
@@ -82,6 +85,8 @@ async def test_an_endless_head_is_refused(stores: Stores, what: str, start: byte
     assert closed
     assert sent < 8 << 20  # socket buffers, not the seconds of flood
     assert growth < 20 << 20, growth
+    assert REGISTRY.get_sample_value(
+        "dasscod_listener_cut_off_total", {"reason": "head_too_large"}) == refused_before + 1
 
 
 async def test_endless_trailers_cut_the_connection(stores: Stores) -> None:
