@@ -3,8 +3,10 @@
 Phases, each against a fresh database on the test store (SecantusDB, or $DASSCOD_TEST_MONGO_URI):
 1. raw single-document updates of track documents (`store_updates_per_s`), the yardstick for
 2. authenticated job callbacks over HTTP into the daemon's listener (`callbacks_per_s`), sent by
-   a separate load-generator process so that it does not share the daemon's CPU, and the
-   MongoDB commands each costs (`mongo_commands_per_callback`);
+   a separate load-generator process so that it does not share the daemon's CPU, the
+   daemon's CPU time per callback (`daemon_cpu_ms_per_callback`, which the machine's load
+   changes less than the rate) and the MongoDB commands each costs
+   (`mongo_commands_per_callback`);
 3. assets through HERB0001 with the direct scheduler and the test module: the hand-off latency
    from one job's finished callback to the next job's submission (from the stored history), and
    the MongoDB commands spent on one asset once the daemon has settled after start-up (PyMongo
@@ -216,8 +218,9 @@ def _quiet() -> Iterator[None]:
     yield
 
 
-async def callbacks(stack: LocalStack, pipelines_dir: Path) -> tuple[float, float]:
-    """(callbacks per second, MongoDB commands per callback without the timed loops' reads)."""
+async def callbacks(stack: LocalStack, pipelines_dir: Path) -> dict[str, float]:
+    """Callbacks per second, the daemon's CPU per callback, and MongoDB commands per callback
+    without the timed loops' reads."""
     # The jobs were never really submitted: keep the watcher from declaring them lost. No job
     # becomes ready here: the dispatchers' timed sweeps (a few seconds apart in the local
     # stack) would find nothing and only blur the commands counted per callback.
@@ -256,9 +259,14 @@ async def callbacks(stack: LocalStack, pipelines_dir: Path) -> tuple[float, floa
         spec = {"base": settings.listener.callback_base, "concurrency": CONCURRENCY, "items": items}
         progress(f"callbacks: {2 * len(items)} callbacks from a load generator")
         counter.reset()
+        # The daemon runs in this process, the load generator and the store in their own: this
+        # process's CPU time is the daemon's cost of the callbacks, whatever else loads the
+        # machine (which the rate depends on).
+        cpu_before = psutil.Process().cpu_times()
         result = await anyio.run_process(
             [sys.executable, "-c", LOADGEN], input=json.dumps(spec).encode(), check=True
         )
+        cpu_after = psutil.Process().cpu_times()
         sent = counter.asset_path()
         out = json.loads(result.stdout.decode().strip().splitlines()[-1])
         done = await daemon.stores.track.collection.count_documents(
@@ -268,7 +276,13 @@ async def callbacks(stack: LocalStack, pipelines_dir: Path) -> tuple[float, floa
     if out["n_errors"] or done != len(guids):
         raise RuntimeError(f"callback phase failed: {done}/{len(guids)} done, {out}")
     progress(f"callbacks: commands sent: {by_caller(sent)}")
-    return 2 * len(items) / out["elapsed"], len(sent) / (2 * len(items))
+    n = 2 * len(items)
+    cpu = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
+    return {
+        "callbacks_per_s": n / out["elapsed"],
+        "daemon_cpu_ms_per_callback": 1000 * cpu / n,
+        "mongo_commands_per_callback": len(sent) / n,
+    }
 
 
 def _submitted(track: Track, pipeline: Pipeline) -> Track:
@@ -483,7 +497,7 @@ async def main() -> dict[str, Any]:
             store_rate = await raw_updates(uri, load_pipelines(pipelines_dir))
             stack = LocalStack(root / "cb", uri, database="bench_callbacks")
             stack.write_config()
-            callback_rate, per_callback = await callbacks(stack, pipelines_dir)
+            callback = await callbacks(stack, pipelines_dir)
             stack = LocalStack(root / "pipe", uri, database="bench_pipeline")
             stack.write_config()
             pipeline = await pipeline_run(stack, pipelines_dir)
@@ -494,9 +508,10 @@ async def main() -> dict[str, Any]:
     modules = module_times()
     return {
         "store_updates_per_s": round(store_rate, 1),
-        "callbacks_per_s": round(callback_rate, 1),
-        "callback_ratio": round(callback_rate / store_rate, 3),
-        "mongo_commands_per_callback": round(per_callback, 3),
+        "callbacks_per_s": round(callback["callbacks_per_s"], 1),
+        "callback_ratio": round(callback["callbacks_per_s"] / store_rate, 3),
+        "daemon_cpu_ms_per_callback": round(callback["daemon_cpu_ms_per_callback"], 2),
+        "mongo_commands_per_callback": round(callback["mongo_commands_per_callback"], 3),
         **pipeline,
         **idle_numbers,
         **demo_numbers,

@@ -126,8 +126,6 @@ _ROLES: dict[CodeType, tuple[str, bool, bool] | None] = {}
 
 
 def _role(code: CodeType) -> tuple[str, bool, bool] | None:
-    if code in _ROLES:
-        return _ROLES[code]
     path = Path(code.co_filename)
     role: tuple[str, bool, bool] | None = None
     if path.is_relative_to(_PACKAGE) and not path.is_relative_to(_OWN):
@@ -151,7 +149,7 @@ def _attribute(frame: FrameType | None) -> tuple[str, str | None]:
         code = frame.f_code
         if loop is None and code in PERIODIC:
             loop = PERIODIC[code]
-        role = _role(code)
+        role = _ROLES[code] if code in _ROLES else _role(code)
         if role is not None:
             name, in_store, public = role
             if in_store:
