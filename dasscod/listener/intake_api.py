@@ -20,6 +20,7 @@ import anyio
 from anyio import to_thread
 from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.formparsers import MultiPartParser
 
 from dasscod.delivery import MAX_FILES, MAX_METADATA_BYTES, DeliveryRejected, parse_metadata_json
 from dasscod.filenames import file_name_problem
@@ -29,6 +30,9 @@ from dasscod.store import AssetExists
 
 _bearer = HTTPBearer(auto_error=False, description="The intake credential (intake.api_token)")
 CHUNK = 1 << 20
+#: A file part beyond this goes to a temporary file while the form is parsed. Starlette keeps
+#: up to 1 MB of each part in memory: 200 MB per upload of 200 parts, before the route runs.
+SPOOL_BYTES = 64 * 1024
 
 
 class Intake(Protocol):
@@ -44,6 +48,8 @@ class Intake(Protocol):
 
 
 def intake_router(intake: Intake | None, token: str | None, max_mb: float) -> APIRouter:
+    # Starlette's one knob for it is this class attribute (the daemon serves one app).
+    MultiPartParser.spool_max_size = SPOOL_BYTES
     router = APIRouter(prefix="/api/v1", tags=["intake"],
                        responses=refusals(400, 401, 403, 408, 409, 413, 422, 503))
 

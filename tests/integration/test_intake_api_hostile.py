@@ -4,6 +4,7 @@ reason, and nothing is kept; the multipart parser's own bounds hold before the r
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,11 @@ import pytest
 from anyio import to_thread
 
 from dasscod.delivery import MAX_FILES, MAX_METADATA_BYTES
+from dasscod.listener.app import create_app
 from dasscod.store import Stores
 from dasscod.supervisors.intake import IntakeSupervisor
 from tests.integration.test_intake import meta
-from tests.integration.test_intake_api import IMAGE, TOKEN, client, intake, upload
+from tests.integration.test_intake_api import IMAGE, SECRET, TOKEN, client, intake, upload
 
 __all__ = ["client", "intake"]  # the fixtures
 
@@ -145,3 +147,29 @@ async def test_huge_part_headers_are_400(
                                **multipart([metadata_part(meta("api-m4")), bad]))
     assert answer.status_code == 400, answer.text
     await nothing_kept(stores, intake, tmp_path)
+
+
+async def test_an_upload_of_many_parts_is_not_held_in_memory(
+    stores: Stores, intake: IntakeSupervisor, tmp_path: Path,
+) -> None:
+    # 200 parts of 256 KB: Starlette kept each part in memory up to 1 MB (51 MB here; 200 MB
+    # for 200 parts of 1 MB, per upload, before the route could refuse anything).
+    app = create_app(stores, SECRET, intake=intake, intake_token=TOKEN, intake_max_mb=100)
+    parts = [metadata_part(meta("api-mem"))]
+    parts += [file_part(f"p{n}.tif".encode(), bytes([n % 251]) * 256_000)
+              for n in range(MAX_FILES)]
+    request = multipart(parts)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as client:
+        tracemalloc.start()
+        try:
+            answer = await client.post("/api/v1/assets", **request)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert answer.status_code == 201, answer.text
+    assert len(answer.json()["files"]) == MAX_FILES
+    body = len(request["content"])
+    # The test client hands the whole body over in one piece (a copy of it is traced); the
+    # parts add at most 64 KB each (they added 51 MB, all of them, before).
+    assert peak < body + MAX_FILES * 64 * 1024, f"peak {peak} for a body of {body}"
