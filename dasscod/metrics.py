@@ -89,7 +89,8 @@ LISTENER_CUT_OFF = Counter(
     "dasscod_listener_cut_off",
     "Connections the listener closed to protect itself, by reason: header_timeout (no "
     "request within listener.header_timeout_s), evicted (the longest waiting, to make room), "
-    "full (every connection busy with a request), head_too_large (414/431), pipelined.",
+    "full (every connection busy with a request), head_too_large (414/431), pipelined, "
+    "not_reading (an answer blocked for listener.send_timeout_s).",
     ["reason"],
 )
 SUPERVISOR_RESTARTS = Counter(

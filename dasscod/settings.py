@@ -72,6 +72,9 @@ class ListenerSettings(_Section):
     #: that rate or faster goes through, a trickle is cut off with 408).
     body_timeout_s: float = Field(default=10.0, gt=0)
     body_min_rate: int = Field(default=64 * 1024, ge=1, description="bytes per second")
+    #: A client must take its answers: a connection whose answer could not be written for
+    #: this long (the client stopped reading) is dropped.
+    send_timeout_s: float = Field(default=10.0, gt=0)
     #: The interactive API pages (/docs, /redoc); the OpenAPI document is always served.
     docs: bool = False
 

@@ -10,7 +10,9 @@ only when every connection is busy with one); every request's headers complete w
 `header_timeout_s` of the connection, or of the previous response; a request line of at most
 `MAX_URL_BYTES` (else 414), at most `MAX_HEADERS` header lines of `MAX_HEAD_BYTES` in all,
 trailers included (else 431); at most `MAX_PIPELINED` requests waiting behind the one being
-answered (a client that sends more is cut off: no HTTP client in use pipelines at all).
+answered (a client that sends more is cut off: no HTTP client in use pipelines at all); an
+answer that cannot be written for `send_timeout_s` (the client stopped reading) drops the
+connection.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ from dasscod.settings import ListenerSettings
 
 class ListenerConfig(uvicorn.Config):
     def __init__(self, app: Any, *, max_connections: int, header_timeout_s: float,
-                 **kwargs: Any) -> None:
+                 send_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(app, http=GuardedHttp, **kwargs)
         self.max_connections = max_connections
         self.header_timeout_s = header_timeout_s
+        self.send_timeout_s = send_timeout_s
         #: Connections waiting for a request's headers, the longest waiting first.
         self.awaiting: dict[GuardedHttp, None] = {}
         #: Connections closed to make room, until their transport reports them gone.
@@ -60,6 +63,7 @@ class HeadRefused(Exception):
 
 class GuardedHttp(HttpToolsProtocol):
     _header_timer: asyncio.TimerHandle | None = None
+    _send_timer: asyncio.TimerHandle | None = None
     _head_lines = 0
     _head_bytes = 0
     #: Bytes received since the parser last made progress (a request began, its headers
@@ -163,8 +167,32 @@ class GuardedHttp(HttpToolsProtocol):
         if not self.transport.is_closing() and self.cycle.response_complete:
             self._await_headers()
 
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: the client is not reading as fast as we answer.
+        uvicorn then waits for it with no limit; we give it `send_timeout_s`."""
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.limits.send_timeout_s,
+                                                    self._not_reading)
+
+    def resume_writing(self) -> None:
+        self._cancel_send_timer()
+        super().resume_writing()
+
+    def _not_reading(self) -> None:
+        self._send_timer = None
+        metrics.LISTENER_CUT_OFF.labels(reason="not_reading").inc()
+        # abort, not close: close would wait to write out a buffer the client never takes.
+        self.transport.abort()
+
+    def _cancel_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        self._cancel_send_timer()
         self.limits.evicted.discard(self)
         super().connection_lost(exc)
 
@@ -199,6 +227,7 @@ def listener_config(app: Any, settings: ListenerSettings, *, graceful_s: int) ->
         BodyPace(app, timeout_s=settings.body_timeout_s, min_rate=settings.body_min_rate),
         max_connections=settings.max_connections,
         header_timeout_s=settings.header_timeout_s,
+        send_timeout_s=settings.send_timeout_s,
         host=settings.host,
         port=settings.port,
         lifespan="off",
