@@ -308,12 +308,15 @@ def clusters(client: Client) -> None:
     """Clusters: limits, live jobs, reachability, pauses."""
 
     def readable(rows: list[dict[str, Any]]) -> None:
-        table(["CLUSTER", "SCHEDULER", "LIVE", "MAX JOBS", "REACHABLE", "PAUSED"],
+        table(["CLUSTER", "SCHEDULER", "LIVE", "MAX JOBS", "REACHABLE", "PAUSED",
+               "FILES TO REMOVE"],
               [[c["name"], c["scheduler"], c["live_jobs"],
                 f"{c['max_jobs']}" + ("" if c["max_jobs"] == c["configured_max_jobs"]
                                       else f" (configured {c['configured_max_jobs']})"),
                 "yes" if c["reachable"] else f"no (retry in {c['retry_in_s']} s)",
-                f"by {c['paused']['by']}" if c["paused"] else "no"] for c in rows])
+                f"by {c['paused']['by']}" if c["paused"] else "no",
+                f"{c['files_to_remove']} asset(s), by its agent" if c["scheduler"] == "pull"
+                else "-"] for c in rows])
 
     emit(client, client.call("GET", "/clusters"), readable)
 

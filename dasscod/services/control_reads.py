@@ -126,6 +126,9 @@ class ClusterView(BaseModel):
     #: Seconds until an unreachable cluster is tried again.
     retry_in_s: float | None = None
     paused: Hold | None = None
+    #: A pull cluster: settled assets whose files there its agent has yet to remove (a
+    #: number that keeps growing: the agent does not run, or is older than this daemon).
+    files_to_remove: int = 0
 
 
 class LimitView(BaseModel):
@@ -230,6 +233,8 @@ class ControlReads:
                 reachable=until is None,
                 retry_in_s=round(until - time.monotonic(), 1) if until is not None else None,
                 paused=self.holds.get(PAUSE, cluster_target(name)),
+                files_to_remove=(await self.stores.track_queries.count_agent_cleanup(name)
+                                 if cluster.pull else 0),
             ))  # fmt: skip
         return views
 

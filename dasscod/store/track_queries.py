@@ -18,7 +18,15 @@ from pymongo import DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
 from dasscod.model import Flag, JobStatus, Track
-from dasscod.queues import ARS_ERROR, PAUSED, ArsFlag, at_job, on_cluster, status_tag
+from dasscod.queues import (
+    ARS_ERROR,
+    PAUSED,
+    ArsFlag,
+    agent_cleanup_tag,
+    at_job,
+    on_cluster,
+    status_tag,
+)
 
 ARS_FLAG_NAMES: tuple[ArsFlag, ...] = get_args(ArsFlag)
 #: Listing rows leave out what only `show` needs.
@@ -102,6 +110,10 @@ class TrackQueries:
             {"queues": {"$in": [status_tag(JobStatus.ERROR), ARS_ERROR]}}, LISTING_PROJECTION
         ).limit(limit)
         return [Track.model_validate(doc) async for doc in cursor]
+
+    async def count_agent_cleanup(self, cluster: str) -> int:
+        """Settled assets whose files on pull cluster `cluster` its agent has yet to remove."""
+        return await self.collection.count_documents({"queues": agent_cleanup_tag(cluster)})
 
     async def count_on(self, cluster: str) -> int:
         """Assets with a job starting, queued or running on `cluster`, by the store."""

@@ -14,11 +14,15 @@ import httpx
 import pytest
 
 from dasscod.cluster.configured import Cluster, build_clusters
+from dasscod.coordination import Throttle, Wakeups
+from dasscod.holds import Holds
 from dasscod.listener.app import create_app
 from dasscod.model import AgentCleanup, Flag, JobStatus
 from dasscod.pipeline import Event, JobEvent
 from dasscod.pipelines import load_pipelines
 from dasscod.services.agent import AgentService
+from dasscod.services.control import ConfiguredLimits
+from dasscod.services.control_reads import ControlReads
 from dasscod.services.launch import Launcher
 from dasscod.settings import ClusterSettings
 from dasscod.store import Stores
@@ -80,6 +84,19 @@ async def submitted(stores: Stores, guid: str, job_id: str, attempt: int = 1, *,
                              cause="test")
     await stores.track.apply(guid, [JobEvent("load", Event.SUBMITTED, attempt=attempt,
                                              hpc_job_id=job_id)], cause="test")
+
+
+async def files_to_remove(stores: Stores, clusters: dict[str, Cluster]) -> dict[str, int]:
+    """What `dasscod clusters` says is left for each cluster's agent to remove."""
+    holds = Holds()
+    limits = {name: 2 for name in clusters}
+    reads = ControlReads(
+        stores=stores, holds=holds, clusters=clusters,
+        throttle=Throttle(assets_in_flight=5, jobs_per_cluster=limits, wakeups=Wakeups(),
+                          holds=holds),
+        configured=ConfiguredLimits(assets_in_flight=5, jobs_per_cluster=limits),
+    )  # fmt: skip
+    return {view.name: view.files_to_remove for view in await reads.cluster_views()}
 
 
 async def test_strays_are_named_for_cancelling_by_the_watchers_rule(
@@ -152,6 +169,7 @@ async def test_retention_asks_the_agent_to_remove_a_settled_assets_files(
     assert after.agent_cleanup == [AgentCleanup(cluster="pull", work_dir="/cluster/work/done1",
                                                 names=sorted(names))]
 
+    assert await files_to_remove(stores, clusters) == {"pull": 1, "ssh": 0}
     # The agent's next report is answered with what to remove, until it says it did.
     for _ in range(2):
         answer = await post(client, "report", {"jobs": []})
@@ -160,6 +178,7 @@ async def test_retention_asks_the_agent_to_remove_a_settled_assets_files(
     assert (await post(client, "forgotten", {"asset_guids": ["done1"]})) == {"cleared": 1}
     assert (await post(client, "report", {"jobs": []}))["forget"] == []
     assert (await post(client, "forgotten", {"asset_guids": ["done1"]})) == {"cleared": 0}
+    assert await files_to_remove(stores, clusters) == {"pull": 0, "ssh": 0}
     final = await stores.track.get("done1")
     assert final is not None and final.agent_cleanup == []
     bad = await client.post("/api/v1/agent/pull/forgotten", json={"asset_guids": ["a/../b"]},
