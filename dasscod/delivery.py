@@ -22,9 +22,10 @@ Metadata file
     manifest): then exactly those files must be present. `files` is not stored in the
     metadata document. Refused, because a store or a reader could take them otherwise than
     meant: a key given twice, `NaN`/`Infinity` or a number too large for a float, integers
-    beyond 64 bits, field names that are empty, start with `$` or hold `.` or NUL, nesting
-    deeper than `bounds.MAX_DEPTH`, text the store cannot encode (lone surrogates), and the
-    fields the daemon owns (`_id`, `metadata_version`).
+    beyond 64 bits, field names that are empty, start with `$` or hold `.` or NUL, NUL in any
+    text (ARS's database cannot store it), nesting deeper than `bounds.MAX_DEPTH`, text the
+    store cannot encode (lone surrogates), names (NAME_FIELDS) longer than MAX_NAME_LENGTH,
+    and the fields the daemon owns (`_id`, `metadata_version`).
 
 Image files
     Every other regular file in the folder, at most MAX_FILES of them and `intake.max_delivery_mb`
@@ -107,6 +108,10 @@ MAX_FILES = 200
 MAX_ENTRIES = 1000
 #: Default of `intake.max_delivery_mb`, in bytes: every image file of one delivery together.
 DEFAULT_MAX_BYTES = 10_000 * 1_000_000
+#: Metadata fields that name something (the workstation also names the batch and the MOS
+#: label key), and how long they may be.
+NAME_FIELDS = ("institution", "collection", "pipeline_name", "workstation_name", "digitiser")
+MAX_NAME_LENGTH = 200
 #: Metadata fields the daemon writes itself; a delivery may not set them.
 OWNED_FIELDS = frozenset({"_id", "metadata_version"})
 CRC_CHUNK = 1 << 20
@@ -500,6 +505,11 @@ def parse_metadata_json(raw: bytes, source: str) -> dict[str, Any]:
         check_document(data, "metadata")
     except ValueError as exc:
         raise DeliveryRejected(f"the metadata in {source} is not acceptable: {exc}") from None
+    if nul := _first_nul(data, "metadata"):
+        raise DeliveryRejected(
+            f"the metadata in {source} holds a NUL character at {nul}: ARS's database cannot "
+            "store it; remove it"
+        )
     owned = sorted(OWNED_FIELDS & data.keys())
     if owned:
         raise DeliveryRejected(
@@ -507,6 +517,19 @@ def parse_metadata_json(raw: bytes, source: str) -> dict[str, Any]:
             "itself; remove them"
         )
     return data
+
+
+def _first_nul(value: Any, path: str) -> str | None:
+    """Where the first string value holding NUL is (field names are checked by `bounds`)."""
+    if isinstance(value, str):
+        return path if "\0" in value else None
+    items = value.items() if isinstance(value, dict) else (
+        enumerate(value) if isinstance(value, list) else ())
+    for key, item in items:
+        found = _first_nul(item, f"{path}.{key}" if isinstance(value, dict) else f"{path}[{key}]")
+        if found:
+            return found
+    return None
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -553,6 +576,12 @@ def _validate_metadata(data: dict[str, Any], source: str) -> Metadata:
         raise DeliveryRejected(
             f"the metadata in {source} is not valid: {validation_problems(exc)}"[:2000]
         ) from exc
+    long = [name for name in NAME_FIELDS if len(getattr(metadata, name)) > MAX_NAME_LENGTH]
+    if long:
+        raise DeliveryRejected(
+            f"the metadata in {source} is not valid: {', '.join(long)} longer than "
+            f"{MAX_NAME_LENGTH} characters (a name, not a text)"
+        )
     parent = metadata.parent_guid
     if parent is not None and (not re.fullmatch(GUID_PATTERN, parent)
                                or parent == metadata.asset_guid):

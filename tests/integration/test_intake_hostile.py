@@ -22,6 +22,7 @@ from dasscod import delivery as delivery_module
 from dasscod.delivery import MAX_ENTRIES, REASON_FILE, verify_unchanged
 from dasscod.quarantine import NAME_MAX
 from dasscod.store import AssetExists, Stores
+from dasscod.watchdog import Progress, supervised_as
 from tests.integration.test_intake import Intake, deliver, meta
 
 #: A scan that blocks (a FIFO opened for writing) fails the test instead of hanging it.
@@ -393,3 +394,35 @@ async def _accept(intake: Intake, staged: Path) -> Any:
         return await intake.supervisor.accept(staged)
     except AssetExists as exc:
         return exc
+
+
+async def test_checksumming_a_large_delivery_is_the_intakes_heartbeat(
+    tmp_path: Path, stores: Stores, monkeypatch: pytest.MonkeyPatch
+):
+    # A delivery of many chunks keeps the watchdog fed while it is read (off the loop); the
+    # beats come from the CRC's chunks, so a read that hangs stops them.
+    monkeypatch.setattr(delivery_module, "CRC_CHUNK", 1024)
+    intake = Intake(tmp_path, stores)
+    image = b"II*\0" + bytes(range(256)) * 400  # 100 chunks of 1 KiB
+    deliver(intake.folder, "g24", meta("g24"), {"g24.tif": image})
+    beats: list[str] = []
+
+    class Counting(Progress):
+        def beat(self, name: str, within_s: float) -> None:
+            beats.append(name)
+            super().beat(name, within_s)
+
+    taken: list[int] = []
+
+    async def supervised_scan() -> None:  # a task of its own: the context var stays in it
+        supervised_as(Counting(), "intake")
+        taken.append(await scan(intake))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(supervised_scan)
+    assert taken == [1]
+
+    assert len(beats) >= len(image) // 1024
+    assert set(beats) == {"intake"}
+    track = await stores.track.get("g24")
+    assert track is not None and track.file_list[0].check_sum == zlib.crc32(image)

@@ -86,12 +86,16 @@ def test_metadata_is_at_most_a_megabyte(tmp_path: Path):
         (with_fields(**{"": 1}), "an empty field name"),
         (with_fields(_id="someone-else"), "sets _id: the daemon writes those fields"),
         (with_fields(metadata_version=99), "sets metadata_version"),
+        (with_fields(digitiser="a\u0000b"), "NUL character at metadata.digitiser"),
+        (with_fields(tags={"ocr": ["ok", "x\u0000"]}), "NUL character at metadata.tags.ocr[1]"),
+        (with_fields(workstation_name="W" * 201), "workstation_name longer than 200"),
         (with_fields()[:-1] + ', "note": "\\udc80"}', "cannot be stored"),
         (with_fields()[:-1] + ', "tags": {"x": "\\ud800"}}', "cannot be stored"),
     ],
     ids=["deep-nesting", "nesting-over-bound", "duplicate-key", "nan", "infinity", "overflow",
          "beyond-64-bits", "5000-digits", "dollar-key", "dollar-in-tags", "dollar-nested",
-         "dotted-key", "nul-key", "empty-key", "owned-id", "owned-version", "lone-surrogate",
+         "dotted-key", "nul-key", "empty-key", "owned-id", "owned-version", "nul-value",
+         "nul-in-list", "long-name", "lone-surrogate",
          "lone-surrogate-in-tags"],
 )
 def test_metadata_a_store_or_reader_could_misread_is_refused(tmp_path: Path, text: str,
@@ -116,7 +120,7 @@ def test_a_guid_that_could_name_a_path_or_pass_for_another_is_refused(tmp_path: 
     assert "asset_guid" in writable(rejection(raw_folder(tmp_path, with_fields(asset_guid=guid))))
 
 
-@pytest.mark.parametrize("parent", ["../other", "a/b", "x\u0000", "x" * 3000, "asset-1"])
+@pytest.mark.parametrize("parent", ["../other", "a/b", "x y", "x" * 3000, "asset-1"])
 def test_a_parent_guid_must_be_another_guid(tmp_path: Path, parent: str):
     reason = writable(rejection(raw_folder(tmp_path, with_fields(parent_guid=parent))))
     assert "parent_guid" in reason and "is not the guid of another asset" in reason
