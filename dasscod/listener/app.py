@@ -22,6 +22,7 @@ from dasscod.filenames import FILE_NAME_PATTERN
 from dasscod.listener.agent_api import agent_router
 from dasscod.listener.control_api import install_control_api
 from dasscod.listener.guard import KB, Gate, Guard, Refusal, gate
+from dasscod.listener.health import SharedPing
 from dasscod.listener.intake_api import Intake, intake_router
 from dasscod.listener.invalid import install_validation_answer
 from dasscod.listener.observe import install_metrics
@@ -272,13 +273,15 @@ def create_app(
         """The process is up and serving."""
         return {"status": "ok"}
 
+    ping_store = SharedPing(stores.ping)
+
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
         """MongoDB answers and this daemon leads: it can take callbacks. A standby
         answers 503 "standby"."""
         if role is not None and role() != "leader":
             return JSONResponse({"status": "standby"}, status_code=503)
-        ping = await stores.ping()
+        ping = await ping_store()
         if ping:
             return JSONResponse({"status": "ready"})
         return JSONResponse(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -752,3 +753,37 @@ async def test_service_frees_the_slot_while_the_end_of_the_current_attempt_is_wr
     late = FailedCallback(asset_guid=A, job="load", reason="late")
     assert not (await service.failed(who, late)).applied
     assert slots.ended == [(A, "load")]
+
+
+async def test_a_flood_of_readyz_is_one_ping(world: Stores) -> None:
+    """/readyz is open to anyone: 200 at once (MongoDB up, then down) cost one ping each
+    time, not 200."""
+    unreachable = Stores.connect(
+        "mongodb://127.0.0.1:9/?directConnection=true", "x", load_pipelines(), timeout_s=0.2
+    )
+    try:
+        for stores, status in ((world, 200), (unreachable, 503)):
+            pings = 0
+            real_ping = stores.ping
+
+            async def counted(real: Any = real_ping) -> Any:
+                nonlocal pings
+                pings += 1
+                return await real()
+
+            stores.ping = counted  # type: ignore[method-assign]
+            app = create_app(stores, SECRET)
+            answers: list[int] = []
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                         base_url="http://test") as c:
+
+                async def ask(client: httpx.AsyncClient = c, into: list[int] = answers) -> None:
+                    into.append((await client.get("/readyz")).status_code)
+
+                async with anyio.create_task_group() as tg:
+                    for _ in range(200):
+                        tg.start_soon(ask)
+            assert answers == [status] * 200
+            assert pings == 1
+    finally:
+        await unreachable.close()
