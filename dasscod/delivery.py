@@ -82,7 +82,7 @@ import os
 import re
 import stat
 import zlib
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
@@ -655,15 +655,18 @@ class SettleTracker:
     successive scans (no sleeping: the scan loop supplies the time)."""
 
     settle_s: float
-    _seen: dict[str, tuple[Snapshot, float]] = field(default_factory=dict)
+    #: Per folder: a fingerprint of its last snapshot (not the snapshot: thousands of pending
+    #: folders of up to MAX_ENTRIES entries each would be kept in memory) and when it was seen.
+    _seen: dict[str, tuple[int, float]] = field(default_factory=dict)
 
-    def settled(self, key: str, current: Snapshot | None, now: float) -> bool:
+    def settled(self, key: str, current: Hashable | None, now: float) -> bool:
         if current is None:
             self._seen.pop(key, None)
             return False
+        fingerprint = hash(current)
         previous = self._seen.get(key)
-        if previous is None or previous[0] != current:
-            self._seen[key] = (current, now)
+        if previous is None or previous[0] != fingerprint:
+            self._seen[key] = (fingerprint, now)
             return self.settle_s <= 0
         return now - previous[1] >= self.settle_s
 

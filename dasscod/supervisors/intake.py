@@ -26,6 +26,7 @@ next scan tries again. Nothing a delivery contains can end the loop.
 
 from __future__ import annotations
 
+import bisect
 import os
 import shutil
 import stat
@@ -44,13 +45,13 @@ from pymongo.errors import PyMongoError
 from dasscod import metrics
 from dasscod.delivery import (
     BYTES_PER_MB,
+    MAX_ENTRIES,
     READY_MARKER,
     REASON_FILE,
     Delivery,
     DeliveryChanged,
     DeliveryRejected,
     SettleTracker,
-    Snapshot,
     read_delivery,
     snapshot,
     verify_unchanged,
@@ -77,6 +78,11 @@ TRANSIENT: tuple[type[Exception], ...] = (PyMongoError, NotLeader)
 #: Where API deliveries are written before they are taken (inside the work area).
 STAGING = ".incoming"
 
+#: Entries of delivery folders one scan looks at (listing and stat): with more waiting, the
+#: next scan goes on after the last folder looked at, so every one has its turn and a scan
+#: stays short however many deliveries are waiting.
+SCAN_BUDGET = 20_000
+
 #: Work-area folders checked against the store per query during recovery.
 RECOVERY_BATCH = 500
 
@@ -95,12 +101,16 @@ class _Candidate:
 
     name: str
     ready: bool
-    snap: Snapshot | None
+    #: A fingerprint of what the entry holds (settling compares it), None if it could not be
+    #: listed completely just now.
+    snap: int | None
     #: Why it cannot be taken, known from the listing alone (a link, a loose file, a folder
     #: too large or unreadable to list): it is quarantined without being read.
     problem: DeliveryRejected | None = None
     #: The problem waits until the entry has settled (a loose file may still be copied in).
     settle_first: bool = False
+    #: Entries looked at to find it (the scan's budget).
+    cost: int = 0
 
 
 class IntakeSupervisor:
@@ -143,6 +153,8 @@ class IntakeSupervisor:
         #: once they have settled, `.ready` or not.
         self._changing: set[str] = set()
         self._max_bytes = int(settings.max_delivery_mb * BYTES_PER_MB)
+        #: The last intake-folder entry the previous scan looked at ("": start at the top).
+        self._cursor = ""
         #: An operator's pause of intake, or the drain: deliveries wait where they are.
         self.holds = holds if holds is not None else Holds()
 
@@ -182,7 +194,7 @@ class IntakeSupervisor:
                 if await self._process(_Item(target), self._finish):
                     taken += 1
             try:
-                candidates = await to_thread.run_sync(self._list_intake)
+                candidates, names = await to_thread.run_sync(self._list_intake)
             except OSError as exc:
                 self._report(
                     str(self.folder),
@@ -195,7 +207,6 @@ class IntakeSupervisor:
             if self.held():
                 return taken  # an interrupted take above was finished; nothing new is taken
             now = self._clock()
-            names = {c.name for c in candidates}
             self._settle.retain(names)
             self._changing &= names
             self._forget_reports(names)
@@ -502,52 +513,68 @@ class IntakeSupervisor:
     def _beat(self) -> None:
         beat(self.settings.poll_s)
 
-    def _list_intake(self) -> list[_Candidate]:
-        """Each entry of the intake folder that is not a dot entry, an empty folder or one of
-        the daemon's own folders."""
+    def _list_intake(self) -> tuple[list[_Candidate], set[str]]:
+        """The entries of the intake folder this scan looks at (not dot entries, empty folders
+        or the daemon's own folders), at most SCAN_BUDGET entries of delivery folders from
+        where the last scan stopped; and the names of everything in the intake folder."""
         found: list[_Candidate] = []
         own = {self.work_area, self.quarantine}
         with os.scandir(self.folder) as listing:
-            entries = sorted(listing, key=lambda e: e.name)
-        for entry in entries:
-            path = Path(entry.path)
-            if entry.name.startswith(".") or path in own:
-                continue
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # gone since it was listed
-            if stat.S_ISLNK(info.st_mode):
-                found.append(_Candidate(entry.name, False, None, DeliveryRejected(
-                    "the delivery folder is a symbolic link; intake takes only real "
-                    "folders (it never follows a link out of the intake folder)",
-                    hint=f"Move or copy the folder itself into the intake folder "
-                    f"{self.folder}; this quarantine folder holds only the link.")))
-                continue
-            if not stat.S_ISDIR(info.st_mode):
-                regular = stat.S_ISREG(info.st_mode)
-                what = "a file" if regular else "not a folder (a FIFO, socket or device)"
-                # A loose file may still be being copied in: it is moved once it has settled.
-                found.append(_Candidate(
-                    entry.name, False, (("", False, info.st_size, info.st_mtime_ns),),
-                    DeliveryRejected(
-                        f"{entry.name} is {what}, not a delivery folder: intake takes one "
-                        "folder per asset",
-                        hint="Put the asset's metadata file and image files in a folder of "
-                        f"their own inside the intake folder {self.folder}; this quarantine "
-                        "folder holds the entry as it was found."),
-                    settle_first=regular))
-                continue
-            try:
-                snap = snapshot(path)
-            except DeliveryRejected as exc:
-                found.append(_Candidate(entry.name, False, None, exc))
-                continue
-            if snap == ():
-                continue  # an empty folder: a delivery that has not started yet
-            ready = snap is not None and any(e[0] == READY_MARKER for e in snap)
-            found.append(_Candidate(entry.name, ready, snap))
-        return found
+            entries = sorted((e for e in listing
+                              if not e.name.startswith(".") and Path(e.path) not in own),
+                             key=lambda e: e.name)
+        names = {e.name for e in entries}
+        start = bisect.bisect_right([e.name for e in entries], self._cursor)
+        budget = SCAN_BUDGET
+        self._cursor = ""  # unless the budget runs out below
+        for entry in entries[start:] + entries[:start]:
+            if budget <= 0:
+                break
+            budget -= 1
+            self._cursor = entry.name
+            self._beat()
+            candidate = self._look_at(entry)
+            if candidate is not None:
+                found.append(candidate)
+                budget -= candidate.cost
+        else:
+            self._cursor = ""  # everything was looked at: the next scan starts at the top
+        return found, names
+
+    def _look_at(self, entry: os.DirEntry[str]) -> _Candidate | None:
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            return None  # gone since it was listed
+        if stat.S_ISLNK(info.st_mode):
+            return _Candidate(entry.name, False, None, DeliveryRejected(
+                "the delivery folder is a symbolic link; intake takes only real "
+                "folders (it never follows a link out of the intake folder)",
+                hint=f"Move or copy the folder itself into the intake folder "
+                f"{self.folder}; this quarantine folder holds only the link."))
+        if not stat.S_ISDIR(info.st_mode):
+            regular = stat.S_ISREG(info.st_mode)
+            what = "a file" if regular else "not a folder (a FIFO, socket or device)"
+            # A loose file may still be being copied in: it is moved once it has settled.
+            return _Candidate(
+                entry.name, False, hash((info.st_size, info.st_mtime_ns)),
+                DeliveryRejected(
+                    f"{entry.name} is {what}, not a delivery folder: intake takes one "
+                    "folder per asset",
+                    hint="Put the asset's metadata file and image files in a folder of "
+                    f"their own inside the intake folder {self.folder}; this quarantine "
+                    "folder holds the entry as it was found."),
+                settle_first=regular)
+        try:
+            snap = snapshot(Path(entry.path))
+        except DeliveryRejected as exc:
+            return _Candidate(entry.name, False, None, exc, cost=MAX_ENTRIES)
+        if snap == ():
+            return None  # an empty folder: a delivery that has not started yet
+        if snap is None:
+            return _Candidate(entry.name, False, None)
+        ready = any(e[0] == READY_MARKER for e in snap)
+        return _Candidate(entry.name, ready, hash(snap), cost=len(snap))
 
     def _forget_reports(self, names: set[str]) -> None:
         """Drop the logged problems of intake-folder entries that are gone (bounded memory
