@@ -372,6 +372,20 @@ class TrackStore:
                                       {"history": 0}).limit(limit)
         return [Track.model_validate(doc) async for doc in cursor]
 
+    async def cleaned_without_agent_cleanup(self, clusters: Sequence[str]
+                                            ) -> AsyncIterator[Track]:
+        """Assets whose files retention removed, that ran on one of `clusters`, without a
+        request to those clusters' agents: a scan, run once per database (see
+        `Retention.backfill_agent_cleanup`)."""
+        cursor = self.collection.find({
+            "temporary_files_local": Flag.NO.value,
+            "history.cause": {"$regex": "^retention: files removed"},
+            "history.cluster": {"$in": list(clusters)},
+            "agent_cleanup": {"$in": [None, []]},
+        })  # fmt: skip
+        async for doc in cursor:
+            yield Track.model_validate(doc)
+
     async def paused(self) -> list[Track]:
         cursor = self.collection.find({"queues": PAUSED})
         return [Track.model_validate(doc) async for doc in cursor]

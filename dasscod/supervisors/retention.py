@@ -44,6 +44,9 @@ log = get_logger(__name__)
 
 #: Assets looked at per pass.
 BATCH = 200
+#: The `control` schema marker of the one-off request to pull clusters' agents for assets
+#: cleaned up before retention asked them (`backfill_agent_cleanup`).
+AGENT_CLEANUP = "agent_cleanup"
 
 
 class Retention:
@@ -63,6 +66,7 @@ class Retention:
         self.errors = RepeatedErrors(base_s=60.0)
 
     async def run(self) -> None:
+        await self.backfill_agent_cleanup()
         while not self.stopping.is_set():
             await self.run_once()
             beat(self.interval_s)
@@ -106,19 +110,46 @@ class Retention:
                 return f"in ERROR since {since.isoformat(timespec='seconds')} ({days:g} days)"
         return None
 
+    async def backfill_agent_cleanup(self) -> int:
+        """Once per database: the assets retention cleaned up before it asked pull clusters'
+        agents to remove their files there too (their files were left on those clusters)
+        get that request now. Returns how many."""
+        pulls = sorted(name for name, cluster in self.clusters.items() if cluster.pull)
+        if not pulls or await self.stores.control.schema_version(AGENT_CLEANUP) >= 1:
+            return 0
+        asked = 0
+        async for track in self.stores.track.cleaned_without_agent_cleanup(pulls):
+            for_agents = self._for_agents(track)
+            if not for_agents:
+                continue
+            result = await self.stores.track.apply(
+                track.id, (), cause="retention: files on pull clusters left by an earlier "
+                "version; their agents are asked to remove them", known=track,
+                asset_fields={"agent_cleanup": for_agents}, expect={"agent_cleanup": []},
+            )  # fmt: skip
+            asked += int(result.applied)
+        await self.stores.control.set_schema_version(AGENT_CLEANUP, 1)
+        if asked:
+            log.info("pull clusters' agents asked to remove files of assets cleaned up before",
+                     assets=asked)
+        return asked
+
+    def _for_agents(self, track: Track) -> list[AgentCleanup]:
+        """What each pull cluster's agent is to remove of the asset. The daemon cannot reach
+        those clusters: an agent removes the files when told (its report's answer) and says
+        so, which takes its cluster off the asset's list."""
+        return [
+            AgentCleanup(cluster=name, work_dir=str(cluster.workdir(track.id)), names=jobs)
+            for name, jobs in _attempts_by_cluster(track).items()
+            if (cluster := self.clusters.get(name)) is not None and cluster.pull
+        ]
+
     async def _remove(self, track: Track, why: str) -> bool:
-        for_agents: list[AgentCleanup] = []
         for name, jobs in _attempts_by_cluster(track).items():
             cluster = self.clusters.get(name)
-            if cluster is None:
-                continue
-            if cluster.pull:
-                # The daemon cannot reach it: its agent removes them when told (its report's
-                # answer) and says so, which takes the cluster off the list.
-                for_agents.append(AgentCleanup(
-                    cluster=name, work_dir=str(cluster.workdir(track.id)), names=jobs))
-            else:
+            if cluster is not None and not cluster.pull:
                 await cluster.forget(track.id, jobs)
+        for_agents = self._for_agents(track)
         local = _inside(track.temporary_path_local, self.work_area)
         if local is not None:
             await to_thread.run_sync(_remove_tree, local)

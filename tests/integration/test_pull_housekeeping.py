@@ -130,51 +130,56 @@ async def test_strays_are_named_for_cancelling_by_the_watchers_rule(
     assert sorted(answer["cancel"]) == ["101", "200", "202", "300"]
 
 
+async def settled_on_pull(stores: Stores, work_area: Path, guid: str) -> list[str]:
+    """A DONE asset in ERDA, with its folder in the work area, whose load ran twice on the
+    pull cluster (a retry) and its other jobs once: the scheduler names of its attempts."""
+    (work_area / guid).mkdir(parents=True)
+    (work_area / guid / "a.tif").write_bytes(b"pixels")
+    track = make_track(guid)
+    track.temporary_files_local = Flag.YES
+    track.temporary_path_local = str(work_area / guid)
+    await stores.track.insert(track)
+    await submitted(stores, guid, "10", new=False)
+    await stores.track.apply(guid, [JobEvent("load", Event.FAILED, attempt=1,
+                                             retryable=True, error="boom")], cause="test")
+    await stores.track.apply(guid, [JobEvent("load", Event.RETRY_DUE)], cause="test")
+    await submitted(stores, guid, "11", attempt=2)
+    await stores.track.apply(guid, [JobEvent("load", Event.FINISHED, attempt=2)],
+                             cause="test")
+    for job in track.job_list[1:]:
+        await stores.track.apply(guid, [JobEvent(job.name, Event.CLAIM, cluster="pull")],
+                                 cause="test")
+        await stores.track.apply(guid, [JobEvent(job.name, Event.FINISHED, attempt=1)],
+                                 cause="test")
+    await stores.track.set_fields(guid, {"erda_sync": Flag.YES}, cause="test: in ERDA")
+    return sorted([*(f"dassco.{guid}.{j.name}.1" for j in track.job_list),
+                   f"dassco.{guid}.load.2"])
+
+
+def retention(stores: Stores, clusters: dict[str, Cluster], work_area: Path) -> Retention:
+    return Retention(stores=stores, clusters=clusters, work_area=work_area, retention_days=30,
+                     archived_by_ars=True, interval_s=1, stopping=anyio.Event())
+
+
 async def test_retention_asks_the_agent_to_remove_a_settled_assets_files(
     client: httpx.AsyncClient, stores: Stores, clusters: dict[str, Cluster], tmp_path: Path
 ) -> None:
     work_area = tmp_path / "assets"
-    (work_area / "done1").mkdir(parents=True)
-    (work_area / "done1" / "a.tif").write_bytes(b"pixels")
-    track = make_track("done1")
-    track.temporary_files_local = Flag.YES
-    track.temporary_path_local = str(work_area / "done1")
-    await stores.track.insert(track)
-    # load ran twice on the pull cluster (a retry), the other jobs once.
-    await submitted(stores, "done1", "10", new=False)
-    await stores.track.apply("done1", [JobEvent("load", Event.FAILED, attempt=1,
-                                                retryable=True, error="boom")], cause="test")
-    await stores.track.apply("done1", [JobEvent("load", Event.RETRY_DUE)], cause="test")
-    await submitted(stores, "done1", "11", attempt=2)
-    await stores.track.apply("done1", [JobEvent("load", Event.FINISHED, attempt=2)],
-                             cause="test")
-    current = await stores.track.get("done1")
-    assert current is not None
-    for job in current.job_list[1:]:
-        await stores.track.apply("done1", [JobEvent(job.name, Event.CLAIM, cluster="pull")],
-                                 cause="test")
-        await stores.track.apply("done1", [JobEvent(job.name, Event.FINISHED, attempt=1)],
-                                 cause="test")
-    await stores.track.set_fields("done1", {"erda_sync": Flag.YES}, cause="test: in ERDA")
+    names = await settled_on_pull(stores, work_area, "done1")
     assert (await post(client, "report", {"jobs": []}))["forget"] == []
 
-    keeper = Retention(stores=stores, clusters=clusters, work_area=work_area,
-                       retention_days=30, archived_by_ars=True, interval_s=1,
-                       stopping=anyio.Event())
-    assert await keeper.run_once() == 1
+    assert await retention(stores, clusters, work_area).run_once() == 1
     assert not (work_area / "done1").exists()
-    names = [*(f"dassco.done1.{j.name}.1" for j in current.job_list), "dassco.done1.load.2"]
     after = await stores.track.get("done1")
     assert after is not None and after.temporary_files_local is Flag.NO
     assert after.agent_cleanup == [AgentCleanup(cluster="pull", work_dir="/cluster/work/done1",
-                                                names=sorted(names))]
-
+                                                names=names)]
     assert await files_to_remove(stores, clusters) == {"pull": 1, "ssh": 0}
     # The agent's next report is answered with what to remove, until it says it did.
     for _ in range(2):
         answer = await post(client, "report", {"jobs": []})
         assert answer["forget"] == [{"asset_guid": "done1", "work_dir": "/cluster/work/done1",
-                                     "names": sorted(names)}]
+                                     "names": names}]
     assert (await post(client, "forgotten", {"asset_guids": ["done1"]})) == {"cleared": 1}
     assert (await post(client, "report", {"jobs": []}))["forget"] == []
     assert (await post(client, "forgotten", {"asset_guids": ["done1"]})) == {"cleared": 0}
@@ -203,3 +208,26 @@ async def test_an_asset_running_again_is_not_cleaned_under_its_jobs(
                                        for j in track.job_list], cause="test: cancelled")
     forget = (await post(client, "report", {"jobs": []}))["forget"]
     assert [order["asset_guid"] for order in forget] == ["rerun"]
+
+
+async def test_assets_cleaned_up_by_an_earlier_version_are_asked_for_once(
+    stores: Stores, clusters: dict[str, Cluster], tmp_path: Path
+) -> None:
+    """Before retention asked pull clusters' agents, it left their files there: the first
+    start of this version asks for those too, once per database."""
+    work_area = tmp_path / "assets"
+    names = await settled_on_pull(stores, work_area, "old1")
+    keeper = retention(stores, clusters, work_area)
+    await keeper.run_once()
+    # What the earlier version left: cleaned up here, nothing asked of the agent.
+    await stores.track.collection.update_one(
+        {"_id": "old1"}, {"$unset": {"agent_cleanup": ""}, "$pull": {"queues": "cleanup:pull"}})
+    await settled_on_pull(stores, work_area, "kept1")  # not cleaned up yet: retention's
+    assert await files_to_remove(stores, clusters) == {"pull": 0, "ssh": 0}
+
+    assert await keeper.backfill_agent_cleanup() == 1
+    [asked] = await stores.track.find(["old1"])
+    assert asked.agent_cleanup == [AgentCleanup(cluster="pull", work_dir="/cluster/work/old1",
+                                                names=names)]
+    assert await files_to_remove(stores, clusters) == {"pull": 1, "ssh": 0}
+    assert await keeper.backfill_agent_cleanup() == 0  # once per database
