@@ -52,7 +52,7 @@ from dasscod.services.replies import Rejected
 from dasscod.store import Stores, TransitionConflict
 from dasscod.store.errors import describe
 from dasscod.store.fence import NotLeader
-from dasscod.tokens import JobClaims, Keys, TokenError, verify
+from dasscod.tokens import JobClaims, Keys, TokenError, Verifier
 
 API_PREFIX = "/api/v1"
 
@@ -100,6 +100,8 @@ def create_app(
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
     )
+    # One for the gate and the routes: a token is checked once, not at each (see Verifier).
+    verifier = Verifier(token_secret)
 
     async def claims(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -111,7 +113,7 @@ def create_app(
                 headers={"WWW-Authenticate": "Bearer"},
             )
         try:
-            return verify(token_secret, credentials.credentials)
+            return verifier(credentials.credentials)
         except TokenError as exc:
             raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
 
@@ -294,7 +296,7 @@ def create_app(
         name: c.settings.agent_token.get_secret_value() for name, c in agent.clusters.items()
         if c.pull and c.settings.agent_token is not None}
     app.add_middleware(Guard, gates=_gates(
-        token_secret, intake_token, int(intake_max_mb * 1_000_000), agent_tokens,
+        verifier, intake_token, int(intake_max_mb * 1_000_000), agent_tokens,
         list((control_tokens or {}).values())))
     return app
 
@@ -306,7 +308,7 @@ AGENT_MAX_BYTES = 1024 * KB
 INTAKE_OVERHEAD_BYTES = 1024 * KB
 
 
-def _gates(token_secret: Keys, intake_token: str | None, intake_max_bytes: int,
+def _gates(verifier: Verifier, intake_token: str | None, intake_max_bytes: int,
            agent_tokens: Mapping[str, str], control_tokens: list[str]) -> list[Gate]:
     """Who may send a body to which route, and how large (see `dasscod.listener.guard`).
     `agent_tokens`: each pull cluster's agent credential, by the cluster's name."""
@@ -316,7 +318,7 @@ def _gates(token_secret: Keys, intake_token: str | None, intake_max_bytes: int,
             return 401, ("missing bearer token: send the job's DASSCO_TOKEN as "
                          "'Authorization: Bearer'")
         try:
-            verify(token_secret, token)
+            verifier(token)
         except TokenError as exc:
             return 401, str(exc)
         return None

@@ -12,7 +12,7 @@ import pytest
 
 from dasscod.model import utcnow
 from dasscod.settings import load_settings
-from dasscod.tokens import ALGORITHM, AUDIENCE, JobClaims, TokenError, issue, verify
+from dasscod.tokens import ALGORITHM, AUDIENCE, JobClaims, TokenError, Verifier, issue, verify
 
 SECRET = "test-token-secret-0123456789abcdef"  # 34 bytes: long enough for HS256
 CLAIMS = JobClaims(asset_guid="asset-0001", job="barcode", attempt=2)
@@ -132,3 +132,33 @@ def test_every_secret_the_settings_accept_is_long_enough_for_hs256(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         verify(secret, issue(secret, CLAIMS, ttl_s=60))
+
+
+# ------------------------------------------------------------------ the listener's verifier
+
+
+def test_the_verifier_accepts_a_token_once_checked_until_it_expires() -> None:
+    now = [utcnow().timestamp()]
+    verifier = Verifier(SECRET, clock=lambda: now[0])
+    token = issue(SECRET, CLAIMS, ttl_s=60)
+    assert verifier(token) == CLAIMS
+    assert verifier(token) == CLAIMS  # remembered
+    now[0] += 61
+    with pytest.raises(TokenError, match="expired"):
+        verifier(token)
+
+
+def test_the_verifier_refuses_what_verify_refuses_even_beside_a_remembered_token() -> None:
+    verifier = Verifier(SECRET)
+    token = issue(SECRET, CLAIMS, ttl_s=60)
+    assert verifier(token) == CLAIMS
+    head, payload, signature = token.split(".")
+    other = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    other["sub"] = "asset-0002"
+    forged = base64.urlsafe_b64encode(json.dumps(other).encode()).decode().rstrip("=")
+    with pytest.raises(TokenError):
+        verifier(f"{head}.{forged}.{signature}")
+    with pytest.raises(TokenError):
+        verifier(issue("another-secret-0123456789abcdefghij", CLAIMS, ttl_s=60))
+    with pytest.raises(TokenError):
+        Verifier("another-secret-0123456789abcdefghij")(token)
