@@ -268,6 +268,9 @@ def _show_timeline(t: dict[str, Any]) -> None:
     if t["files"]:
         click.echo("FILES  " + ", ".join(f"{f['name']} ({f['size_mb']:.2f} MB)"
                                          for f in t["files"]))
+    if t.get("files_left_on"):
+        click.echo("FILES LEFT ON  " + ", ".join(t["files_left_on"])
+                   + "  (pull clusters: their agents remove them at their next runs)")
     metadata = t.get("metadata") or {}
     if metadata:
         keys = ("barcode", "asset_subject", "institution", "collection", "digitiser")

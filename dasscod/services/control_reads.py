@@ -104,6 +104,8 @@ class Timeline(BaseModel):
     ars: dict[str, Any]
     files: list[dict[str, Any]]
     metadata: dict[str, Any] | None = None
+    #: Pull clusters whose agent has yet to remove the asset's files there (retention).
+    files_left_on: list[str] = []
 
 
 class ErrorGroup(BaseModel):
@@ -194,6 +196,7 @@ class ControlReads:
                     "erda_sync": str(f.erda_sync), "deleted": f.deleted}
                    for f in track.file_list],
             metadata={k: v for k, v in metadata.items() if k != "_id"} if metadata else None,
+            files_left_on=[c.cluster for c in track.agent_cleanup],
         )  # fmt: skip
 
     def _job_view(self, track: Track, job: Job) -> JobView:

@@ -86,17 +86,22 @@ async def submitted(stores: Stores, guid: str, job_id: str, attempt: int = 1, *,
                                              hpc_job_id=job_id)], cause="test")
 
 
-async def files_to_remove(stores: Stores, clusters: dict[str, Cluster]) -> dict[str, int]:
-    """What `dasscod clusters` says is left for each cluster's agent to remove."""
+def reads(stores: Stores, clusters: dict[str, Cluster]) -> ControlReads:
+    """What the operators' commands read."""
     holds = Holds()
     limits = {name: 2 for name in clusters}
-    reads = ControlReads(
+    return ControlReads(
         stores=stores, holds=holds, clusters=clusters,
         throttle=Throttle(assets_in_flight=5, jobs_per_cluster=limits, wakeups=Wakeups(),
                           holds=holds),
         configured=ConfiguredLimits(assets_in_flight=5, jobs_per_cluster=limits),
     )  # fmt: skip
-    return {view.name: view.files_to_remove for view in await reads.cluster_views()}
+
+
+async def files_to_remove(stores: Stores, clusters: dict[str, Cluster]) -> dict[str, int]:
+    """What `dasscod clusters` says is left for each cluster's agent to remove."""
+    views = await reads(stores, clusters).cluster_views()
+    return {view.name: view.files_to_remove for view in views}
 
 
 async def test_strays_are_named_for_cancelling_by_the_watchers_rule(
@@ -175,6 +180,7 @@ async def test_retention_asks_the_agent_to_remove_a_settled_assets_files(
     assert after.agent_cleanup == [AgentCleanup(cluster="pull", work_dir="/cluster/work/done1",
                                                 names=names)]
     assert await files_to_remove(stores, clusters) == {"pull": 1, "ssh": 0}
+    assert (await reads(stores, clusters).timeline("done1")).files_left_on == ["pull"]
     # The agent's next report is answered with what to remove, until it says it did.
     for _ in range(2):
         answer = await post(client, "report", {"jobs": []})
@@ -184,6 +190,7 @@ async def test_retention_asks_the_agent_to_remove_a_settled_assets_files(
     assert (await post(client, "report", {"jobs": []}))["forget"] == []
     assert (await post(client, "forgotten", {"asset_guids": ["done1"]})) == {"cleared": 0}
     assert await files_to_remove(stores, clusters) == {"pull": 0, "ssh": 0}
+    assert (await reads(stores, clusters).timeline("done1")).files_left_on == []
     final = await stores.track.get("done1")
     assert final is not None and final.agent_cleanup == []
     bad = await client.post("/api/v1/agent/pull/forgotten", json={"asset_guids": ["a/../b"]},
