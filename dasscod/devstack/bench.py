@@ -527,6 +527,7 @@ PARTS = {
     "dasscod.devstack.bench_ars": "bench_ars",
     "dasscod.devstack.bench_cluster": "bench_cluster",
     "dasscod.devstack.bench_lease": "lease",
+    "dasscod.devstack.bench_listener": "listener",
     "dasscod.devstack.bench_modules": "modules",
     "dasscod.devstack.bench_metrics": "bench_metrics",
 }
