@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import anyio
-import uvicorn
 from pymongo.monitoring import CommandListener
 
 from dasscod import metrics, watchdog
@@ -158,10 +157,11 @@ def build_daemon(
         graceful_s=max(1, int(timing.shutdown_s / 2)),
     ))
     metrics_server = (
-        InLoopServer(uvicorn.Config(
-            metrics_app(), host=settings.metrics.host, port=settings.metrics.port,
-            lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=1,
-        ))
+        # Its own address, plain HTTP, and the listener's bounds on connections, heads and
+        # bodies: an operator may open it to a network (a Prometheus elsewhere).
+        InLoopServer(listener_config(metrics_app(), settings.listener.model_copy(update={
+            "host": settings.metrics.host, "port": settings.metrics.port,
+            "tls_certfile": None, "tls_keyfile": None}), graceful_s=1))
         if settings.metrics.enabled and settings.metrics.port is not None else None
     )
 

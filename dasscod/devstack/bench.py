@@ -18,8 +18,9 @@ Phases, each against a fresh database on the test store (SecantusDB, or $DASSCOD
    (`bench_demo.py`);
 6. ARS synchronisation (`bench_ars.py`), the Slurm cluster (`bench_cluster.py`), the image
    modules' quality on a varied corpus (`bench_modules.py`, under `modules`) and `GET /metrics`
-   with 100,000 assets in the store (`bench_metrics.py`), run as their own processes, their
-   numbers merged under their names.
+   with 100,000 assets in the store (`bench_metrics.py`), the listener under attack
+   (`bench_listener.py`, under `listener`), run as their own processes, their numbers merged
+   under their names.
 Progress goes to stderr.
 """
 

@@ -73,8 +73,15 @@ async def test_an_asset_in_error_is_counted_on_a_separate_metrics_port(
         async with httpx.AsyncClient() as client:
             # Not on the listener: the cluster network does not see the metrics.
             on_listener = await client.get(f"http://127.0.0.1:{settings.listener.port}/metrics")
+        # The metrics port has the listener's bounds: 200 header lines get 431.
+        async with await anyio.connect_tcp("127.0.0.1", port) as raw:
+            await raw.send(b"GET /metrics HTTP/1.1\r\nHost: t\r\n" + b"X-A: b\r\n" * 200
+                           + b"\r\n")
+            with anyio.fail_after(5):
+                flooded = await raw.receive()
         daemon.stop()
     assert on_listener.status_code == 404
+    assert flooded.startswith(b"HTTP/1.1 431 "), flooded[:100]
     s = parse(text)
     assert value(s, "dasscod_assets", pipeline="PIPEHERB0001", status="ERROR") == 1
     assert value(s, "dasscod_jobs", pipeline="PIPEHERB0001", job="barcode", status="ERROR",
