@@ -4,13 +4,16 @@ second for every `listener.body_min_rate` bytes), against the real server and ra
 - 120 clients trickling their bodies (declared length, chunked, a multipart upload) all
   get 408 and a closed connection at the limit, while /healthz and a real job callback
   sent in the middle of them are answered at once;
+- a trickled file PUT (written to disk as it comes) gets 408 and leaves no file;
 - a body sent slowly but steadily at the minimum rate goes through, although it takes
   longer than `body_timeout_s`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import statistics
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +172,35 @@ async def test_a_slow_but_steady_body_goes_through(app: Any, stores: Stores) -> 
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
     track = await stores.track.get(GUID)
     assert track is not None and track.job("load").hpc_job_id == "4712"
+
+
+async def test_a_trickled_file_put_gets_408_and_leaves_no_file(
+    stores: Stores, tmp_path: Path
+) -> None:
+    """The route that writes the body to disk as it comes: cut at the limit, its temporary
+    file removed, nothing stored."""
+    await stores.track.insert(make_track(GUID))
+    await stores.metadata.insert(make_metadata(GUID))
+    await stores.track.apply(GUID, [JobEvent("derivatives", Event.CLAIM, cluster="local")],
+                             cause="test")
+    token = issue(SECRET, JobClaims(GUID, "derivatives", 1), ttl_s=60)
+    child, data = f"{GUID}-jpeg", b"jpeg bytes " * 1000
+    app = create_app(stores, SECRET, files_root=tmp_path / "files")
+    async with serving(app, body_timeout_s=TIMEOUT_S) as port, httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}
+    ) as client:
+        assert (await client.post("/api/v1/derivatives", json=make_metadata(
+            child, parent_guid=GUID).model_dump(mode="json"))).status_code == 200
+        assert (await client.post(f"/api/v1/assets/{child}/files", json={
+            "name": "d.jpg", "type": "jpg", "check_sum": zlib.crc32(data),
+            "file_size": len(data) / 1e6, "sha256": hashlib.sha256(data).hexdigest()})
+        ).status_code == 200
+        start = (f"PUT /api/v1/assets/{child}/files/d.jpg HTTP/1.1\r\nHost: t\r\n"
+                 f"Authorization: Bearer {token}\r\nContent-Length: {len(data)}\r\n\r\n"
+                 ).encode() + data[:100]
+        line, answered, closed = await trickle(port, start, b"j")
+    assert line.startswith("HTTP/1.1 408 "), line
+    assert closed and TIMEOUT_S <= answered < TIMEOUT_S + 2.0
+    assert [p for p in (tmp_path / "files").rglob("*") if p.is_file()] == []
+    track = await stores.track.get(child)
+    assert track is not None and not track.temporary_path_local
