@@ -83,6 +83,10 @@ STAGING = ".incoming"
 #: stays short however many deliveries are waiting.
 SCAN_BUDGET = 20_000
 
+#: A delivery that could not be quarantined (a full disk, a quarantine folder it may not
+#: write) is left in place and tried again after this long, not read again every scan.
+QUARANTINE_RETRY_S = 60.0
+
 #: Work-area folders checked against the store per query during recovery.
 RECOVERY_BATCH = 500
 
@@ -153,6 +157,8 @@ class IntakeSupervisor:
         #: once they have settled, `.ready` or not.
         self._changing: set[str] = set()
         self._max_bytes = int(settings.max_delivery_mb * BYTES_PER_MB)
+        #: Intake-folder deliveries whose quarantine failed, and when to try again.
+        self._retry_at: dict[str, float] = {}
         #: The last intake-folder entry the previous scan looked at ("": start at the top).
         self._cursor = ""
         #: An operator's pause of intake, or the drain: deliveries wait where they are.
@@ -209,9 +215,12 @@ class IntakeSupervisor:
             now = self._clock()
             self._settle.retain(names)
             self._changing &= names
+            self._retry_at = {k: t for k, t in self._retry_at.items() if k in names}
             self._forget_reports(names)
             for candidate in candidates:
                 name, problem = candidate.name, candidate.problem
+                if self._retry_at.get(name, now) > now:
+                    continue  # its quarantine failed a moment ago (logged); tried again soon
                 if problem is not None and not candidate.settle_first:
                     await self._quarantine(self.folder / name, problem.reason, hint=problem.hint)
                     continue
@@ -474,7 +483,10 @@ class IntakeSupervisor:
                 reason=reason,
                 error=str(exc),
             )
+            if path.parent == self.folder:  # not read (and checksummed) again every scan
+                self._retry_at[path.name] = self._clock() + QUARANTINE_RETRY_S
             return
+        self._retry_at.pop(path.name, None)
         self._reported.pop(str(path), None)
         self._unfinished.discard(path)
         self._settle.forget(path.name)

@@ -461,3 +461,32 @@ async def test_deliveries_still_being_copied_do_not_starve_the_ones_behind_them(
     assert await scan(intake) == 0  # a0..a3 looked at, the budget spent
     assert await scan(intake) == 1  # the next scan starts after them
     assert await stores.track.get("z-ready") is not None
+
+
+async def test_a_delivery_that_cannot_be_quarantined_is_not_read_again_every_scan(
+    tmp_path: Path, stores: Stores, monkeypatch: pytest.MonkeyPatch
+):
+    clock = [0.0]
+    intake = Intake(tmp_path, stores, clock=lambda: clock[0])
+    deliver(intake.folder, "bad", meta("bad", pipeline_name="NOPE"))
+    intake.quarantine.rmdir()
+    intake.quarantine.write_text("not a folder: nothing can be moved into it")
+    real = intake.supervisor._read
+    reads: list[Path] = []
+
+    def counted(path: Path) -> Any:
+        reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(intake.supervisor, "_read", counted)
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            assert await scan(intake) == 0
+        assert len(reads) == 1  # a 10 GB delivery was checksummed again every poll
+        clock[0] = 61
+        assert await scan(intake) == 0
+        assert len(reads) == 2
+
+    assert (intake.folder / "bad").is_dir()  # left in place, nothing lost
+    failures = [e for e in logs if e["event"] == "delivery could not be quarantined; left in place"]
+    assert len(failures) == 1  # logged once, not every scan
