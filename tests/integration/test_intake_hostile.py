@@ -490,3 +490,23 @@ async def test_a_delivery_that_cannot_be_quarantined_is_not_read_again_every_sca
     assert (intake.folder / "bad").is_dir()  # left in place, nothing lost
     failures = [e for e in logs if e["event"] == "delivery could not be quarantined; left in place"]
     assert len(failures) == 1  # logged once, not every scan
+
+
+async def test_folder_names_that_look_alike_or_hold_a_newline_are_taken_once(
+    tmp_path: Path, stores: Stores
+):
+    # Folder names are free: NFC and NFD spellings of one name are two folders, a newline is
+    # just a character. One guid in both is still one asset; the other is a repeated guid.
+    intake = Intake(tmp_path, stores)
+    image = {"sheet.tif": b"II*\0"}
+    deliver(intake.folder, "s\u00e6t-\u00e9", meta("g30"), image)  # NFC
+    deliver(intake.folder, "s\u00e6t-e\u0301", meta("g30"), image)  # NFD: another name, same guid
+    deliver(intake.folder, "two\nlines", meta("g31"), image)
+
+    with structlog.testing.capture_logs() as logs:
+        assert await scan(intake) == 2
+
+    assert await intake.counts() == (2, 2)
+    (place,) = intake.quarantined()
+    assert "asset g30 is already registered" in (place / REASON_FILE).read_text()
+    assert loud(logs) == []
