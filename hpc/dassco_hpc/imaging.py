@@ -10,7 +10,9 @@ cannot help).
 from __future__ import annotations
 
 import importlib
+import math
 import os
+import warnings
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -102,21 +104,119 @@ def source_images(ctx: JobContext) -> list[Path]:
 
 
 def open_image(path: Path) -> Image:
-    """Open and decode an image fully; an unreadable file is a non-retryable failure."""
+    """The image as it is meant to be seen, as 8-bit RGB or grey ("RGB" or "L"), or a
+    non-retryable failure that says why the file cannot be used.
+
+    What scanners and cameras write varies, and every module expects the same picture:
+
+    - the EXIF orientation is applied (a camera stores the pixels as the sensor saw them and
+      says in a tag how to turn them);
+    - 16-bit and 32-bit grey is brought to 8 bits by its own bit depth (12-bit data in a
+      16-bit file is scaled by 4095, not 65535): a plain conversion clips it to white;
+    - CMYK, palette, Lab and the like become RGB; transparency is laid on white paper;
+    - of a multi-page TIFF the largest page is the scan (others are previews or masks);
+    - an image with more pixels than DASSCO_MAX_IMAGE_MPIXELS is refused before it is
+      decoded (its header is read, not its pixels), with the size and the setting to raise.
+
+    Any error while decoding (truncated, empty or no image at all, a malformed header) is the
+    same failure: reading the file again cannot help."""
     pil = pillow()
+    limit = pil.MAX_IMAGE_PIXELS
     try:
-        with pil.open(path) as img:
+        with warnings.catch_warnings():
+            # Between the limit and twice it Pillow only warns: the size is checked below.
+            warnings.simplefilter("ignore", pil.DecompressionBombWarning)
+            img = pil.open(path)
+        with img:
+            _largest_page(img)
+            if limit and img.width * img.height > limit:
+                raise ModuleFailed(
+                    f"{path.name}: {img.width}x{img.height} is "
+                    f"{img.width * img.height / 1e6:.0f} Mpixel, more than the "
+                    f"{limit / 1e6:.0f} allowed (raise DASSCO_MAX_IMAGE_MPIXELS if the "
+                    "scan is real and the node has the memory)",
+                    retryable=False,
+                )
             img.load()
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)  # multi-page TIFF: the first page is the scan
-            loaded: Image = img.copy()
+            loaded = _upright(img)
+            return _eight_bit(loaded)
+    except ModuleFailed:
+        raise
     except pil.DecompressionBombError as exc:
+        # Pillow refuses at twice the limit already when it reads the header.
         raise ModuleFailed(
-            f"{path.name}: {exc} (raise DASSCO_MAX_IMAGE_MPIXELS)", retryable=False
+            f"{path.name}: more than the {limit / 1e6:.0f} Mpixel allowed ({exc}); raise "
+            "DASSCO_MAX_IMAGE_MPIXELS if the scan is real and the node has the memory",
+            retryable=False,
         ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ModuleFailed(f"{path.name}: unreadable image: {exc}", retryable=False) from None
-    return loaded
+    except MemoryError:
+        raise ModuleFailed(
+            f"{path.name}: not enough memory to decode the image (give the job more memory, "
+            "or lower DASSCO_MAX_IMAGE_MPIXELS to refuse such images)",
+            retryable=True,
+        ) from None
+    except Exception as exc:  # decoders raise anything on a malformed file
+        kind = "unreadable" if isinstance(exc, OSError) else f"malformed ({type(exc).__name__})"
+        raise ModuleFailed(f"{path.name}: {kind} image: {exc}", retryable=False) from None
+
+
+def _largest_page(img: Any) -> None:
+    """Seek a multi-page file to its largest page (the scan, not a preview)."""
+    frames = getattr(img, "n_frames", 1)
+    if frames <= 1:
+        return
+    best, best_pixels = 0, -1
+    for index in range(min(frames, 16)):
+        img.seek(index)
+        if img.width * img.height > best_pixels:
+            best, best_pixels = index, img.width * img.height
+    img.seek(best)
+
+
+def _upright(img: Image) -> Image:
+    """The image turned as its EXIF orientation says (a copy, detached from the file)."""
+    from PIL import ImageOps
+
+    try:
+        turned = ImageOps.exif_transpose(img)
+    except Exception:  # a damaged EXIF block must not lose the image
+        turned = None
+    return turned if turned is not None and turned is not img else img.copy()
+
+
+def _eight_bit(img: Image) -> Image:
+    """8-bit RGB or grey, whatever mode the file had."""
+    if img.mode in ("RGB", "L"):
+        return img
+    if img.mode == "1":
+        return img.convert("L")
+    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        return _grey_to_eight_bit(img)
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode == "P" and "transparency" in img.info
+    ):
+        rgba = img.convert("RGBA")
+        paper: Image = pillow().new("RGBA", rgba.size, (255, 255, 255, 255))
+        paper.alpha_composite(rgba)
+        return paper.convert("L" if img.mode in ("LA", "La") else "RGB")
+    return img.convert("RGB")
+
+
+def _grey_to_eight_bit(img: Image) -> Image:
+    """Deep grey scaled by the bit depth its values use (8, 10, 12, 14 or 16 bits; floats
+    in 0-1 or 0-255)."""
+    np = optional("numpy", "numpy")
+    values = np.asarray(img, dtype=np.float64)
+    top = float(values.max()) if values.size else 0.0
+    if img.mode == "F" and top <= 1.0:
+        full = 1.0
+    elif top <= 255:
+        full = 255.0
+    else:
+        full = float(2 ** math.ceil(math.log2(top + 1)) - 1)
+    scaled = np.clip(values * (255.0 / full), 0, 255).round().astype(np.uint8)
+    eight: Image = pillow().fromarray(scaled)
+    return eight
 
 
 def _otsu(histogram: list[int]) -> int:
