@@ -43,6 +43,16 @@ class TextBlock:
     #: Skew of the lines in degrees, counter-clockwise positive (as PIL's rotate takes it).
     angle: float
     glyphs: int
+    #: Degrees (counter-clockwise, a multiple of 90) the image is turned by for the lines to
+    #: run left to right: the angle and glyph height are measured on the turned image.
+    turn: int = 0
+    #: Line segments the block's letters stand in: a block read across its lines (turned by
+    #: 90 degrees from its text) has short rows of a letter per line.
+    rows: int = 1
+
+    @property
+    def letters_per_row(self) -> float:
+        return self.glyphs / max(1, self.rows)
 
 
 def _cv() -> Any:
@@ -133,6 +143,7 @@ def text_blocks(gray: Any, *, limit: int = 4) -> list[TextBlock]:
                     median_h,
                 ),
                 glyphs=letters,
+                rows=_rows(cv2, np, lines[y : y + h, x : x + w], labels[y : y + h, x : x + w] == i),
             )
         )
     found = [b for b in _merge_neighbours(found) if b.glyphs >= MIN_GLYPHS]
@@ -169,6 +180,7 @@ def _merge_neighbours(blocks: list[TextBlock]) -> list[TextBlock]:
                     glyph_px=(a.glyph_px * a.glyphs + b.glyph_px * b.glyphs) / total,
                     angle=(a.angle * a.glyphs + b.angle * b.glyphs) / total,
                     glyphs=total,
+                    rows=a.rows + b.rows,
                 )
                 del merged[j]
                 changed = True
@@ -184,6 +196,14 @@ def _long_lines(cv2: Any, np: Any, lines: Any, min_width: float) -> Any:
     long_ = np.zeros(count, dtype=bool)
     long_[1:] = stats[1:, 2] >= min_width
     return long_[labels]
+
+
+def _rows(cv2: Any, np: Any, lines: Any, member: Any) -> int:
+    """How many line segments the block has."""
+    count, _, _, _ = cv2.connectedComponentsWithStats(
+        np.where(member, lines, 0).astype(np.uint8), connectivity=8
+    )
+    return max(1, int(count) - 1)
 
 
 def _skew(cv2: Any, np: Any, lines: Any, member: Any, glyph_h: float) -> float:

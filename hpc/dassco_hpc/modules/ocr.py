@@ -55,6 +55,13 @@ GLYPH_PX = 32
 TEXT_FOUND, NO_TEXT = "TEXT_FOUND", "NO_TEXT"
 #: Long side of the copy of a block that is checked for a barcode.
 CODE_CHECK_PX = 600
+#: Fewest words of two or more letters or digits for a block's reading to count as text.
+MIN_WORDS = 2
+#: A reading that covers less than this share of the block's letters with confident words,
+#: or is less sure than `SURE_CONFIDENCE` on average, may be of upside-down text: the block
+#: is read turned by 180 degrees as well, and the better reading is kept.
+COVERED_SHARE = 0.7
+SURE_CONFIDENCE = 85.0
 
 
 @dataclass(frozen=True)
@@ -81,8 +88,21 @@ def region(env: Mapping[str, str]) -> tuple[float, float, float, float]:
     return (x0, y0, x1, y1)
 
 
-def find_blocks(img: Image, env: Mapping[str, str]) -> list[TextBlock]:
-    """The text blocks of the image (within DASSCO_OCR_REGION), in full-size pixels."""
+@dataclass(frozen=True)
+class Place:
+    """Where text was found: the block, and the same place seen turned by 90 degrees when
+    the layout alone cannot tell which way the lines run."""
+
+    block: TextBlock
+    rival: TextBlock | None = None
+
+
+def find_blocks(img: Image, env: Mapping[str, str]) -> list[Place]:
+    """The text blocks of the image (within DASSCO_OCR_REGION), in full-size pixels, however
+    the sheet lies: blocks are looked for on the image and on it turned by 90 degrees (a sheet
+    scanned sideways, a slip glued across), and where both find one place the reading with
+    more letters per row wins, or, when that is close, the reading. Whether a block is upside
+    down is settled when it is read."""
     np = optional("numpy", "numpy")
     x0, y0, x1, y1 = region(env)
     box = (
@@ -91,15 +111,47 @@ def find_blocks(img: Image, env: Mapping[str, str]) -> list[TextBlock]:
     )  # fmt: skip
     gray = np.asarray(img.crop(box).convert("L") if box != (0, 0, *img.size) else img.convert("L"))
     limit = round(number(env, "DASSCO_OCR_MAX_BLOCKS", 4, minimum=1))
-    return [
-        TextBlock(
-            box=(b.box[0] + box[0], b.box[1] + box[1], b.box[2] + box[0], b.box[3] + box[1]),
-            glyph_px=b.glyph_px,
-            angle=b.angle,
-            glyphs=b.glyphs,
-        )
-        for b in text_blocks(gray, limit=limit)
-    ]
+    width = gray.shape[1]
+    found: list[TextBlock] = []
+    for turn in (0, 90):
+        view = gray if turn == 0 else np.ascontiguousarray(np.rot90(gray))
+        for b in text_blocks(view, limit=limit):
+            # np.rot90 turns counter-clockwise: a point (x, y) is at (y, width - x) on it.
+            left, top, right, bottom = (
+                b.box if turn == 0 else (width - b.box[3], b.box[0], width - b.box[1], b.box[2])
+            )
+            found.append(
+                TextBlock(
+                    box=(left + box[0], top + box[1], right + box[0], bottom + box[1]),
+                    glyph_px=b.glyph_px, angle=b.angle, glyphs=b.glyphs, turn=turn,
+                    rows=b.rows,
+                )
+            )  # fmt: skip
+    # Where both turns found a block, the text usually runs along the one with the longer
+    # rows (read across its lines, a label has rows of one letter per line), but not always
+    # (a joined-up hand merges across lines): the other is kept as the block's rival, and
+    # the reading decides.
+    kept: list[TextBlock] = []
+    for block in sorted(found, key=lambda b: -b.letters_per_row):
+        if not any(_overlap(block.box, k.box) > 0.5 for k in kept):
+            kept.append(block)
+    kept.sort(key=lambda b: -b.glyphs)
+    places = []
+    for block in kept[:limit]:
+        rivals = [
+            b for b in found
+            if b.turn != block.turn and _overlap(block.box, b.box) > 0.5
+        ]  # fmt: skip
+        places.append(Place(block, max(rivals, key=lambda b: b.glyphs) if rivals else None))
+    return places
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """The shared area of two boxes, as a fraction of the smaller one."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return w * h / smaller if w > 0 and h > 0 and smaller > 0 else 0.0
 
 
 def is_a_code(img: Image, block: TextBlock) -> bool:
@@ -158,30 +210,36 @@ def _tesseract(page: Image, lang: str, psm: int) -> dict[str, list[Any]]:
 
 
 def read_block(
-    img: Image, block: TextBlock, lang: str, psm: int, min_confidence: float
-) -> list[Word]:
-    """The words tesseract is at least `min_confidence` sure of in one block, with boxes in
-    the image's pixels, in reading order."""
+    img: Image, block: TextBlock, lang: str, psm: int, min_confidence: float,
+    turn: int | None = None,
+) -> list[Word]:  # fmt: skip
+    """The words tesseract is at least `min_confidence` sure of in one block, read with the
+    block turned by `turn` degrees (default: the block's own), with boxes in the image's
+    pixels, in reading order."""
     pil = optional("PIL.Image", "Pillow")
+    turn = block.turn if turn is None else turn % 360
     left, top, right, bottom = block.box
     crop = img.crop(block.box).convert("L")
-    levelled = crop.rotate(-block.angle, resample=pil.Resampling.BICUBIC, expand=True,
-                           fillcolor=255) if abs(block.angle) >= 0.3 else crop  # fmt: skip
+    turned = _turn_image(crop, turn)
+    levelled = turned.rotate(-block.angle, resample=pil.Resampling.BICUBIC, expand=True,
+                             fillcolor=255) if abs(block.angle) >= 0.3 else turned  # fmt: skip
     scale = min(2.5, max(0.2, GLYPH_PX / max(block.glyph_px, 1.0)))
     page = levelled.resize(
         (max(1, round(levelled.width * scale)), max(1, round(levelled.height * scale))),
         resample=pil.Resampling.LANCZOS,
     )
     data = _tesseract(page, lang, psm)
-    theta = math.radians(-block.angle if levelled is not crop else 0.0)
-    cx, cy = crop.width / 2, crop.height / 2
+    theta = math.radians(-block.angle if levelled is not turned else 0.0)
+    cx, cy = turned.width / 2, turned.height / 2
     rx, ry = levelled.width / 2, levelled.height / 2
 
     def back(u: float, v: float) -> tuple[float, float]:
-        """A point of the page in the image: undo the scaling, the rotation, the crop."""
+        """A point of the page in the image: undo the scaling, the levelling, the turn and
+        the crop."""
         du, dv = u / scale - rx, v / scale - ry
         x = du * math.cos(theta) - dv * math.sin(theta) + cx
         y = du * math.sin(theta) + dv * math.cos(theta) + cy
+        x, y = _unturn(x, y, turn, crop.width, crop.height)
         return left + x, top + y
 
     def box_of(x: int, y: int, w: int, h: int) -> tuple[int, int, int, int]:
@@ -209,6 +267,28 @@ def read_block(
     ]  # fmt: skip
 
 
+def _turn_image(img: Image, turn: int) -> Image:
+    """The image turned by `turn` degrees counter-clockwise (a multiple of 90)."""
+    if not turn:
+        return img
+    transpose = optional("PIL.Image", "Pillow").Transpose
+    return img.transpose(
+        {90: transpose.ROTATE_90, 180: transpose.ROTATE_180, 270: transpose.ROTATE_270}[turn]
+    )
+
+
+def _unturn(x: float, y: float, turn: int, width: int, height: int) -> tuple[float, float]:
+    """A point of a crop turned by `turn` degrees counter-clockwise, on the crop itself
+    (`width` x `height`)."""
+    if turn == 90:
+        return width - y, x
+    if turn == 180:
+        return width - x, height - y
+    if turn == 270:
+        return y, height - x
+    return x, y
+
+
 def _reading_order(words: list[Word]) -> list[Word]:
     """Words in lines top to bottom, left to right. Sparse-text mode numbers every word
     apart, so lines are made from the words' vertical overlap instead of its numbering."""
@@ -231,6 +311,44 @@ def _reading_order(words: list[Word]) -> list[Word]:
     return out
 
 
+def read_place(
+    img: Image, place: Place, lang: str, psm: int, min_confidence: float
+) -> tuple[list[Word], TextBlock, int]:
+    """The words of a place, the block and the turn they were read at.
+
+    The block is read as found; a weak reading (few of the block's letters in confident
+    words, or a low mean confidence: what text read sideways or upside down gives) is tried
+    again with the rival (the place seen turned by 90 degrees) and with both turned by 180
+    degrees, stopping at the first strong reading; otherwise the reading with the most
+    confident letters wins."""
+    tries = [(place.block, place.block.turn)]
+    if place.rival is not None:
+        tries.append((place.rival, place.rival.turn))
+    tries += [(block, (turn + 180) % 360) for block, turn in list(tries)]
+    best: tuple[list[Word], TextBlock, int] | None = None
+    for block, turn in tries:
+        words = read_block(img, block, lang, psm, min_confidence, turn=turn)
+        if best is None or _score(words) > _score(best[0]):
+            best = (words, block, turn)
+        if _letters(words) >= COVERED_SHARE * block.glyphs and _mean(words) >= SURE_CONFIDENCE:
+            return words, block, turn
+    assert best is not None
+    return best
+
+
+def _letters(words: list[Word]) -> int:
+    return sum(sum(c.isalnum() for c in w.text) for w in words)
+
+
+def _mean(words: list[Word]) -> float:
+    return sum(w.confidence for w in words) / len(words) if words else 0.0
+
+
+def _score(words: list[Word]) -> float:
+    """Letters read, weighted by how sure tesseract is of them."""
+    return sum(sum(c.isalnum() for c in w.text) * w.confidence / 100 for w in words)
+
+
 def _text(words: list[Word]) -> str:
     lines: dict[tuple[int, int, int, int], list[str]] = {}
     for word in words:
@@ -251,14 +369,17 @@ def run(ctx: JobContext) -> dict[str, Any]:
         img = open_image(path)
         blocks = find_blocks(img, env)
         blocks_seen += len(blocks)
-        for block in blocks:
-            if is_a_code(img, block):
-                ctx.log(f"{path.name}: block {block.box} is a barcode, not read as text")
+        for place in blocks:
+            if is_a_code(img, place.block):
+                ctx.log(f"{path.name}: block {place.block.box} is a barcode, not read as text")
                 continue
-            words = read_block(img, block, lang, psm, min_confidence)
+            words, block, turn = read_place(img, place, lang, psm, min_confidence)
+            if sum(1 for w in words if sum(c.isalnum() for c in w.text) >= 2) < MIN_WORDS:
+                # A few stray characters from a leaf's veins or a stem, not a label.
+                words = []
             ctx.log(
                 f"{path.name}: block {block.box} ({block.glyphs} marks, skew "
-                f"{block.angle:.1f} deg): {len(words)} word(s)"
+                f"{block.angle:.1f} deg, read turned by {turn} deg): {len(words)} word(s)"
             )
             if not words:
                 continue
