@@ -73,6 +73,11 @@ class Convention:
             mos=_compile(env, "DASSCO_MOS_PATTERN", DEFAULT_MOS_PATTERN, {"disposable", "role"}),
         )
 
+    def knows(self, payload: str) -> bool:
+        """Whether the payload is one of the convention's (specimen, target or MOS)."""
+        text = payload.strip()
+        return any(p.fullmatch(text) for p in (self.barcode, self.target, self.mos))
+
     def classify(self, payloads: Iterable[str]) -> Classified:
         """The barcode result for the payloads read on one asset, in reading order."""
         barcodes: list[str] = []

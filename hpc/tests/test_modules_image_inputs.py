@@ -207,3 +207,32 @@ def _turn_point(x: float, y: float, turn: int, w: int, h: int) -> tuple[float, f
     if turn == 180:
         return w - x, h - y
     return h - y, x
+
+
+def _tiny_code(payload: str, module_px: float, angle: float) -> Any:
+    """A Data Matrix at a fractional module size under 2 px, antialiased, turned."""
+    import zxingcpp
+
+    code = zxingcpp.create_barcode(payload, zxingcpp.BarcodeFormat.DataMatrix)
+    dark = np.pad(np.asarray(code.to_image(scale=1, add_quiet_zones=False)) < 128, 2)
+    fine = Image.fromarray(np.where(dark, 0, 255).astype(np.uint8)).resize(
+        (dark.shape[1] * 8, dark.shape[0] * 8), Image.Resampling.NEAREST
+    )
+    side = round(dark.shape[0] * module_px)
+    small = fine.resize((side, side), Image.Resampling.BOX)
+    return small.rotate(angle, expand=True, fillcolor=255, resample=Image.Resampling.BICUBIC)
+
+
+@pytest.mark.parametrize(("module_px", "angle"), [(1.3, 0.0), (1.4, 45.0), (1.6, 62.0)])
+def test_a_code_too_small_for_the_scan_is_read_enlarged(
+    stub: StubListener, tmp_path: Path, module_px: float, angle: float
+) -> None:
+    # A low-resolution JPEG scan: the code's modules are under 2 px, which zxing does not
+    # read at the scan's size.
+    img, _ = synthetic.draw("no_barcode", (900, 1350), seed=4)
+    img.paste(_tiny_code("NHMD-204711", module_px, angle).convert("RGB"), (620, 90))
+    path = tmp_path / "low-res.jpg"
+    img.save(path, quality=60)
+    ctx = context(stub, tmp_path / "work")
+    with_image(ctx.workdir, path)
+    assert barcode.run(ctx)["barcode"]["barcodes"] == ["NHMD-204711"]
