@@ -29,8 +29,14 @@ from dassco_hpc.imaging import optional
 WORK_PX = 1600
 #: Fewest letters for a block to count as text (a label has dozens; a few stray marks do not).
 MIN_GLYPHS = 10
-#: Blocks this many glyph heights apart (or less), one above the other, are one label.
+#: Bounds of the black-hat level that counts as ink. Otsu's level alone follows the darkest
+#: marks on the sheet (stems, a black ruler) and then drops faded or pencil text; paper grain
+#: and JPEG noise stay under the lower bound.
+INK_MIN, INK_MAX = 28, 40
+#: Blocks this many glyph heights apart (or less), one above the other, are one label...
 LINE_GAPS = 4.0
+#: ... if they are also at most this many glyph heights apart across.
+WORD_GAPS = 8.0
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ def text_blocks(gray: Any, *, limit: int = 4) -> list[TextBlock]:
         small, cv2.MORPH_BLACKHAT, cv2.getStructuringElement(cv2.MORPH_RECT, (15, 15))
     )
     level, _ = cv2.threshold(hat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    _, ink = cv2.threshold(hat, max(level, 28), 255, cv2.THRESH_BINARY)
+    _, ink = cv2.threshold(hat, min(max(level, INK_MIN), INK_MAX), 255, cv2.THRESH_BINARY)
     count, _, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
     glyph_mask = np.zeros_like(ink)
     heights: list[int] = []
@@ -152,9 +158,10 @@ def text_blocks(gray: Any, *, limit: int = 4) -> list[TextBlock]:
 
 
 def _merge_neighbours(blocks: list[TextBlock]) -> list[TextBlock]:
-    """Blocks of text of one size one above the other at most `LINE_GAPS` glyph heights apart
-    (a label with widely spaced lines), or side by side on one line (words far apart), are one
-    block: no line is lost to the block limit, and tesseract is started once."""
+    """Blocks of text of one size at most `LINE_GAPS` glyph heights apart downwards and
+    `WORD_GAPS` across (a label with widely spaced lines, words far apart on a line, a number
+    at the label's edge) are one block: no line is lost to the block limit or for being
+    short, and tesseract is started once."""
     merged = list(blocks)
     changed = True
     while changed:
@@ -165,9 +172,11 @@ def _merge_neighbours(blocks: list[TextBlock]) -> list[TextBlock]:
                 size = max(a.glyph_px, b.glyph_px)
                 gap_x = max(a.box[0], b.box[0]) - min(a.box[2], b.box[2])
                 gap_y = max(a.box[1], b.box[1]) - min(a.box[3], b.box[3])
-                stacked = gap_x < 0 and gap_y <= LINE_GAPS * size
-                side_by_side = gap_y < 0 and gap_x <= 3 * size
-                if min(a.glyph_px, b.glyph_px) < 0.6 * size or not (stacked or side_by_side):
+                # Near: within a few line gaps down and a few words across, so that a
+                # number at a label's right edge or a short line indented under a centred
+                # one stays with its label.
+                near = gap_y <= LINE_GAPS * size and gap_x <= WORD_GAPS * size
+                if min(a.glyph_px, b.glyph_px) < 0.6 * size or not near:
                     continue
                 total = a.glyphs + b.glyphs
                 merged[i] = TextBlock(

@@ -171,13 +171,14 @@ def is_a_code(img: Image, block: TextBlock) -> bool:
             (max(1, round(crop.width * shrink)), max(1, round(crop.height * shrink)))
         )
     area = (right - left) * (bottom - top) * shrink * shrink
+    covered = 0.0
+    # Codes side by side (a multi-specimen sheet's) may make one block together.
     for code in zxing.read_barcodes(crop):
         corners = [code.position.top_left, code.position.top_right,
                    code.position.bottom_right, code.position.bottom_left]  # fmt: skip
         xs, ys = [c.x for c in corners], [c.y for c in corners]
-        if (max(xs) - min(xs)) * (max(ys) - min(ys)) >= 0.3 * area:
-            return True
-    return False
+        covered += (max(xs) - min(xs)) * (max(ys) - min(ys))
+    return covered >= 0.3 * area
 
 
 def _tesseract(page: Image, lang: str, psm: int) -> dict[str, list[Any]]:
