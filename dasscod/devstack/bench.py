@@ -17,10 +17,11 @@ Phases, each against a fresh database on the test store (SecantusDB, or $DASSCOD
 5. the demo batch with the real HPC modules, and each module on a full-size sheet
    (`bench_demo.py`);
 6. ARS synchronisation (`bench_ars.py`), the Slurm cluster (`bench_cluster.py`), the image
-   modules' quality on a varied corpus (`bench_modules.py`, under `modules`) and `GET /metrics`
-   with 100,000 assets in the store (`bench_metrics.py`), the listener under attack
-   (`bench_listener.py`, under `listener`), run as their own processes, their numbers merged
-   under their names.
+   modules' quality on a varied corpus (`bench_modules.py`, under `modules`) and on the
+   independently written generator's sheets (`bench_field_sheets.py`, under `modules_field`),
+   `GET /metrics` with 100,000 assets in the store (`bench_metrics.py`), the listener under
+   attack (`bench_listener.py`, under `listener`), run as their own processes, their numbers
+   merged under their names.
 Progress goes to stderr.
 """
 
@@ -530,6 +531,7 @@ PARTS = {
     "dasscod.devstack.bench_lease": "lease",
     "dasscod.devstack.bench_listener": "listener",
     "dasscod.devstack.bench_modules": "modules",
+    "dasscod.devstack.bench_field_sheets": "modules_field",
     "dasscod.devstack.bench_metrics": "bench_metrics",
 }
 
