@@ -5,8 +5,9 @@ connects and never sends a request, nor one that sends its headers a byte at a t
 it does not bound how many connections it holds, how large a request's head is (httptools
 sets no limit: one connection could send gigabytes of headers) or how many pipelined requests
 a connection queues. `GuardedHttp` adds those: at most `max_connections` at once (when full,
-a new connection closes the one that has waited longest for a request; a newcomer is closed
-only when every connection is busy with one); every request's headers complete within
+a new connection closes the one that has waited longest for a request, else the one whose
+answer has been blocked longest; a newcomer is closed only when every connection is busy
+with a request); every request's headers complete within
 `header_timeout_s` of the connection, or of the previous response; a request line of at most
 `MAX_URL_BYTES` (else 414), at most `MAX_HEADERS` header lines of `MAX_HEAD_BYTES` in all,
 trailers included (else 431); at most `MAX_PIPELINED` requests waiting behind the one being
@@ -38,6 +39,8 @@ class ListenerConfig(uvicorn.Config):
         self.send_timeout_s = send_timeout_s
         #: Connections waiting for a request's headers, the longest waiting first.
         self.awaiting: dict[GuardedHttp, None] = {}
+        #: Connections whose answer is blocked (the client is not reading), longest first.
+        self.stalled: dict[GuardedHttp, None] = {}
         #: Connections closed to make room, until their transport reports them gone.
         self.evicted: set[GuardedHttp] = set()
 
@@ -83,10 +86,11 @@ class GuardedHttp(HttpToolsProtocol):
         limits = self.limits
         if len(self.connections) - len(limits.evicted) > limits.max_connections:
             # Full: make room by closing the connection that has waited longest for a
-            # request (idle, or sending its headers slowly): clients that connect and never
-            # ask cannot keep the ones that do out. When every connection is busy with a
-            # request, the newcomer is closed instead.
-            oldest = next(iter(limits.awaiting), self)
+            # request (idle, or sending its headers slowly), else the one whose answer has
+            # been blocked longest (its client does not read): clients that never ask, or
+            # never read, cannot keep the ones that do out. When every connection is busy
+            # with a request, the newcomer is closed instead.
+            oldest = next(iter(limits.awaiting), None) or next(iter(limits.stalled), self)
             oldest.evict()
             metrics.LISTENER_CUT_OFF.labels(reason="full" if oldest is self else "evicted").inc()
             if oldest is self:
@@ -94,9 +98,14 @@ class GuardedHttp(HttpToolsProtocol):
         self._await_headers()
 
     def evict(self) -> None:
+        stalled = self._send_timer is not None
         self._cancel_header_timer()
+        self._cancel_send_timer()
         self.limits.evicted.add(self)
-        self.transport.close()
+        if stalled:  # close would first write out what this client never takes
+            self.transport.abort()
+        else:
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         self._stalled += len(data)
@@ -174,6 +183,7 @@ class GuardedHttp(HttpToolsProtocol):
         if self._send_timer is None:
             self._send_timer = self.loop.call_later(self.limits.send_timeout_s,
                                                     self._not_reading)
+            self.limits.stalled[self] = None
 
     def resume_writing(self) -> None:
         self._cancel_send_timer()
@@ -181,11 +191,13 @@ class GuardedHttp(HttpToolsProtocol):
 
     def _not_reading(self) -> None:
         self._send_timer = None
+        self.limits.stalled.pop(self, None)
         metrics.LISTENER_CUT_OFF.labels(reason="not_reading").inc()
         # abort, not close: close would wait to write out a buffer the client never takes.
         self.transport.abort()
 
     def _cancel_send_timer(self) -> None:
+        self.limits.stalled.pop(self, None)
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
