@@ -43,6 +43,27 @@ class ListenerConfig(uvicorn.Config):
         self.stalled: dict[GuardedHttp, None] = {}
         #: Connections closed to make room, until their transport reports them gone.
         self.evicted: set[GuardedHttp] = set()
+        self._watching = False
+
+    def watch_sending(self, loop: asyncio.AbstractEventLoop,
+                      connections: set[GuardedHttp]) -> None:
+        """Look at every connection's unsent answer a few times per `send_timeout_s` while
+        there are connections: one timer for all of them."""
+        if self._watching:
+            return
+        self._watching = True
+        period = min(1.0, self.send_timeout_s / 4)
+
+        def sweep() -> None:
+            now = loop.time()
+            for connection in list(connections):
+                connection.check_sending(now)
+            if connections:
+                loop.call_later(period, sweep)
+            else:
+                self._watching = False
+
+        loop.call_later(period, sweep)
 
 
 KIB = 1024
@@ -66,7 +87,8 @@ class HeadRefused(Exception):
 
 class GuardedHttp(HttpToolsProtocol):
     _header_timer: asyncio.TimerHandle | None = None
-    _send_timer: asyncio.TimerHandle | None = None
+    #: The unsent answer's size and since when it has not changed (None: nothing unsent).
+    _unsent: tuple[int, float] | None = None
     _head_lines = 0
     _head_bytes = 0
     #: Bytes received since the parser last made progress (a request began, its headers
@@ -95,15 +117,15 @@ class GuardedHttp(HttpToolsProtocol):
             metrics.LISTENER_CUT_OFF.labels(reason="full" if oldest is self else "evicted").inc()
             if oldest is self:
                 return
+        limits.watch_sending(self.loop, self.connections)  # type: ignore[arg-type]
         self._await_headers()
 
     def evict(self) -> None:
-        stalled = self._send_timer is not None
         self._cancel_header_timer()
-        self._cancel_send_timer()
+        self.limits.stalled.pop(self, None)
         self.limits.evicted.add(self)
-        if stalled:  # close would first write out what this client never takes
-            self.transport.abort()
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()  # close would first write out what this client never takes
         else:
             self.transport.close()
 
@@ -177,34 +199,32 @@ class GuardedHttp(HttpToolsProtocol):
             self._await_headers()
 
     def pause_writing(self) -> None:
-        """The transport's buffer is full: the client is not reading as fast as we answer.
-        uvicorn then waits for it with no limit; we give it `send_timeout_s`."""
+        """The transport's buffer is full: the client is not reading as fast as we answer."""
         super().pause_writing()
-        if self._send_timer is None:
-            self._send_timer = self.loop.call_later(self.limits.send_timeout_s,
-                                                    self._not_reading)
-            self.limits.stalled[self] = None
+        self.limits.stalled.setdefault(self, None)
 
     def resume_writing(self) -> None:
-        self._cancel_send_timer()
+        self.limits.stalled.pop(self, None)
         super().resume_writing()
 
-    def _not_reading(self) -> None:
-        self._send_timer = None
-        self.limits.stalled.pop(self, None)
-        metrics.LISTENER_CUT_OFF.labels(reason="not_reading").inc()
-        # abort, not close: close would wait to write out a buffer the client never takes.
-        self.transport.abort()
-
-    def _cancel_send_timer(self) -> None:
-        self.limits.stalled.pop(self, None)
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
+    def check_sending(self, now: float) -> None:
+        """uvicorn waits for a client to take its answer without limit, and a closed
+        connection stays open until its answer is written out: an answer that has not
+        moved for `send_timeout_s` (the client stopped reading) drops the connection."""
+        size = self.transport.get_write_buffer_size()
+        if not size:
+            self._unsent = None
+        elif self._unsent is None or self._unsent[0] != size:
+            self._unsent = (size, now)
+        elif now - self._unsent[1] >= self.limits.send_timeout_s:
+            self._unsent = None
+            self.limits.stalled.pop(self, None)
+            metrics.LISTENER_CUT_OFF.labels(reason="not_reading").inc()
+            self.transport.abort()  # close would wait to write out what it never takes
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
-        self._cancel_send_timer()
+        self.limits.stalled.pop(self, None)
         self.limits.evicted.discard(self)
         super().connection_lost(exc)
 
