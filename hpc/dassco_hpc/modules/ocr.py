@@ -319,20 +319,27 @@ def read_place(
 
     The block is read as found; a weak reading (few of the block's letters in confident
     words, or a low mean confidence: what text read sideways or upside down gives) is tried
-    again with the rival (the place seen turned by 90 degrees) and with both turned by 180
-    degrees, stopping at the first strong reading; otherwise the reading with the most
-    confident letters wins."""
+    again with the rival (the place seen turned by 90 degrees) and, where they gave any word,
+    with both turned by 180 degrees, stopping at the first strong reading; otherwise the
+    reading with the most confident letters wins."""
     tries = [(place.block, place.block.turn)]
     if place.rival is not None:
         tries.append((place.rival, place.rival.turn))
-    tries += [(block, (turn + 180) % 360) for block, turn in list(tries)]
+    as_found = len(tries)
     best: tuple[list[Word], TextBlock, int] | None = None
-    for block, turn in tries:
+    index = 0
+    while index < len(tries):
+        block, turn = tries[index]
+        index += 1
         words = read_block(img, block, lang, psm, min_confidence, turn=turn)
         if best is None or _score(words) > _score(best[0]):
             best = (words, block, turn)
         if _letters(words) >= COVERED_SHARE * block.glyphs and _mean(words) >= SURE_CONFIDENCE:
             return words, block, turn
+        if index <= as_found and words:
+            # Upside-down text still gives confident shapes; a reading with none at all is
+            # of no text either way up (a stem, a leaf), and is not tried upside down.
+            tries.append((block, (turn + 180) % 360))
     assert best is not None
     return best
 
