@@ -224,9 +224,10 @@ async def callbacks(stack: LocalStack, pipelines_dir: Path) -> dict[str, float]:
     """Callbacks per second, the daemon's CPU per callback, and MongoDB commands per callback
     without the timed loops' reads."""
     # The jobs were never really submitted: keep the watcher from declaring them lost. No job
-    # becomes ready here: the dispatchers' timed sweeps (a few seconds apart in the local
-    # stack) would find nothing and only blur the commands counted per callback.
-    settings = bench_settings(stack, pipelines_dir, watch_s=600.0, sweep_s=600.0)
+    # becomes ready here: the dispatchers' timed sweeps and housekeeping (seconds apart in
+    # the local stack) would find nothing and only blur the commands counted per callback.
+    settings = bench_settings(stack, pipelines_dir, watch_s=600.0, sweep_s=600.0,
+                              housekeeping_s=15.0)
     settings.intake.enabled = False
     counter = CommandCounter()
     daemon = build_daemon(settings, command_listeners=[counter])
@@ -235,6 +236,9 @@ async def callbacks(stack: LocalStack, pipelines_dir: Path) -> dict[str, float]:
     async with anyio.create_task_group() as tg:
         tg.start_soon(daemon.run)
         await daemon.ready.wait()
+        # The watcher's first pass must be over before the jobs below exist: one that saw
+        # them would find no such job on the scheduler and declare it lost.
+        await _settled(counter)
         progress(f"callbacks: preparing {len(guids)} assets with a submitted job")
         docs = []
         now = datetime.now().astimezone()
