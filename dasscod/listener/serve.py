@@ -94,7 +94,7 @@ class GuardedHttp(HttpToolsProtocol):
     #: Bytes received since the parser last made progress (a request began, its headers
     #: completed, body bytes came): httptools gathers a header or trailer value whole before
     #: it hands it over, so an endless one is only seen here.
-    _stalled = 0
+    _unparsed = 0
     _refused: HeadRefused | None = None
 
     @property
@@ -130,17 +130,17 @@ class GuardedHttp(HttpToolsProtocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        self._stalled += len(data)
+        self._unparsed += len(data)
         super().data_received(data)
-        if self._stalled > MAX_URL_BYTES + MAX_HEAD_BYTES and not self.transport.is_closing():
+        if self._unparsed > MAX_URL_BYTES + MAX_HEAD_BYTES and not self.transport.is_closing():
             self._stop(HeadRefused(431, f"more than {MAX_HEAD_BYTES} bytes of headers"))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_lines = self._head_bytes = self._stalled = 0
+        self._head_lines = self._head_bytes = self._unparsed = 0
 
     def on_body(self, body: bytes) -> None:
-        self._stalled = 0
+        self._unparsed = 0
         super().on_body(body)
 
     def on_url(self, url: bytes) -> None:
@@ -159,7 +159,7 @@ class GuardedHttp(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._cancel_header_timer()
-        self._stalled = 0
+        self._unparsed = 0
         if len(self.pipeline) >= MAX_PIPELINED:
             self._refuse(429, f"more than {MAX_PIPELINED} pipelined requests waiting")
         super().on_headers_complete()
