@@ -7,7 +7,9 @@ label's colour, border or place), and each block is cut from the full-size image
 (labels are glued on askew), scaled so that its text is ~`GLYPH_PX` high (what tesseract reads
 best, and what keeps its time independent of the scan's resolution) and read with a page
 segmentation mode for a sparse block of lines (DASSCO_OCR_PSM, default 11: "sparse text", which
-does not expect a full page). DASSCO_OCR_REGION="x0,y0,x1,y1" (fractions of the image) narrows
+does not expect a full page). Blocks are found on the image and on it turned by 90 degrees, and
+a weak reading is tried turned by 90 and 180 degrees (`read_place`): a sheet scanned sideways or
+upside down is read like an upright one (docs/modules.md). DASSCO_OCR_REGION="x0,y0,x1,y1" (fractions of the image) narrows
 the search where a collection's layout is known.
 
 Languages: DASSCO_OCR_LANG, default "dan+eng+lat" (a Danish herbarium's labels; Debian packages
