@@ -9,8 +9,8 @@ best, and what keeps its time independent of the scan's resolution) and read wit
 segmentation mode for a sparse block of lines (DASSCO_OCR_PSM, default 11: "sparse text", which
 does not expect a full page). Blocks are found on the image and on it turned by 90 degrees, and
 a weak reading is tried turned by 90 and 180 degrees (`read_place`): a sheet scanned sideways or
-upside down is read like an upright one (docs/modules.md). DASSCO_OCR_REGION="x0,y0,x1,y1" (fractions of the image) narrows
-the search where a collection's layout is known.
+upside down is read like an upright one (docs/modules.md). DASSCO_OCR_REGION="x0,y0,x1,y1"
+(fractions of the image) narrows the search where a collection's layout is known.
 
 Languages: DASSCO_OCR_LANG, default "dan+eng+lat" (a Danish herbarium's labels; Debian packages
 tesseract-ocr-dan, -eng, -lat). Words below DASSCO_OCR_MIN_CONFIDENCE (default 50) are dropped:
