@@ -35,8 +35,10 @@ MIN_GLYPHS = 10
 INK_MIN, INK_MAX = 28, 40
 #: Blocks this many glyph heights apart (or less), one above the other, are one label...
 LINE_GAPS = 4.0
-#: ... if they are also at most this many glyph heights apart across.
+#: ... if they are also at most this many glyph heights apart across;
 WORD_GAPS = 8.0
+#: blocks on one line, at most this many glyph heights apart.
+TAB_GAPS = 16.0
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,9 @@ def _merge_neighbours(blocks: list[TextBlock]) -> list[TextBlock]:
                 # number at a label's right edge or a short line indented under a centred
                 # one stays with its label.
                 near = gap_y <= LINE_GAPS * size and gap_x <= WORD_GAPS * size
+                # On one line, fields are set further apart (a number at the label's edge
+                # after the collector's name).
+                near = near or (gap_y < 0 and gap_x <= TAB_GAPS * size)
                 if min(a.glyph_px, b.glyph_px) < 0.6 * size or not near:
                     continue
                 total = a.glyphs + b.glyphs
