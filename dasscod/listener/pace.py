@@ -55,14 +55,13 @@ class BodyPace:
             nonlocal seen, complete
             if complete:  # after the body: only the disconnect (a streamed answer waits on it)
                 return await receive()
-            deadline = started + self.timeout_s + seen / self.min_rate
-            late = BodyTooSlow(self.timeout_s, self.min_rate, seen)
-            if anyio.current_time() >= deadline:
-                raise late
-            with anyio.move_on_after(deadline - anyio.current_time()) as waiting:
+            left = started + self.timeout_s + seen / self.min_rate - anyio.current_time()
+            if left <= 0:
+                raise BodyTooSlow(self.timeout_s, self.min_rate, seen)
+            with anyio.move_on_after(left) as waiting:
                 message = await receive()
             if waiting.cancelled_caught:
-                raise late
+                raise BodyTooSlow(self.timeout_s, self.min_rate, seen)
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 complete = not message.get("more_body", False)
