@@ -189,6 +189,10 @@ class IntakeSettings(_Section):
     api_token_file: Path | None = None
     #: Largest delivery the intake API accepts, all files together.
     api_max_mb: float = Field(default=2000.0, gt=0)
+    #: Uploads the intake API takes at once; one more gets 503 with Retry-After before its
+    #: body is read. Each can hold about twice `api_max_mb` of disk while it is taken (its
+    #: parts spooled, then the delivery staged), so this bounds the disk uploads use together.
+    api_uploads_at_once: int = Field(default=4, ge=1)
     #: Largest folder delivery, all image files together, refused from the files' sizes
     #: before any is read (a 1 TB sparse file costs nothing to make and hours to checksum).
     max_delivery_mb: float = Field(default=10_000.0, gt=0)

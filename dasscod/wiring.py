@@ -144,6 +144,7 @@ def build_daemon(
             intake_token=(intake_settings.api_token.get_secret_value()
                           if intake_settings.api_token else None),
             intake_max_mb=intake_settings.api_max_mb,
+            intake_at_once=intake_settings.api_uploads_at_once,
             files_root=intake_settings.work_area.absolute(),
             agent=AgentService(stores, clusters, launcher.job_spec, grace_s=timing.grace_s),
             slots=throttle,

@@ -76,6 +76,7 @@ def create_app(
     intake: Intake | None = None,
     intake_token: str | None = None,
     intake_max_mb: float = 2000.0,
+    intake_at_once: int = 4,
     agent: AgentService | None = None,
     files_root: FilePath | None = None,
     slots: Slots | None = None,
@@ -298,7 +299,7 @@ def create_app(
         name: c.settings.agent_token.get_secret_value() for name, c in agent.clusters.items()
         if c.pull and c.settings.agent_token is not None}
     app.add_middleware(Guard, gates=_gates(
-        verifier, intake_token, int(intake_max_mb * 1_000_000), agent_tokens,
+        verifier, intake_token, int(intake_max_mb * 1_000_000), intake_at_once, agent_tokens,
         list((control_tokens or {}).values())))
     return app
 
@@ -311,7 +312,8 @@ INTAKE_OVERHEAD_BYTES = 1024 * KB
 
 
 def _gates(verifier: Verifier, intake_token: str | None, intake_max_bytes: int,
-           agent_tokens: Mapping[str, str], control_tokens: list[str]) -> list[Gate]:
+           intake_at_once: int, agent_tokens: Mapping[str, str],
+           control_tokens: list[str]) -> list[Gate]:
     """Who may send a body to which route, and how large (see `dasscod.listener.guard`).
     `agent_tokens`: each pull cluster's agent credential, by the cluster's name."""
 
@@ -357,7 +359,8 @@ def _gates(verifier: Verifier, intake_token: str | None, intake_max_bytes: int,
 
     prefix = API_PREFIX
     return [
-        gate(f"{prefix}/assets", intake, intake_max_bytes + INTAKE_OVERHEAD_BYTES, ["POST"]),
+        gate(f"{prefix}/assets", intake, intake_max_bytes + INTAKE_OVERHEAD_BYTES, ["POST"],
+             at_once=intake_at_once),
         gate(f"{prefix}/agent/(?P<cluster>[^/]*)(/.*)?", agent_, AGENT_MAX_BYTES),
         gate(f"{prefix}/control(/.*)?", operator),
         # A file's bytes: the route stops at the size the job reported for it.

@@ -40,6 +40,9 @@ class Gate:
     #: None: no credential at the gate (health, the OpenAPI document).
     check: Check | None
     max_bytes: int = DEFAULT_MAX_BYTES
+    #: At most this many of its requests at once (None: no limit); one more gets 503 with
+    #: Retry-After before its body is read. Bounds what large uploads can hold together.
+    at_once: int | None = None
 
     def match(self, method: str, path: str) -> Mapping[str, str] | None:
         """The path's named parts if the request goes through this gate, else None."""
@@ -50,8 +53,11 @@ class Gate:
 
 
 def gate(pattern: str, check: Check | None, max_bytes: int = DEFAULT_MAX_BYTES,
-         methods: Sequence[str] = ()) -> Gate:
-    return Gate(re.compile(pattern), frozenset(methods), check, max_bytes)
+         methods: Sequence[str] = (), at_once: int | None = None) -> Gate:
+    return Gate(re.compile(pattern), frozenset(methods), check, max_bytes, at_once)
+
+#: What a refused request over a gate's `at_once` is told to wait before trying again.
+BUSY_RETRY_AFTER_S = 5
 
 
 class BodyTooLarge(HTTPException):
@@ -67,6 +73,8 @@ class Guard:
     def __init__(self, app: ASGIApp, gates: Sequence[Gate]) -> None:
         self.app = app
         self.gates = tuple(gates)
+        #: Requests in progress through each gate that has `at_once`.
+        self._busy = {g: 0 for g in self.gates if g.at_once is not None}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,6 +101,23 @@ class Guard:
                 await answer_and_close(send, 413, f"request body larger than {max_bytes} bytes")
                 return
 
+        if found is not None and found.at_once is not None:
+            if self._busy[found] >= found.at_once:
+                await answer_and_close(
+                    send, 503, f"{found.at_once} such requests are in progress, the most "
+                    f"taken at once; try again in {BUSY_RETRY_AFTER_S} s",
+                    retry_after_s=BUSY_RETRY_AFTER_S)
+                return
+            self._busy[found] += 1
+            try:
+                await self._pass(scope, receive, send, max_bytes)
+            finally:
+                self._busy[found] -= 1
+            return
+        await self._pass(scope, receive, send, max_bytes)
+
+    async def _pass(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
+        """On to the app, the body stopped at `max_bytes`."""
         seen = 0
 
         async def counted() -> Message:
@@ -114,7 +139,8 @@ def bearer(header: bytes | None) -> str | None:
     return value.strip() or None if scheme.lower() == "bearer" else None
 
 
-async def answer_and_close(send: Send, status: int, detail: str) -> None:
+async def answer_and_close(send: Send, status: int, detail: str, *,
+                           retry_after_s: int | None = None) -> None:
     """A JSON refusal, closing the connection: the request's body was not read to its end."""
     body = json.dumps({"detail": detail}).encode()
     headers = [(b"content-type", b"application/json"),
@@ -123,5 +149,7 @@ async def answer_and_close(send: Send, status: int, detail: str) -> None:
                (b"connection", b"close")]
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
+    if retry_after_s is not None:
+        headers.append((b"retry-after", str(retry_after_s).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -101,8 +101,9 @@ async def app(stores: Stores, tmp_path: Path) -> Any:
     await stores.metadata.insert(make_metadata(GUID))
     await stores.track.apply(GUID, [JobEvent("load", Event.CLAIM, cluster="local")],
                              cause="test")
+    # Every trickling upload must reach the body's pace, not the uploads-at-once limit.
     return create_app(stores, SECRET, intake=NoIntake(tmp_path), intake_token=INTAKE_TOKEN,
-                      intake_max_mb=10.0)
+                      intake_max_mb=10.0, intake_at_once=100)
 
 
 async def test_trickled_bodies_get_408_while_callbacks_are_answered(
