@@ -136,6 +136,10 @@ async def test_sshd_restarted_mid_run_loses_nothing(
     stack.write_config()
     settings = settings_for(slurm_cluster, stack, shared, runs, cluster_python,
                             DASSCO_TEST_SLEEP_S="1")
+    # A submission the restart cut short is looked up by name for submit_timeout_s before it
+    # counts as never submitted: the default (120 s) would be most of this test's time.
+    settings.clusters["local"] = settings.clusters["local"].model_copy(
+        update={"submit_timeout_s": 20.0})
     pid_file = Path(slurm_cluster.env["DASSCOD_TEST_CLUSTER_DIR"]) / "run" / "sshd.pid"
 
     async def restart_sshd(coll: Any) -> None:
