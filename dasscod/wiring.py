@@ -69,10 +69,11 @@ def build_daemon(
     wakeups = Wakeups()
     #: Operators' pauses, drain and limits (the `control` collection's copy in memory).
     holds = Holds()
+    configured = ConfiguredLimits.of(settings)
     throttle = Throttle(
         holds=holds,
-        assets_in_flight=settings.throttle.assets_in_flight,
-        jobs_per_cluster={n: c.max_jobs for n, c in settings.clusters.items()},
+        assets_in_flight=configured.assets_in_flight,
+        jobs_per_cluster=configured.jobs_per_cluster,
         wakeups=wakeups,
         stages=pipeline_stages(pipelines.values()),
     )
@@ -124,7 +125,6 @@ def build_daemon(
             dispatcher.resweep()
         throttle.wake_blocked()
 
-    configured = ConfiguredLimits.of(settings)
     control = ControlService(
         stores=stores, holds=holds, throttle=throttle, clusters=clusters, pipelines=pipelines,
         configured=configured, launcher=launcher, released=released,
