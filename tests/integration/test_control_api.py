@@ -5,7 +5,7 @@ against a running daemon are in tests/e2e/test_control_e2e.py."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -47,7 +47,8 @@ class Control:
                                          **kwargs)
 
 
-def build(stores: Stores, tmp_path: Path, tokens: dict[str, str]) -> tuple[
+def build(stores: Stores, tmp_path: Path, tokens: dict[str, str], *,
+          role: Callable[[], str] | None = None) -> tuple[
         httpx.AsyncClient, ControlService, Throttle, Holds]:
     clusters = build_clusters({"local": ClusterSettings(work_root=tmp_path / "work",
                                                         state_dir=tmp_path / "jobs")})
@@ -59,7 +60,7 @@ def build(stores: Stores, tmp_path: Path, tokens: dict[str, str]) -> tuple[
                              pipelines=load_pipelines(), configured=configured)
     reads = ControlReads(stores=stores, holds=holds, throttle=throttle, clusters=clusters,
                          configured=configured)
-    app = create_app(stores, SECRET, control=(service, reads), control_tokens=tokens)
+    app = create_app(stores, SECRET, control=(service, reads), control_tokens=tokens, role=role)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
     return client, service, throttle, holds
 
@@ -361,21 +362,9 @@ async def test_show_tells_every_attempt_with_cluster_scheduler_id_times_and_erro
 async def test_a_standby_refuses_actions_and_still_answers_reads(
     stores: Stores, tmp_path: Path
 ) -> None:
-    clusters = build_clusters({"local": ClusterSettings(work_root=tmp_path / "work",
-                                                        state_dir=tmp_path / "jobs")})
-    holds = Holds()
-    throttle = Throttle(assets_in_flight=5, jobs_per_cluster={"local": 2}, wakeups=Wakeups(),
-                        holds=holds)
-    configured = ConfiguredLimits(assets_in_flight=5, jobs_per_cluster={"local": 2})
-    service = ControlService(stores=stores, holds=holds, throttle=throttle, clusters=clusters,
-                             pipelines=load_pipelines(), configured=configured)
-    reads = ControlReads(stores=stores, holds=holds, throttle=throttle, clusters=clusters,
-                         configured=configured)
-    app = create_app(stores, SECRET, control=(service, reads), control_tokens=TOKENS,
-                     role=lambda: "standby")
+    client, *_ = build(stores, tmp_path, TOKENS, role=lambda: "standby")
     headers = {"Authorization": f"Bearer {TOKENS['alice']}"}
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://t") as client:
+    async with client:
         paused = await client.post("/api/v1/control/pause", json={"kind": "intake"},
                                    headers=headers)
         listed = await client.get("/api/v1/control/assets", headers=headers)
